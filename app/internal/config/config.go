@@ -1,0 +1,337 @@
+// Package config reads warmpath's configuration from the environment into one
+// struct, applies defaults, validates every value, and renders itself for
+// logs with secrets masked.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/warmpath/warmpath/app/internal/domain"
+)
+
+// Config is every setting of the service. Durations use Go's syntax.
+type Config struct {
+	HTTPAddr   string `env:"HTTP_ADDR" envDefault:":8080"`
+	AdminAddr  string `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9090"`
+	AdminToken string `env:"ADMIN_TOKEN"` // secret
+
+	DatabaseURL string        `env:"DATABASE_URL"` // secret (password)
+	AutoMigrate bool          `env:"AUTO_MIGRATE" envDefault:"true"`
+	DBMaxConns  int32         `env:"DB_MAX_CONNS" envDefault:"16"`
+	DBMinConns  int32         `env:"DB_MIN_CONNS" envDefault:"4"`
+	DBTimeout   time.Duration `env:"DB_TIMEOUT" envDefault:"2s"`
+
+	ValkeyURL     string        `env:"VALKEY_URL"` // secret (password)
+	ValkeyTimeout time.Duration `env:"VALKEY_TIMEOUT" envDefault:"500ms"`
+	// ValkeyPrefix starts every key, so several deployments (or tests) can
+	// share one Valkey.
+	ValkeyPrefix string `env:"VALKEY_PREFIX" envDefault:"wp"`
+
+	SystemWarmupDelay    time.Duration `env:"SYSTEM_WARMUP_DELAY" envDefault:"100ms"`
+	SystemWarmupHotUsers int           `env:"SYSTEM_WARMUP_HOT_USERS" envDefault:"1000"`
+	WarmupQueueSize      int           `env:"WARMUP_QUEUE_SIZE" envDefault:"10000"`
+	WarmupWorkers        int           `env:"WARMUP_WORKERS" envDefault:"4"`
+	WarmupTTL            time.Duration `env:"WARMUP_TTL" envDefault:"10m"`
+	WarmupStrategy       string        `env:"WARMUP_STRATEGY" envDefault:"async"`
+	CacheTTL             time.Duration `env:"CACHE_TTL" envDefault:"24h"`
+
+	SyncInterval     time.Duration `env:"SYNC_INTERVAL" envDefault:"1s"`
+	UsageFailureMode string        `env:"USAGE_FAILURE_MODE" envDefault:"open"`
+
+	ThresholdTotal      time.Duration `env:"THRESHOLD_TOTAL" envDefault:"3s"`
+	ThresholdAuth       time.Duration `env:"THRESHOLD_AUTH" envDefault:"500ms"`
+	ThresholdDB         time.Duration `env:"THRESHOLD_DB" envDefault:"1s"`
+	ThresholdUsageCheck time.Duration `env:"THRESHOLD_USAGE_CHECK" envDefault:"200ms"`
+
+	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
+	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
+
+	PyroscopeServerAddress string `env:"PYROSCOPE_SERVER_ADDRESS"`
+
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
+	CORSOrigins     []string      `env:"CORS_ORIGINS" envSeparator:","`
+	DemoUsersFile   string        `env:"DEMO_USERS_FILE" envDefault:"testdata/demo_users.json"`
+
+	// Plans is "name:quota/period:maxItems,…".
+	Plans []domain.Plan `env:"PLANS" envDefault:"free:1000/day:10000,pro:1000000/month:1000000"`
+}
+
+// Strategy values of WARMUP_STRATEGY.
+const (
+	StrategyAsync  = "async"
+	StrategyInline = "inline"
+	StrategyOff    = "off"
+)
+
+// Failure modes of USAGE_FAILURE_MODE.
+const (
+	FailOpen   = "open"
+	FailClosed = "closed"
+)
+
+// Error is a configuration error naming the variable at fault.
+type Error struct {
+	Var string
+	Msg string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("config: %s: %s", e.Var, e.Msg) }
+
+// Load reads the configuration through getenv and validates it. A bad value
+// gives an *Error naming the variable.
+func Load(getenv func(string) string) (Config, error) {
+	var c Config
+	err := env.ParseWithOptions(&c, env.Options{
+		Environment: environ(getenv),
+		FuncMap: map[reflectType]env.ParserFunc{
+			planType: func(v string) (any, error) { return parsePlan(v) },
+		},
+	})
+	if err != nil {
+		return Config{}, translate(err)
+	}
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// environ turns getenv into the map env wants; only our own variables are
+// looked up, so the process environment is never copied wholesale.
+func environ(getenv func(string) string) map[string]string {
+	m := map[string]string{}
+	for _, name := range Names() {
+		if v := getenv(name); v != "" {
+			m[name] = v
+		}
+	}
+	return m
+}
+
+// translate turns env's aggregate error into one *Error naming the first
+// variable at fault.
+func translate(err error) error {
+	var agg env.AggregateError
+	if errors.As(err, &agg) && len(agg.Errors) > 0 {
+		first := agg.Errors[0]
+		var pe env.ParseError
+		if errors.As(first, &pe) {
+			return &Error{Var: envName(pe.Name), Msg: fmt.Sprintf("cannot parse as %s: %v", pe.Type, unwrapAll(pe.Err))}
+		}
+		return &Error{Var: "?", Msg: first.Error()}
+	}
+	return &Error{Var: "?", Msg: err.Error()}
+}
+
+func unwrapAll(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+func (c *Config) validate() error {
+	for _, a := range []struct{ name, v string }{{"HTTP_ADDR", c.HTTPAddr}, {"ADMIN_ADDR", c.AdminAddr}} {
+		if err := validAddr(a.v); err != nil {
+			return &Error{Var: a.name, Msg: err.Error()}
+		}
+	}
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"DB_TIMEOUT", c.DBTimeout}, {"VALKEY_TIMEOUT", c.ValkeyTimeout},
+		{"WARMUP_TTL", c.WarmupTTL}, {"CACHE_TTL", c.CacheTTL}, {"SYNC_INTERVAL", c.SyncInterval},
+		{"THRESHOLD_TOTAL", c.ThresholdTotal}, {"THRESHOLD_AUTH", c.ThresholdAuth},
+		{"THRESHOLD_DB", c.ThresholdDB}, {"THRESHOLD_USAGE_CHECK", c.ThresholdUsageCheck},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return &Error{Var: p.name, Msg: fmt.Sprintf("must be a positive duration, got %s", p.d)}
+		}
+	}
+	if c.SystemWarmupDelay < 0 {
+		return &Error{Var: "SYSTEM_WARMUP_DELAY", Msg: "must not be negative"}
+	}
+	ints := []struct {
+		name string
+		v    int64
+		min  int64
+	}{
+		{"DB_MAX_CONNS", int64(c.DBMaxConns), 1}, {"DB_MIN_CONNS", int64(c.DBMinConns), 0},
+		{"SYSTEM_WARMUP_HOT_USERS", int64(c.SystemWarmupHotUsers), 0},
+		{"WARMUP_QUEUE_SIZE", int64(c.WarmupQueueSize), 1}, {"WARMUP_WORKERS", int64(c.WarmupWorkers), 1},
+	}
+	for _, i := range ints {
+		if i.v < i.min {
+			return &Error{Var: i.name, Msg: fmt.Sprintf("must be at least %d, got %d", i.min, i.v)}
+		}
+	}
+	if c.DBMinConns > c.DBMaxConns {
+		return &Error{Var: "DB_MIN_CONNS", Msg: "must not exceed DB_MAX_CONNS"}
+	}
+	if err := oneOf(c.WarmupStrategy, StrategyAsync, StrategyInline, StrategyOff); err != nil {
+		return &Error{Var: "WARMUP_STRATEGY", Msg: err.Error()}
+	}
+	if err := oneOf(c.UsageFailureMode, FailOpen, FailClosed); err != nil {
+		return &Error{Var: "USAGE_FAILURE_MODE", Msg: err.Error()}
+	}
+	if err := oneOf(c.LogFormat, "json", "text"); err != nil {
+		return &Error{Var: "LOG_FORMAT", Msg: err.Error()}
+	}
+	if err := oneOf(c.LogLevel, "debug", "info", "warn", "error"); err != nil {
+		return &Error{Var: "LOG_LEVEL", Msg: err.Error()}
+	}
+	for _, raw := range []struct{ name, v string }{{"DATABASE_URL", c.DatabaseURL}, {"VALKEY_URL", c.ValkeyURL}} {
+		if raw.v == "" {
+			continue
+		}
+		u, err := url.Parse(raw.v)
+		if err != nil || u.Scheme == "" {
+			return &Error{Var: raw.name, Msg: "must be a URL"}
+		}
+	}
+	if c.ValkeyURL != "" {
+		u, _ := url.Parse(c.ValkeyURL)
+		if err := oneOf(u.Scheme, "valkey", "valkeys", "redis", "rediss", "unix"); err != nil {
+			return &Error{Var: "VALKEY_URL", Msg: "scheme " + err.Error()}
+		}
+	}
+	if c.ValkeyPrefix == "" || strings.ContainsAny(c.ValkeyPrefix, "{} \t\n") {
+		return &Error{Var: "VALKEY_PREFIX", Msg: "must be non-empty, without braces or spaces"}
+	}
+	if len(c.Plans) == 0 {
+		return &Error{Var: "PLANS", Msg: "at least one plan is required"}
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Plans {
+		if seen[p.Name] {
+			return &Error{Var: "PLANS", Msg: fmt.Sprintf("plan %q appears twice", p.Name)}
+		}
+		seen[p.Name] = true
+	}
+	return nil
+}
+
+func validAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("must be host:port, got %q", a)
+	}
+	_ = host
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port must be 0-65535, got %q", port)
+	}
+	return nil
+}
+
+func oneOf(v string, allowed ...string) error {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("must be one of %s, got %q", strings.Join(allowed, "|"), v)
+}
+
+// Threshold returns whether the admin listener needs a token: always when it
+// listens beyond loopback.
+func (c Config) AdminNeedsToken() bool {
+	host, _, _ := net.SplitHostPort(c.AdminAddr)
+	if host == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
+}
+
+// Embedded reports whether the service runs on the embedded default for the
+// store (no DATABASE_URL).
+func (c Config) EmbeddedStore() bool { return c.DatabaseURL == "" }
+
+// EmbeddedCache reports whether the service runs an in-process Valkey.
+func (c Config) EmbeddedCache() bool { return c.ValkeyURL == "" }
+
+// LogValue renders the configuration for the start-up log, secrets masked.
+func (c Config) LogValue() slog.Value {
+	plans := make([]string, len(c.Plans))
+	for i, p := range c.Plans {
+		plans[i] = formatPlan(p)
+	}
+	return slog.GroupValue(
+		slog.String("HTTP_ADDR", c.HTTPAddr),
+		slog.String("ADMIN_ADDR", c.AdminAddr),
+		slog.String("ADMIN_TOKEN", maskSecret(c.AdminToken)),
+		slog.String("DATABASE_URL", maskURL(c.DatabaseURL)),
+		slog.Bool("AUTO_MIGRATE", c.AutoMigrate),
+		slog.Int("DB_MAX_CONNS", int(c.DBMaxConns)),
+		slog.Int("DB_MIN_CONNS", int(c.DBMinConns)),
+		slog.Duration("DB_TIMEOUT", c.DBTimeout),
+		slog.String("VALKEY_URL", maskURL(c.ValkeyURL)),
+		slog.Duration("VALKEY_TIMEOUT", c.ValkeyTimeout),
+		slog.String("VALKEY_PREFIX", c.ValkeyPrefix),
+		slog.Duration("SYSTEM_WARMUP_DELAY", c.SystemWarmupDelay),
+		slog.Int("SYSTEM_WARMUP_HOT_USERS", c.SystemWarmupHotUsers),
+		slog.Int("WARMUP_QUEUE_SIZE", c.WarmupQueueSize),
+		slog.Int("WARMUP_WORKERS", c.WarmupWorkers),
+		slog.Duration("WARMUP_TTL", c.WarmupTTL),
+		slog.String("WARMUP_STRATEGY", c.WarmupStrategy),
+		slog.Duration("CACHE_TTL", c.CacheTTL),
+		slog.Duration("SYNC_INTERVAL", c.SyncInterval),
+		slog.String("USAGE_FAILURE_MODE", c.UsageFailureMode),
+		slog.Duration("THRESHOLD_TOTAL", c.ThresholdTotal),
+		slog.Duration("THRESHOLD_AUTH", c.ThresholdAuth),
+		slog.Duration("THRESHOLD_DB", c.ThresholdDB),
+		slog.Duration("THRESHOLD_USAGE_CHECK", c.ThresholdUsageCheck),
+		slog.String("LOG_FORMAT", c.LogFormat),
+		slog.String("LOG_LEVEL", c.LogLevel),
+		slog.String("PYROSCOPE_SERVER_ADDRESS", maskURL(c.PyroscopeServerAddress)),
+		slog.Duration("SHUTDOWN_TIMEOUT", c.ShutdownTimeout),
+		slog.String("CORS_ORIGINS", strings.Join(c.CORSOrigins, ",")),
+		slog.String("PLANS", strings.Join(plans, ",")),
+	)
+}
+
+func maskSecret(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "***"
+}
+
+// maskURL hides the password of a URL, keeping everything an operator needs
+// to recognise the target.
+func maskURL(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "***"
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxx")
+	}
+	q := u.Query()
+	for k := range q {
+		if strings.Contains(strings.ToLower(k), "password") {
+			q.Set(k, "xxx")
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.Redacted()
+}

@@ -1,0 +1,128 @@
+// Package domain holds warmpath's core types: users, plans, tokens, principals,
+// items and usage. It has no dependencies beyond the standard library; every
+// other package speaks in these types.
+package domain
+
+import (
+	"errors"
+	"time"
+)
+
+// Period is the length of a plan's quota window, always aligned to UTC.
+type Period string
+
+// The periods a plan can have.
+const (
+	PeriodDay   Period = "day"
+	PeriodMonth Period = "month"
+)
+
+// Valid reports whether p is a known period.
+func (p Period) Valid() bool { return p == PeriodDay || p == PeriodMonth }
+
+// Window returns the UTC window of period p that contains t: its start and the
+// start of the next window (the reset time).
+func (p Period) Window(t time.Time) (start, reset time.Time) {
+	t = t.UTC()
+	switch p {
+	case PeriodMonth:
+		start = time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+		return start, start.AddDate(0, 1, 0)
+	default:
+		start = time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+		return start, start.AddDate(0, 0, 1)
+	}
+}
+
+// Plan is a named quota: Quota queries per Period, and at most MaxItems items
+// in a user's set.
+type Plan struct {
+	Name     string `json:"name"`
+	Quota    int64  `json:"quota"`
+	Period   Period `json:"period"`
+	MaxItems int64  `json:"maxItems"`
+}
+
+// User is an account. QuotaOverride, when set, replaces the plan's quota for
+// this user only (trials, tests).
+type User struct {
+	ID            int64     `json:"id"`
+	Name          string    `json:"name"`
+	Plan          string    `json:"plan"`
+	QuotaOverride *int64    `json:"quotaOverride,omitempty"`
+	CreatedAt     time.Time `json:"createdAt"`
+}
+
+// TokenHash is the SHA-256 of a bearer token. Only hashes are ever stored.
+type TokenHash [32]byte
+
+// Token is a stored bearer token (its hash and lifecycle, never its text).
+type Token struct {
+	ID        int64      `json:"id"`
+	UserID    int64      `json:"userId"`
+	Hash      TokenHash  `json:"-"`
+	CreatedAt time.Time  `json:"createdAt"`
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+	RevokedAt *time.Time `json:"revokedAt,omitempty"`
+}
+
+// Principal is what a token resolves to: the caller, with the effective plan
+// (quota override already applied) and the token's lifecycle.
+type Principal struct {
+	UserID    int64      `json:"u"`
+	TokenID   int64      `json:"t"`
+	Plan      Plan       `json:"p"`
+	ExpiresAt *time.Time `json:"e,omitempty"`
+	RevokedAt *time.Time `json:"r,omitempty"`
+}
+
+// ItemChange is the result of adding and removing items of one user's set.
+// Version is the set's version after the change (monotonic per user).
+type ItemChange struct {
+	Added   int64
+	Removed int64
+	Total   int64
+	Version int64
+}
+
+// UsageDelta is a count of metered requests of one user in one period that has
+// not yet reached the system of record.
+type UsageDelta struct {
+	UserID      int64
+	PeriodStart time.Time // UTC start of the period window
+	Delta       int64
+}
+
+// UsageBatch is a set of deltas applied to the system of record atomically and
+// at most once: Key is its idempotency key.
+type UsageBatch struct {
+	Key    string
+	Deltas []UsageDelta
+}
+
+// Domain errors returned by stores and caches. Callers compare with errors.Is.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrConflict      = errors.New("conflict")
+	ErrTooManyItems  = errors.New("too many items for the plan")
+	ErrUnknownPlan   = errors.New("unknown plan")
+	ErrUnavailable   = errors.New("dependency unavailable")
+	ErrStaleSnapshot = errors.New("stale snapshot")
+)
+
+// UsageOutcome is what an atomic check-and-count decided.
+type UsageOutcome int
+
+// The outcomes of a check-and-count.
+const (
+	UsageAllowed UsageOutcome = iota + 1 // counted
+	UsageDenied                          // over quota, not counted
+	UsageCold                            // no counter in the cache yet: seed it first
+)
+
+// UsageResult is the outcome of a check-and-count and the count it saw: the
+// count after this request when allowed, the current count when denied.
+type UsageResult struct {
+	Outcome UsageOutcome
+	Used    int64
+}

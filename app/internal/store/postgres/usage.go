@@ -1,0 +1,160 @@
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/warmpath/warmpath/app/internal/domain"
+)
+
+// dateOf is the UTC calendar date of t: usage is keyed by the period's start
+// date, so any instant of that UTC day addresses the same row.
+func dateOf(t time.Time) pgtype.Date {
+	t = t.UTC()
+	return pgtype.Date{Time: time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC), Valid: true}
+}
+
+const sqlUsage = `SELECT count FROM usage WHERE user_id = $1 AND period_start = $2`
+
+// Usage returns the persisted count of the user in the period starting at
+// periodStart (0 when none, also for an unknown user).
+func (s *Store) Usage(ctx context.Context, userID int64, periodStart time.Time) (int64, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	var n int64
+	err := s.pool.QueryRow(ctx, sqlUsage, userID, dateOf(periodStart)).Scan(&n)
+	if err != nil {
+		if err = wrap("usage", err); errors.Is(err, domain.ErrNotFound) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	return n, nil
+}
+
+type usageKey struct {
+	user int64
+	day  time.Time
+}
+
+// ApplyUsageBatch applies a batch at most once, in one transaction: record the
+// key (a key already present means the batch was applied: change nothing),
+// lock the touched users in id order and mark them active, then upsert every
+// (user, period) count in one statement. A delta for an unknown user fails the
+// whole batch with domain.ErrNotFound. The call is bounded by
+// Config.BulkTimeout, not OpTimeout.
+func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (bool, error) {
+	const op = "apply usage batch"
+	if batch.Key == "" {
+		return false, fmt.Errorf("%s: empty key", op)
+	}
+	// Sum per (user, period): one upsert statement may not touch a row twice.
+	sums := make(map[usageKey]int64, len(batch.Deltas))
+	var total int64
+	for _, d := range batch.Deltas {
+		sums[usageKey{d.UserID, dateOf(d.PeriodStart).Time}] += d.Delta
+		total += d.Delta
+	}
+	keys := make([]usageKey, 0, len(sums))
+	for k := range sums {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b usageKey) int {
+		return cmp.Or(cmp.Compare(a.user, b.user), a.day.Compare(b.day))
+	})
+	userIDs := make([]int64, 0, len(keys))
+	dayCol := make([]pgtype.Date, len(keys))
+	countCol := make([]int64, len(keys))
+	userCol := make([]int64, len(keys))
+	for i, k := range keys {
+		if i == 0 || k.user != keys[i-1].user {
+			userIDs = append(userIDs, k.user)
+		}
+		userCol[i] = k.user
+		dayCol[i] = pgtype.Date{Time: k.day, Valid: true}
+		countCol[i] = sums[k]
+	}
+
+	ctx, cancel := s.bulkCtx(ctx)
+	defer cancel()
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return false, wrap(op, err)
+	}
+	defer rollback(tx)
+
+	// A concurrent transaction with the same key blocks here until it ends;
+	// if it committed, DO NOTHING reports no row and this batch is a no-op.
+	tag, err := tx.Exec(ctx, `
+		INSERT INTO usage_batches (key, users, total) VALUES ($1, $2, $3)
+		ON CONFLICT (key) DO NOTHING`, batch.Key, len(userIDs), total)
+	if err != nil {
+		return false, wrap(op+": record key", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return false, nil
+	}
+	if len(keys) > 0 {
+		// Users are locked in id order before any usage row is touched, so
+		// overlapping batches queue up instead of deadlocking. greatest()
+		// keeps activity monotonic when an older transaction commits late.
+		tag, err = tx.Exec(ctx, `
+			WITH locked AS (
+				SELECT id FROM users WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+			)
+			UPDATE users u SET last_active_at = greatest(u.last_active_at, now())
+			FROM locked WHERE u.id = locked.id`, userIDs)
+		if err != nil {
+			return false, wrap(op+": mark active", err)
+		}
+		if tag.RowsAffected() != int64(len(userIDs)) {
+			return false, fmt.Errorf("%s: %d of %d users unknown: %w",
+				op, int64(len(userIDs))-tag.RowsAffected(), len(userIDs), domain.ErrNotFound)
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO usage (user_id, period_start, count)
+			SELECT * FROM unnest($1::bigint[], $2::date[], $3::bigint[])
+			ON CONFLICT (user_id, period_start) DO UPDATE SET count = usage.count + excluded.count`,
+			userCol, dayCol, countCol); err != nil {
+			return false, wrap(op+": add counts", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, wrap(op+": commit", err)
+	}
+	return true, nil
+}
+
+// RecentlyActiveUsers returns up to limit user ids, most recently active
+// first; never-active users last, newest first.
+func (s *Store) RecentlyActiveUsers(ctx context.Context, limit int) ([]int64, error) {
+	if limit <= 0 {
+		return []int64{}, nil
+	}
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	rows, err := s.pool.Query(ctx,
+		`SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, wrap("recently active users", err)
+	}
+	ids := make([]int64, 0, min(limit, 1024))
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, wrap("recently active users", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrap("recently active users", err)
+	}
+	return ids, nil
+}
