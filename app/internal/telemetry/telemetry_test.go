@@ -1,0 +1,165 @@
+package telemetry_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/warmpath/warmpath/app/internal/telemetry"
+)
+
+// poll calls cond until it returns true or the deadline passes.
+func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSpansExportedToGivenExporter(t *testing.T) {
+	tel, exp := newTelemetry(t, telemetry.Thresholds{}, map[string]string{
+		"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci,team=perf%20lab",
+	})
+	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "auth")
+	span.End()
+	if err := tel.ForceFlush(context.Background()); err != nil {
+		t.Fatalf("ForceFlush: %v", err)
+	}
+	spans := exp.GetSpans()
+	if len(spans) != 1 || spans[0].Name != "auth" {
+		t.Fatalf("exported spans = %v, want one named auth", spans)
+	}
+	attrs := map[string]string{}
+	for _, kv := range spans[0].Resource.Attributes() {
+		attrs[string(kv.Key)] = kv.Value.Emit()
+	}
+	for k, want := range map[string]string{
+		"service.name": "warmpath", "service.version": "test",
+		"deployment.environment": "ci", "team": "perf lab",
+	} {
+		if attrs[k] != want {
+			t.Errorf("resource %s = %q, want %q (all: %v)", k, attrs[k], want, attrs)
+		}
+	}
+}
+
+func TestServiceNameEnvOverrides(t *testing.T) {
+	tel, exp := newTelemetry(t, telemetry.Thresholds{}, map[string]string{
+		"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs",
+		"OTEL_SERVICE_NAME":        "from-env",
+	})
+	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "x")
+	span.End()
+	if err := tel.ForceFlush(context.Background()); err != nil {
+		t.Fatalf("ForceFlush: %v", err)
+	}
+	spans := exp.GetSpans()
+	if len(spans) != 1 {
+		t.Fatalf("got %d spans", len(spans))
+	}
+	v, _ := spans[0].Resource.Set().Value("service.name")
+	if v.AsString() != "from-env" {
+		t.Errorf("service.name = %q, want from-env", v.AsString())
+	}
+}
+
+func TestSamplerFromEnv(t *testing.T) {
+	cases := []struct {
+		sampler, arg string
+		parent       bool // start the span under a sampled remote parent
+		wantSampled  bool
+	}{
+		{"", "", false, true},
+		{"always_on", "", false, true},
+		{"always_off", "", false, false},
+		{"always_off", "", true, false},
+		{"traceidratio", "0", false, false},
+		{"traceidratio", "1", false, true},
+		{"parentbased_always_on", "", false, true},
+		{"parentbased_always_off", "", false, false},
+		{"parentbased_always_off", "", true, true},
+		{"parentbased_traceidratio", "0", false, false},
+		{"parentbased_traceidratio", "0", true, true},
+		{"bogus", "", false, true}, // falls back to the default
+	}
+	for _, tc := range cases {
+		t.Run(tc.sampler+"/"+tc.arg, func(t *testing.T) {
+			tel, exp := newTelemetry(t, telemetry.Thresholds{}, map[string]string{
+				"OTEL_TRACES_SAMPLER": tc.sampler, "OTEL_TRACES_SAMPLER_ARG": tc.arg,
+			})
+			ctx := context.Background()
+			if tc.parent {
+				ctx = tel.Propagator.Extract(ctx, propagation.MapCarrier{
+					"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+				})
+			}
+			_, span := tel.TracerProvider.Tracer("test").Start(ctx, "s")
+			span.End()
+			if err := tel.ForceFlush(context.Background()); err != nil {
+				t.Fatalf("ForceFlush: %v", err)
+			}
+			if got := span.SpanContext().IsSampled(); got != tc.wantSampled {
+				t.Errorf("sampled = %v, want %v", got, tc.wantSampled)
+			}
+			if got, want := len(exp.GetSpans()), map[bool]int{true: 1, false: 0}[tc.wantSampled]; got != want {
+				t.Errorf("exported %d spans, want %d", got, want)
+			}
+		})
+	}
+}
+
+func TestOTLPExporterFromEnv(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		paths   []string
+		headers []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		headers = append(headers, r.Header.Get("X-Tenant"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer srv.Close()
+
+	env := map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": srv.URL,
+		"OTEL_EXPORTER_OTLP_HEADERS":  "X-Tenant=perf",
+	}
+	tel, err := telemetry.New(context.Background(), telemetry.Config{Getenv: func(k string) string { return env[k] }})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "x")
+	span.End()
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(paths) == 0 || paths[0] != "/v1/traces" || headers[0] != "perf" {
+		t.Errorf("OTLP requests: paths %v headers %v, want /v1/traces with X-Tenant=perf", paths, headers)
+	}
+}
+
+func TestNoExporterStillCreatesTraceIDs(t *testing.T) {
+	tel := telemetry.Disabled()
+	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "x")
+	defer span.End()
+	if !span.SpanContext().IsValid() || !span.SpanContext().IsSampled() {
+		t.Errorf("span context %v: want valid and sampled so logs and exemplars get ids", span.SpanContext())
+	}
+}
