@@ -120,6 +120,19 @@ const (
 	UsageCold                            // no counter in the cache yet: seed it first
 )
 
+// String returns the outcome's name.
+func (o UsageOutcome) String() string {
+	switch o {
+	case UsageAllowed:
+		return "allowed"
+	case UsageDenied:
+		return "denied"
+	case UsageCold:
+		return "cold"
+	}
+	return "UsageOutcome(?)"
+}
+
 // UsageResult is the outcome of a check-and-count and the count it saw: the
 // count after this request when allowed, the current count when denied.
 type UsageResult struct {

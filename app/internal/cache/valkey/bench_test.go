@@ -1,0 +1,81 @@
+package valkey_test
+
+import (
+	"crypto/sha256"
+	"math"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/warmpath/warmpath/app/internal/cache/valkey"
+	"github.com/warmpath/warmpath/app/internal/cache/valkeytest"
+	"github.com/warmpath/warmpath/app/internal/domain"
+)
+
+// BenchmarkCheckAndCount: one quota check + count, one round trip (EVALSHA).
+func BenchmarkCheckAndCount(b *testing.B) {
+	c := valkeytest.New(b)
+	ctx := b.Context()
+	if err := c.SeedUsage(ctx, 1, day, 0, time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := c.CheckAndCount(ctx, 1, day, math.MaxInt64, time.Hour)
+		if err != nil || r.Outcome != valkey.Allowed {
+			b.Fatalf("%+v, %v", r, err)
+		}
+	}
+}
+
+// BenchmarkPrincipalWarm: a principal served from the client-side cache.
+func BenchmarkPrincipalWarm(b *testing.B) {
+	prefix := valkeytest.Prefix()
+	base := valkeytest.NewWith(b, valkey.Config{Prefix: prefix})
+	counting := &countingClient{Client: base.Client()}
+	c := valkey.NewFromClient(counting, valkey.Config{Prefix: prefix})
+	ctx := b.Context()
+	hash := domain.TokenHash(sha256.Sum256([]byte("wp_bench")))
+	if err := c.PutPrincipal(ctx, hash, testPrincipal(), time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, found, err := c.Principal(ctx, hash); err != nil || !found {
+			b.Fatalf("found=%v err=%v", found, err)
+		}
+	}
+	calls, hits, _ := counting.stats()
+	b.ReportMetric(float64(hits)/float64(calls), "hit-ratio")
+}
+
+// BenchmarkHasNot: 1,000 items (half present) against a warm 100k-item set.
+func BenchmarkHasNot(b *testing.B) {
+	c := valkeytest.New(b)
+	ctx := b.Context()
+	set := make([]string, 100_000)
+	for i := range set {
+		set[i] = "item-" + strconv.Itoa(i)
+	}
+	l := c.BeginItemsLoad(1)
+	for chunk := range slices.Chunk(set, 10_000) {
+		if err := l.Add(ctx, chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := l.Finish(ctx, 1, time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	query := make([]string, 1000)
+	for i := range query {
+		query[i] = "item-" + strconv.Itoa(i*200) // every other one is past 100k
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		missing, warm, err := c.HasNot(ctx, 1, query)
+		if err != nil || !warm || len(missing) != 500 {
+			b.Fatalf("missing=%d warm=%v err=%v", len(missing), warm, err)
+		}
+	}
+}

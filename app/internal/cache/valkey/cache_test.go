@@ -1,0 +1,130 @@
+package valkey_test
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/warmpath/warmpath/app/internal/cache/valkey"
+	"github.com/warmpath/warmpath/app/internal/cache/valkeytest"
+	"github.com/warmpath/warmpath/app/internal/domain"
+)
+
+func TestKey(t *testing.T) {
+	c := valkey.NewFromClient(nil, valkey.Config{})
+	tests := []struct {
+		got, want string
+	}{
+		{c.Key(7), "wp:{u:7}"},
+		{c.Key(7, "items", "v"), "wp:{u:7}:items:v"},
+		{c.Key(-1, "use", valkey.PeriodField(time.Date(2025, 3, 14, 0, 0, 0, 0, time.UTC))), "wp:{u:-1}:use:20250314"},
+		// A period start given in another zone is still the UTC day.
+		{valkey.PeriodField(time.Date(2025, 3, 14, 1, 0, 0, 0, time.FixedZone("CET", 3600))), "20250314"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("got %q, want %q", tt.got, tt.want)
+		}
+	}
+}
+
+func TestNew(t *testing.T) {
+	m := miniredis.RunT(t)
+	for _, scheme := range []string{"valkey://", "redis://"} {
+		t.Run(scheme, func(t *testing.T) {
+			c, err := valkey.New(t.Context(), valkey.Config{URL: scheme + m.Addr(), DisableClientCache: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.LoadScripts(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("LocalTTL above 1s", func(t *testing.T) {
+		_, err := valkey.New(t.Context(), valkey.Config{URL: "redis://" + m.Addr(), DisableClientCache: true, LocalTTL: 2 * time.Second})
+		if err == nil || !strings.Contains(err.Error(), "LocalTTL") {
+			t.Fatalf("err = %v, want a LocalTTL error", err)
+		}
+	})
+}
+
+func TestLoadScripts(t *testing.T) {
+	onEachBackend(t, func(t *testing.T, c *valkey.Cache) {
+		if err := c.LoadScripts(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestUnavailable(t *testing.T) {
+	t.Run("nothing listening", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		_, err = valkey.New(t.Context(), valkey.Config{URL: "redis://" + addr, DisableClientCache: true})
+		if !errors.Is(err, domain.ErrUnavailable) {
+			t.Fatalf("err = %v, want ErrUnavailable", err)
+		}
+	})
+	t.Run("server gone", func(t *testing.T) {
+		m := miniredis.RunT(t)
+		c, err := valkey.New(t.Context(), valkey.Config{URL: "redis://" + m.Addr(), DisableClientCache: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		m.Close()
+		ctx := t.Context()
+		_, err = c.CheckAndCount(ctx, 1, day, 10, time.Hour)
+		if !errors.Is(err, domain.ErrUnavailable) {
+			t.Fatalf("CheckAndCount err = %v, want ErrUnavailable", err)
+		}
+		_, _, err = c.HasNot(ctx, 1, []string{"a"})
+		if !errors.Is(err, domain.ErrUnavailable) {
+			t.Fatalf("HasNot err = %v, want ErrUnavailable", err)
+		}
+		_, _, err = c.Principal(ctx, domain.TokenHash{})
+		if !errors.Is(err, domain.ErrUnavailable) {
+			t.Fatalf("Principal err = %v, want ErrUnavailable", err)
+		}
+	})
+	t.Run("server error is not unavailability", func(t *testing.T) {
+		c := valkeytest.NewMiniredis(t)
+		// A counter that is not a number makes the script fail: a bug, not an outage.
+		if err := c.Client().Do(t.Context(), c.Client().B().Set().Key(c.Key(1, "use", valkey.PeriodField(day))).Value("x").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.CheckAndCount(t.Context(), 1, day, 10, time.Hour)
+		if err == nil || errors.Is(err, domain.ErrUnavailable) {
+			t.Fatalf("err = %v, want a non-ErrUnavailable error", err)
+		}
+	})
+}
+
+func TestStartEmbedded(t *testing.T) {
+	url, stop, err := valkey.StartEmbedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c, err := valkey.New(t.Context(), valkey.Config{URL: url, DisableClientCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SeedUsage(t.Context(), 1, day, 0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.CheckAndCount(t.Context(), 1, day, 1, time.Hour); err != nil || r.Outcome != valkey.Allowed {
+		t.Fatalf("CheckAndCount = %+v, %v", r, err)
+	}
+}
