@@ -1,0 +1,382 @@
+package warmstate_test
+
+import (
+	"context"
+	"crypto/rand"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/google/go-cmp/cmp"
+	valkey "github.com/valkey-io/valkey-go"
+
+	"github.com/warmpath/warmpath/app/internal/cache/warmstate"
+	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/warmup"
+)
+
+// newClient connects to VALKEY_URL (skipping without it) and removes the
+// test's keys at the end.
+func newClient(t *testing.T, prefix string) valkey.Client {
+	t.Helper()
+	url := os.Getenv("VALKEY_URL")
+	if url == "" {
+		t.Skip("VALKEY_URL not set: skipping test against a real Valkey/Redis")
+	}
+	url = strings.Replace(url, "valkey://", "redis://", 1)
+	opt, err := valkey.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.DisableCache = true
+	c, err := valkey.NewClient(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		var cursor uint64
+		for {
+			e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				t.Errorf("cleanup scan: %v", err)
+				break
+			}
+			if len(e.Elements) > 0 {
+				c.Do(ctx, c.B().Del().Key(e.Elements...).Build())
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				break
+			}
+		}
+		c.Close()
+	})
+	return c
+}
+
+func newPrefix() string { return "wptest-warmstate-" + rand.Text()[:10] }
+
+func TestLockExclusiveAndOwnedRelease(t *testing.T) {
+	prefix := newPrefix()
+	testLockExclusive(t, warmstate.New(newClient(t, prefix), prefix), warmstate.New(newClient(t, prefix), prefix))
+}
+
+// TestEmbedded runs the lock and status semantics on miniredis, the
+// embedded default, so they hold without VALKEY_URL too.
+func TestEmbedded(t *testing.T) {
+	mr := miniredis.RunT(t)
+	newMini := func() valkey.Client {
+		c, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	a, b := warmstate.New(newMini(), "wp"), warmstate.New(newMini(), "wp")
+	testLockExclusive(t, a, b)
+	ctx := context.Background()
+	st := warmup.Status{State: warmup.StateReady, Parts: map[string]warmup.PartStatus{warmup.PartItems: {State: warmup.StateReady}}}
+	if err := a.Put(ctx, 9, st, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got, found, err := b.Get(ctx, 9)
+	if err != nil || !found {
+		t.Fatalf("get = %v, %v", found, err)
+	}
+	if diff := cmp.Diff(st, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	if !mr.Exists("wp:{u:9}:warmup") || !mr.Exists("wp:{u:1}:warmup:lock") {
+		t.Errorf("keys = %v; want the documented scheme", mr.Keys())
+	}
+}
+
+func testLockExclusive(t *testing.T, a, b *warmstate.Store) {
+	t.Helper()
+	ctx := context.Background()
+
+	if ok, err := a.Acquire(ctx, 1, "A", time.Minute); err != nil || !ok {
+		t.Fatalf("A acquire = %v, %v; want true", ok, err)
+	}
+	if ok, err := b.Acquire(ctx, 1, "B", time.Minute); err != nil || ok {
+		t.Fatalf("B acquire while A holds = %v, %v; want false", ok, err)
+	}
+	if ok, err := b.Release(ctx, 1, "B"); err != nil || ok {
+		t.Fatalf("B release of A's lock = %v, %v; want false", ok, err)
+	}
+	if ok, err := b.Extend(ctx, 1, "B", time.Minute); err != nil || ok {
+		t.Fatalf("B extend of A's lock = %v, %v; want false", ok, err)
+	}
+	if ok, err := b.Acquire(ctx, 1, "B", time.Minute); err != nil || ok {
+		t.Fatalf("B acquire after its failed release = %v, %v; want false (A still holds)", ok, err)
+	}
+	// Another user's lock is independent.
+	if ok, err := b.Acquire(ctx, 2, "B", time.Minute); err != nil || !ok {
+		t.Fatalf("B acquire of user 2 = %v, %v; want true", ok, err)
+	}
+	if ok, err := a.Extend(ctx, 1, "A", time.Minute); err != nil || !ok {
+		t.Fatalf("A extend = %v, %v; want true", ok, err)
+	}
+	if ok, err := a.Release(ctx, 1, "A"); err != nil || !ok {
+		t.Fatalf("A release = %v, %v; want true", ok, err)
+	}
+	if ok, err := a.Release(ctx, 1, "A"); err != nil || ok {
+		t.Fatalf("A release twice = %v, %v; want false", ok, err)
+	}
+	if ok, err := b.Acquire(ctx, 1, "B", time.Minute); err != nil || !ok {
+		t.Fatalf("B acquire after A released = %v, %v; want true", ok, err)
+	}
+}
+
+func TestLockKeyAndExpiry(t *testing.T) {
+	prefix := newPrefix()
+	c := newClient(t, prefix)
+	s := warmstate.New(c, prefix)
+	ctx := context.Background()
+	if got, want := s.LockKey(7), prefix+":{u:7}:warmup:lock"; got != want {
+		t.Fatalf("lock key = %q; want %q", got, want)
+	}
+	if ok, err := s.Acquire(ctx, 7, "A", 200*time.Millisecond); err != nil || !ok {
+		t.Fatalf("acquire = %v, %v", ok, err)
+	}
+	pttl, err := c.Do(ctx, c.B().Pttl().Key(s.LockKey(7)).Build()).AsInt64()
+	if err != nil || pttl <= 0 || pttl > 200 {
+		t.Fatalf("lock PTTL = %d, %v; want in (0, 200] ms", pttl, err)
+	}
+	if ok, _ := s.Extend(ctx, 7, "A", 10*time.Second); !ok {
+		t.Fatal("extend by the owner failed")
+	}
+	if pttl, _ := c.Do(ctx, c.B().Pttl().Key(s.LockKey(7)).Build()).AsInt64(); pttl <= 200 {
+		t.Fatalf("PTTL after extend = %d; want > 200 ms", pttl)
+	}
+	if ok, _ := s.Extend(ctx, 7, "A", 50*time.Millisecond); !ok {
+		t.Fatal("extend by the owner failed")
+	}
+	// Expiry: someone else can take the lock once it lapses (poll).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok, err := s.Acquire(ctx, 7, "B", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("lock did not expire within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ok, _ := s.Release(ctx, 7, "A"); ok {
+		t.Fatal("the expired holder released the new holder's lock")
+	}
+}
+
+func TestStatusRoundTrip(t *testing.T) {
+	prefix := newPrefix()
+	c := newClient(t, prefix)
+	s := warmstate.New(c, prefix)
+	ctx := context.Background()
+
+	if _, found, err := s.Get(ctx, 3); err != nil || found {
+		t.Fatalf("get of none = %v, %v; want not found", found, err)
+	}
+	t0 := time.Date(2026, 3, 14, 12, 0, 0, 123456789, time.UTC)
+	t1, t2 := t0.Add(time.Millisecond), t0.Add(40*time.Millisecond)
+	d, pd := 39.5, 12.25
+	want := warmup.Status{
+		State: warmup.StateFailed, RequestedAt: &t0, StartedAt: &t1, FinishedAt: &t2, DurationMs: &d,
+		Error: "items: load items: boom",
+		Parts: map[string]warmup.PartStatus{
+			warmup.PartSession: {State: warmup.StateSkipped},
+			warmup.PartUsage:   {State: warmup.StateReady, DurationMs: &pd},
+			warmup.PartItems:   {State: warmup.StateFailed, DurationMs: &pd, Error: "load items: boom"},
+		},
+	}
+	if err := s.Put(ctx, 3, want, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got, found, err := s.Get(ctx, 3)
+	if err != nil || !found {
+		t.Fatalf("get = %v, %v", found, err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	if pttl, _ := c.Do(ctx, c.B().Pttl().Key(prefix+":{u:3}:warmup").Build()).AsInt64(); pttl <= 0 || pttl > 60000 {
+		t.Errorf("status PTTL = %d; want in (0, 60000] ms", pttl)
+	}
+	if err := s.Delete(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := s.Get(ctx, 3); found {
+		t.Error("status found after delete")
+	}
+}
+
+// TestTwoManagersShareStatusAndLock runs two Managers (two instances) on one
+// Valkey: only one warms a user, and both answer the same status.
+func TestTwoManagersShareStatusAndLock(t *testing.T) {
+	prefix := newPrefix()
+	ctx := context.Background()
+	release := make(chan struct{})
+	storeA, storeB := &gatedStore{gate: release, started: make(chan struct{}, 10)}, &gatedStore{started: make(chan struct{}, 10)}
+	doneA, doneB := make(chan string, 10), make(chan string, 10)
+	warm := &warmSet{m: map[int64]bool{}}
+	ma := newManager(t, warmstate.New(newClient(t, prefix), prefix), storeA, warm, doneA)
+	mb := newManager(t, warmstate.New(newClient(t, prefix), prefix), storeB, warm, doneB)
+	ma.Start(ctx)
+	mb.Start(ctx)
+
+	if st, err := ma.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil || st.State != warmup.StateQueued {
+		t.Fatalf("enqueue on A = %+v, %v; want queued", st, err)
+	}
+	<-storeA.started
+	st, err := mb.Enqueue(ctx, warmup.Job{UserID: 1})
+	if err != nil || st.State != warmup.StateRunning {
+		t.Fatalf("enqueue on B while A runs = %+v, %v; want running", st, err)
+	}
+	if got := mb.System().Queue.Depth; got != 0 {
+		t.Fatalf("B queued %d jobs; want 0", got)
+	}
+	stA, _ := ma.Status(ctx, 1)
+	stB, _ := mb.Status(ctx, 1)
+	if stA.State != warmup.StateRunning || !stA.StartedAt.Equal(*stB.StartedAt) {
+		t.Fatalf("status A = %+v, B = %+v; want the same running status", stA, stB)
+	}
+	close(release)
+	if r := <-doneA; r != "ready" {
+		t.Fatalf("A's job = %q; want ready", r)
+	}
+	stA, _ = ma.Status(ctx, 1)
+	stB, _ = mb.Status(ctx, 1)
+	if diff := cmp.Diff(stA, stB); diff != "" || stB.State != warmup.StateReady {
+		t.Fatalf("status A vs B after the job (-A +B):\n%s (state %q)", diff, stB.State)
+	}
+	// Ready within TTL on every instance: B does not warm again.
+	if st, err := mb.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil || st.State != warmup.StateReady {
+		t.Fatalf("enqueue on B after ready = %+v, %v; want ready", st, err)
+	}
+	storeB.mu.Lock()
+	defer storeB.mu.Unlock()
+	if storeB.loads != 0 {
+		t.Errorf("B loaded %d times; want 0", storeB.loads)
+	}
+	select {
+	case r := <-doneB:
+		t.Errorf("B ran a job (%s)", r)
+	default:
+	}
+}
+
+func newManager(t *testing.T, s *warmstate.Store, store *gatedStore, warm *warmSet, done chan string) *warmup.Manager {
+	t.Helper()
+	c := &memCache{warm: warm}
+	m, err := warmup.New(warmup.Config{
+		Workers: 1, QueueSize: 10,
+		Store: store, Items: warmup.ItemsOf(c.BeginItemsLoad, c.ItemsWarm), Usage: c, Sessions: c,
+		Status: s, Locks: s,
+		Observer: observer(done),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Stop(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return m
+}
+
+// warmSet is the users whose item set is cached, shared by both instances'
+// fake caches as one Valkey would be.
+type warmSet struct {
+	mu sync.Mutex
+	m  map[int64]bool
+}
+
+func (w *warmSet) set(id int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.m[id] = true
+}
+
+func (w *warmSet) has(id int64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.m[id]
+}
+
+type observer chan string
+
+func (o observer) WarmupJob(_ context.Context, _, result string, _ time.Duration) { o <- result }
+func (o observer) ObserveQueueDepth(func() int64)                                 {}
+
+// gatedStore is a system of record whose LoadItems waits for gate (if set).
+type gatedStore struct {
+	gate    chan struct{}
+	started chan struct{}
+	mu      sync.Mutex
+	loads   int
+}
+
+func (s *gatedStore) Principal(context.Context, domain.TokenHash) (domain.Principal, error) {
+	return domain.Principal{}, domain.ErrNotFound
+}
+func (s *gatedStore) User(_ context.Context, id int64) (domain.User, error) {
+	return domain.User{ID: id, Plan: "free"}, nil
+}
+func (s *gatedStore) Plans(context.Context) ([]domain.Plan, error) {
+	return []domain.Plan{{Name: "free", Quota: 10, Period: domain.PeriodDay, MaxItems: 10}}, nil
+}
+func (s *gatedStore) Usage(context.Context, int64, time.Time) (int64, error) { return 0, nil }
+func (s *gatedStore) RecentlyActiveUsers(context.Context, int) ([]int64, error) {
+	return nil, nil
+}
+func (s *gatedStore) LoadItems(ctx context.Context, _ int64, _ int, fn func([]string) error) (int64, error) {
+	s.mu.Lock()
+	s.loads++
+	s.mu.Unlock()
+	s.started <- struct{}{}
+	if s.gate != nil {
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return 1, fn([]string{"a", "b"})
+}
+
+// memCache is a minimal session, usage and item cache.
+type memCache struct{ warm *warmSet }
+
+func (c *memCache) PutPrincipal(context.Context, domain.TokenHash, domain.Principal, time.Duration) error {
+	return nil
+}
+func (c *memCache) SeedUsage(context.Context, int64, time.Time, int64, time.Duration) error {
+	return nil
+}
+func (c *memCache) ItemsWarm(_ context.Context, id int64) (int64, bool, error) {
+	return 1, c.warm.has(id), nil
+}
+func (c *memCache) BeginItemsLoad(id int64) *memLoad { return &memLoad{c: c, id: id} }
+
+type memLoad struct {
+	c  *memCache
+	id int64
+}
+
+func (l *memLoad) Add(context.Context, []string) error { return nil }
+func (l *memLoad) Finish(context.Context, int64, time.Duration) error {
+	l.c.warm.set(l.id)
+	return nil
+}
+func (l *memLoad) Abort(context.Context) error { return nil }

@@ -1,0 +1,456 @@
+package warmup_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/warmup"
+)
+
+// clock is a settable time source.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// fakeStore is an in-memory system of record whose LoadItems can be gated.
+type fakeStore struct {
+	mu         sync.Mutex
+	principals map[domain.TokenHash]domain.Principal
+	users      map[int64]domain.User
+	plans      []domain.Plan
+	usage      map[int64]int64
+	items      map[int64][]string
+	version    map[int64]int64
+	hot        []int64
+	hotErrs    int // RecentlyActiveUsers fails this many times first
+	gates      map[int64]chan struct{}
+	loadErr    map[int64]error
+	loads      []int64    // user ids, in LoadItems call order
+	started    chan int64 // receives the user id when LoadItems starts
+	planCalls  int
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{
+		principals: map[domain.TokenHash]domain.Principal{},
+		users:      map[int64]domain.User{},
+		plans: []domain.Plan{
+			{Name: "free", Quota: 1000, Period: domain.PeriodDay, MaxItems: 10000},
+			{Name: "pro", Quota: 1000000, Period: domain.PeriodMonth, MaxItems: 1000000},
+		},
+		usage:   map[int64]int64{},
+		items:   map[int64][]string{},
+		version: map[int64]int64{},
+		gates:   map[int64]chan struct{}{},
+		loadErr: map[int64]error{},
+		started: make(chan int64, 1000),
+	}
+}
+
+// addUser creates a user with n items and returns a token hash for it.
+func (s *fakeStore) addUser(id int64, plan string, n int) domain.TokenHash {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users[id] = domain.User{ID: id, Name: fmt.Sprint("u", id), Plan: plan}
+	var p domain.Plan
+	for _, pl := range s.plans {
+		if pl.Name == plan {
+			p = pl
+		}
+	}
+	var h domain.TokenHash
+	h[0], h[1] = byte(id), byte(id>>8)
+	s.principals[h] = domain.Principal{UserID: id, TokenID: id * 10, Plan: p}
+	items := make([]string, n)
+	for i := range items {
+		items[i] = fmt.Sprintf("item-%d", i)
+	}
+	s.items[id] = items
+	s.version[id] = int64(n)
+	return h
+}
+
+// gate makes LoadItems of id block until the returned func is called.
+func (s *fakeStore) gate(id int64) (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.gates[id] = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { close(ch) }) }
+}
+
+func (s *fakeStore) loadOrder() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]int64(nil), s.loads...)
+}
+
+func (s *fakeStore) loadCount(id int64) int {
+	n := 0
+	for _, l := range s.loadOrder() {
+		if l == id {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *fakeStore) Principal(_ context.Context, h domain.TokenHash) (domain.Principal, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.principals[h]
+	if !ok {
+		return domain.Principal{}, domain.ErrNotFound
+	}
+	return p, nil
+}
+
+func (s *fakeStore) User(_ context.Context, id int64) (domain.User, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u, ok := s.users[id]
+	if !ok {
+		return domain.User{}, domain.ErrNotFound
+	}
+	return u, nil
+}
+
+func (s *fakeStore) Plans(context.Context) ([]domain.Plan, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.planCalls++
+	return append([]domain.Plan(nil), s.plans...), nil
+}
+
+func (s *fakeStore) Usage(_ context.Context, id int64, _ time.Time) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.usage[id], nil
+}
+
+func (s *fakeStore) LoadItems(ctx context.Context, id int64, chunkSize int, fn func([]string) error) (int64, error) {
+	s.mu.Lock()
+	s.loads = append(s.loads, id)
+	gate, err := s.gates[id], s.loadErr[id]
+	items, version := append([]string(nil), s.items[id]...), s.version[id]
+	s.mu.Unlock()
+	s.started <- id
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	for i := 0; i < len(items); i += chunkSize {
+		if err := fn(items[i:min(i+chunkSize, len(items))]); err != nil {
+			return 0, err
+		}
+	}
+	return version, nil
+}
+
+func (s *fakeStore) RecentlyActiveUsers(_ context.Context, limit int) ([]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hotErrs > 0 {
+		s.hotErrs--
+		return nil, domain.ErrUnavailable
+	}
+	return append([]int64(nil), s.hot[:min(limit, len(s.hot))]...), nil
+}
+
+// fakeCache implements the session, usage and item caches.
+type fakeCache struct {
+	mu         sync.Mutex
+	principals map[domain.TokenHash]domain.Principal
+	usage      map[int64]int64
+	sets       map[int64][]string
+	versions   map[int64]int64
+	stale      int // Finish fails with ErrStaleSnapshot this many times first
+	aborts     int
+}
+
+func newFakeCache() *fakeCache {
+	return &fakeCache{
+		principals: map[domain.TokenHash]domain.Principal{},
+		usage:      map[int64]int64{},
+		sets:       map[int64][]string{},
+		versions:   map[int64]int64{},
+	}
+}
+
+func (c *fakeCache) PutPrincipal(_ context.Context, h domain.TokenHash, p domain.Principal, _ time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.principals[h] = p
+	return nil
+}
+
+func (c *fakeCache) SeedUsage(_ context.Context, id int64, _ time.Time, persisted int64, _ time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.usage[id]; !ok {
+		c.usage[id] = persisted
+	}
+	return nil
+}
+
+func (c *fakeCache) ItemsWarm(_ context.Context, id int64) (int64, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.versions[id]
+	return v, ok, nil
+}
+
+func (c *fakeCache) evict(id int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.sets, id)
+	delete(c.versions, id)
+}
+
+func (c *fakeCache) set(id int64) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sets[id]
+}
+
+func (c *fakeCache) BeginItemsLoad(id int64) *fakeLoad { return &fakeLoad{c: c, id: id} }
+
+type fakeLoad struct {
+	c     *fakeCache
+	id    int64
+	items []string
+}
+
+func (l *fakeLoad) Add(_ context.Context, chunk []string) error {
+	l.items = append(l.items, chunk...)
+	return nil
+}
+
+func (l *fakeLoad) Finish(_ context.Context, version int64, _ time.Duration) error {
+	l.c.mu.Lock()
+	defer l.c.mu.Unlock()
+	if l.c.stale > 0 {
+		l.c.stale--
+		return fmt.Errorf("fake finish: %w", domain.ErrStaleSnapshot)
+	}
+	l.c.sets[l.id] = l.items
+	l.c.versions[l.id] = version
+	return nil
+}
+
+func (l *fakeLoad) Abort(context.Context) error {
+	l.c.mu.Lock()
+	defer l.c.mu.Unlock()
+	l.c.aborts++
+	return nil
+}
+
+// memState is an in-memory StatusStore and Locker (TTLs ignored), recording
+// the states each user's status went through.
+type memState struct {
+	mu      sync.Mutex
+	status  map[int64]warmup.Status
+	history map[int64][]warmup.State
+	locks   map[int64]string
+}
+
+func newMemState() *memState {
+	return &memState{status: map[int64]warmup.Status{}, history: map[int64][]warmup.State{}, locks: map[int64]string{}}
+}
+
+func (s *memState) Get(_ context.Context, id int64) (warmup.Status, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.status[id]
+	return st, ok, nil
+}
+
+func (s *memState) Put(_ context.Context, id int64, st warmup.Status, _ time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status[id] = st
+	if h := s.history[id]; len(h) == 0 || h[len(h)-1] != st.State {
+		s.history[id] = append(h, st.State)
+	}
+	return nil
+}
+
+func (s *memState) Delete(_ context.Context, id int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.status, id)
+	s.history[id] = append(s.history[id], warmup.StateIdle)
+	return nil
+}
+
+func (s *memState) states(id int64) []warmup.State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]warmup.State(nil), s.history[id]...)
+}
+
+func (s *memState) locked(id int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.locks[id]
+	return ok
+}
+
+func (s *memState) Acquire(_ context.Context, id int64, token string, _ time.Duration) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, held := s.locks[id]; held {
+		return false, nil
+	}
+	s.locks[id] = token
+	return true, nil
+}
+
+func (s *memState) Extend(_ context.Context, id int64, token string, _ time.Duration) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.locks[id] == token, nil
+}
+
+func (s *memState) Release(_ context.Context, id int64, token string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.locks[id] != token {
+		return false, nil
+	}
+	delete(s.locks, id)
+	return true, nil
+}
+
+// jobRecord is one Observer.WarmupJob call.
+type jobRecord struct {
+	kind, result string
+}
+
+type fakeObserver struct {
+	jobs  chan jobRecord
+	depth func() int64
+	mu    sync.Mutex
+}
+
+func newFakeObserver() *fakeObserver { return &fakeObserver{jobs: make(chan jobRecord, 1000)} }
+
+func (o *fakeObserver) WarmupJob(_ context.Context, kind, result string, _ time.Duration) {
+	o.jobs <- jobRecord{kind, result}
+}
+
+func (o *fakeObserver) ObserveQueueDepth(f func() int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.depth = f
+}
+
+// next waits for the next finished job.
+func (o *fakeObserver) next(t *testing.T) jobRecord {
+	t.Helper()
+	select {
+	case r := <-o.jobs:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("no warmup job finished within 10s")
+		return jobRecord{}
+	}
+}
+
+// waitStarted waits until LoadItems starts for some user and returns it.
+func waitStarted(t *testing.T, s *fakeStore) int64 {
+	t.Helper()
+	select {
+	case id := <-s.started:
+		return id
+	case <-time.After(10 * time.Second):
+		t.Fatal("no items load started within 10s")
+		return 0
+	}
+}
+
+// waitFor polls cond until it holds or 10s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// rig is a Manager with fakes.
+type rig struct {
+	store *fakeStore
+	cache *fakeCache
+	state *memState
+	obs   *fakeObserver
+	clock *clock
+	cfg   warmup.Config
+}
+
+func newRig() *rig {
+	r := &rig{store: newFakeStore(), cache: newFakeCache(), state: newMemState(), obs: newFakeObserver(), clock: newClock()}
+	r.cfg = warmup.Config{
+		QueueSize: 10,
+		Workers:   1,
+		TTL:       10 * time.Minute,
+		CacheTTL:  time.Hour,
+		Store:     r.store,
+		Items:     warmup.ItemsOf(r.cache.BeginItemsLoad, r.cache.ItemsWarm),
+		Usage:     r.cache,
+		Sessions:  r.cache,
+		Status:    r.state,
+		Locks:     r.state,
+		Observer:  r.obs,
+		Now:       r.clock.Now,
+		// No sleeps: the system delay and backoffs return at once.
+		Wait:      func(ctx context.Context, _ time.Duration) error { return ctx.Err() },
+		ChunkSize: 3,
+	}
+	return r
+}
+
+func (r *rig) manager(t *testing.T) *warmup.Manager {
+	t.Helper()
+	m, err := warmup.New(r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Stop(ctx); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	return m
+}
