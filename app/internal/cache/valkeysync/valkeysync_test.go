@@ -1,0 +1,657 @@
+package valkeysync
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/google/go-cmp/cmp"
+	valkey "github.com/valkey-io/valkey-go"
+
+	"github.com/warmpath/warmpath/app/internal/cachesync"
+	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/store/memory"
+	"github.com/warmpath/warmpath/app/internal/store/pgtest"
+)
+
+var (
+	day1 = time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	day2 = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+)
+
+// ledger is what the tests need of a store.
+type ledger interface {
+	cachesync.Ledger
+	Usage(ctx context.Context, userID int64, periodStart time.Time) (int64, error)
+}
+
+// env is one test's Valkey (random prefix) and ledger with users 1..n.
+type env struct {
+	client    valkey.Client
+	newClient func(t testing.TB) valkey.Client // another connection to the same server
+	prefix    string
+	store     ledger
+	users     int
+}
+
+// realEnv needs VALKEY_URL and DATABASE_URL (fresh schema per test).
+func realEnv(t testing.TB, users int) *env {
+	t.Helper()
+	url := os.Getenv("VALKEY_URL")
+	if url == "" {
+		t.Skip("VALKEY_URL not set: skipping test against a real Valkey (e.g. VALKEY_URL=redis://127.0.0.1:6379)")
+	}
+	if os.Getenv("DATABASE_URL") == "" {
+		t.Skip("DATABASE_URL not set: skipping test against a real Postgres")
+	}
+	opt, err := valkey.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.DisableCache = true
+	dial := func(t testing.TB) valkey.Client {
+		c, err := valkey.NewClient(opt)
+		if err != nil {
+			t.Fatalf("connect valkey: %v", err)
+		}
+		return c
+	}
+	client := dial(t)
+	prefix := randomPrefix()
+	t.Cleanup(func() {
+		deletePrefix(t, client, prefix)
+		client.Close()
+	})
+	st := pgtest.NewStore(t)
+	ctx := context.Background()
+	if err := st.UpsertPlans(ctx, []domain.Plan{{Name: "free", Quota: 1000, Period: domain.PeriodDay, MaxItems: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	// Bulk: 50,000 CreateUser round trips would dominate the benchmark setup.
+	// A fresh schema's identity starts at 1, so the users are 1..n.
+	if _, err := st.Pool().Exec(ctx,
+		`INSERT INTO users (name, plan) SELECT 'u' || g, 'free' FROM generate_series(1, $1) g`, users); err != nil {
+		t.Fatalf("create users: %v", err)
+	}
+	newClient := func(t testing.TB) valkey.Client {
+		c := dial(t)
+		t.Cleanup(c.Close)
+		return c
+	}
+	return &env{client: client, newClient: newClient, prefix: prefix, store: st, users: users}
+}
+
+// miniEnv runs on an in-process miniredis and the in-memory store.
+func miniEnv(t testing.TB, users int) *env {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	newClient := func(t testing.TB) valkey.Client {
+		c, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	client := newClient(t)
+	st := memory.New()
+	ctx := context.Background()
+	if err := st.UpsertPlans(ctx, []domain.Plan{{Name: "free", Quota: 1000, Period: domain.PeriodDay, MaxItems: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range users {
+		if _, err := st.CreateUser(ctx, "u"+strconv.Itoa(i), "free", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &env{client: client, newClient: newClient, prefix: randomPrefix(), store: st, users: users}
+}
+
+// backends runs fn on the real servers and on miniredis + memory.
+func backends(t *testing.T, users int, fn func(t *testing.T, e *env)) {
+	t.Run("real", func(t *testing.T) { fn(t, realEnv(t, users)) })
+	t.Run("miniredis", func(t *testing.T) { fn(t, miniEnv(t, users)) })
+}
+
+func randomPrefix() string {
+	var b [6]byte
+	_, _ = crand.Read(b[:])
+	return "wpt" + hex.EncodeToString(b[:])
+}
+
+func deletePrefix(t testing.TB, c valkey.Client, prefix string) {
+	ctx := context.Background()
+	var cursor uint64
+	for {
+		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			t.Logf("cleanup scan: %v", err)
+			return
+		}
+		if len(e.Elements) > 0 {
+			_ = c.Do(ctx, c.B().Unlink().Key(e.Elements...).Build()).Error()
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return
+		}
+	}
+}
+
+// count does what the usage path does for one allowed request: the count
+// (as cache/valkey's script: INCR counter, HINCRBY pending) and, after it in
+// the same pipeline, the dirty mark.
+func (e *env) count(t testing.TB, user int64, period time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	p := PeriodField(period)
+	uid := strconv.FormatInt(user, 10)
+	res := e.client.DoMulti(ctx,
+		e.client.B().Hincrby().Key(e.prefix+":{u:"+uid+"}:pending").Field(p).Increment(1).Build(),
+		MarkDirtyCmd(e.client, e.prefix, user, time.Now()))
+	for _, r := range res {
+		if err := r.Error(); err != nil {
+			t.Fatalf("count: %v", err)
+		}
+	}
+}
+
+// clock is a settable Now.
+type clock struct{ off atomic.Int64 }
+
+func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
+func (c *clock) Advance(d time.Duration) { c.off.Add(int64(d)) }
+
+func (e *env) queue(c *clock) *Queue {
+	cfg := Config{Prefix: e.prefix, Lease: 5 * time.Second}
+	if c != nil {
+		cfg.Now = c.Now
+	}
+	return New(e.client, cfg)
+}
+
+func (e *env) syncer(t testing.TB, q *Queue, id string, batch int) *cachesync.Syncer {
+	t.Helper()
+	s, err := cachesync.New(cachesync.Config{
+		Interval: 5 * time.Millisecond, BatchSize: batch, Store: e.store, Queue: q,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), InstanceID: id, Now: q.now,
+		MaxBackoff: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func flush(t testing.TB, s *cachesync.Syncer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := s.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+}
+
+type uk struct {
+	user int64
+	day  time.Time
+}
+
+// check compares the ledger with want and asserts Valkey holds nothing
+// pending, in flight or claimed.
+func (e *env) check(t testing.TB, want map[uk]int64) {
+	t.Helper()
+	ctx := context.Background()
+	got := map[uk]int64{}
+	for u := int64(1); u <= int64(e.users); u++ {
+		for _, d := range []time.Time{day1, day2} {
+			n, err := e.store.Usage(ctx, u, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				got[uk{u, d}] = n
+			}
+		}
+	}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(uk{})); diff != "" {
+		t.Errorf("ledger counts (-want +got):\n%s", diff)
+	}
+	st, err := New(e.client, Config{Prefix: e.prefix}).Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PendingUsers != 0 {
+		t.Errorf("still pending: %+v", st)
+	}
+	keys, err := e.client.Do(ctx, e.client.B().Keys().Pattern(e.prefix+":*").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 0 {
+		t.Errorf("keys left behind: %v", keys)
+	}
+}
+
+func TestSyncExact(t *testing.T) {
+	backends(t, 300, func(t *testing.T, e *env) {
+		rnd := rand.New(rand.NewPCG(1, 2))
+		want := map[uk]int64{}
+		for u := int64(1); u <= 300; u++ {
+			for _, d := range []time.Time{day1, day2} {
+				for range rnd.IntN(4) {
+					e.count(t, u, d)
+					want[uk{u, d}]++
+				}
+			}
+		}
+		s := e.syncer(t, e.queue(nil), "a", 64)
+		st, err := s.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.PendingUsers == 0 || st.OldestPendingAgeSeconds < 0 {
+			t.Errorf("status before sync = %+v, want pending users", st)
+		}
+		flush(t, s)
+		e.check(t, want)
+		st, err = s.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.PendingUsers != 0 || st.LastBatch == nil || st.LastBatch.Result != cachesync.ResultApplied {
+			t.Errorf("status after sync = %+v", st)
+		}
+	})
+}
+
+func TestSameBatchAppliedTwiceCountsOnce(t *testing.T) {
+	backends(t, 10, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		for u := int64(1); u <= 10; u++ {
+			e.count(t, u, day1)
+			e.count(t, u, day1)
+		}
+		q := e.queue(nil)
+		b, err := q.Claim(ctx, "a", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Users != 10 || len(b.Deltas) != 10 {
+			t.Fatalf("claimed %d users, %d deltas; want 10, 10", b.Users, len(b.Deltas))
+		}
+		for i, wantApplied := range []bool{true, false} {
+			applied, err := e.store.ApplyUsageBatch(ctx, domain.UsageBatch{Key: b.Key, Deltas: b.Deltas})
+			if err != nil || applied != wantApplied {
+				t.Fatalf("apply #%d = %v, %v; want %v", i+1, applied, err, wantApplied)
+			}
+		}
+		if err := q.Ack(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Ack(ctx, b); err != nil {
+			t.Fatalf("second ack: %v", err)
+		}
+		want := map[uk]int64{}
+		for u := int64(1); u <= 10; u++ {
+			want[uk{u, day1}] = 2
+		}
+		e.check(t, want)
+	})
+}
+
+func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
+	backends(t, 50, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		want := map[uk]int64{}
+		for u := int64(1); u <= 50; u++ {
+			e.count(t, u, day1)
+			want[uk{u, day1}]++
+		}
+		clk := &clock{}
+		dead := e.queue(clk)
+		b, err := dead.Claim(ctx, "dead", 1000) // then the owner "dies": no apply, no ack
+		if err != nil || b.Users != 50 {
+			t.Fatalf("claim = %d users, %v", b.Users, err)
+		}
+		// Counts after the claim go to the next batch.
+		for u := int64(1); u <= 5; u++ {
+			e.count(t, u, day2)
+			want[uk{u, day2}]++
+		}
+
+		s := e.syncer(t, e.queue(clk), "b", 1000)
+		flush(t, s) // the lease is live: b syncs only the new counts
+		if n, _ := e.store.Usage(ctx, 1, day1); n != 0 {
+			t.Fatalf("a live lease was taken over: usage %d", n)
+		}
+		clk.Advance(6 * time.Second)
+		flush(t, s)
+		e.check(t, want)
+
+		// The dead owner comes back and finishes its batch: a no-op.
+		applied, err := e.store.ApplyUsageBatch(ctx, domain.UsageBatch{Key: b.Key, Deltas: b.Deltas})
+		if err != nil || applied {
+			t.Fatalf("late apply by the old owner = %v, %v; want false, nil", applied, err)
+		}
+		if ok, err := dead.Renew(ctx, b.Key, "dead"); err != nil || ok {
+			t.Fatalf("old owner's renew = %v, %v; want false", ok, err)
+		}
+		if err := dead.Ack(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		e.check(t, want)
+	})
+}
+
+func TestOwnerDiesMidClaimIsReverted(t *testing.T) {
+	backends(t, 20, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		want := map[uk]int64{}
+		for u := int64(1); u <= 20; u++ {
+			e.count(t, u, day1)
+			want[uk{u, day1}]++
+		}
+		clk := &clock{}
+		q := e.queue(clk)
+		// Replay Claim's first steps only: begin, then claim half the users.
+		id := newBatchID(clk.Now())
+		if err := q.scripts.begin.Exec(ctx, e.client, []string{q.dirty, q.batches, q.recordKey(id), q.batchinfo},
+			[]string{"100", id, "dead", ms(clk.Now()), ms(clk.Now().Add(q.lease))}).Error(); err != nil {
+			t.Fatal(err)
+		}
+		for u := int64(1); u <= 10; u++ {
+			if err := q.scripts.claim.Exec(ctx, e.client, []string{q.userKey(u, "pending"), q.userKey(u, "inflight")}, []string{id}).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st, _ := q.Stats(ctx); st.PendingUsers != 20 {
+			t.Errorf("pending users during the claim = %d, want 20", st.PendingUsers)
+		}
+		// A seed in this state sees pending + in-flight.
+		if created, err := q.SeedUsage(ctx, 3, day1, 100, time.Minute); err != nil || !created {
+			t.Fatalf("seed = %v, %v", created, err)
+		}
+		if n, err := e.client.Do(ctx, e.client.B().Get().Key(q.userKey(3, "use:"+PeriodField(day1))).Build()).AsInt64(); err != nil || n != 101 {
+			t.Errorf("seeded counter = %d, %v; want 101 (persisted 100 + 1 in flight)", n, err)
+		}
+		_ = e.client.Do(ctx, e.client.B().Del().Key(q.userKey(3, "use:"+PeriodField(day1))).Build())
+
+		clk.Advance(6 * time.Second)
+		flush(t, e.syncer(t, e.queue(clk), "b", 7))
+		e.check(t, want)
+	})
+}
+
+func TestCrashBetweenApplyAndAckIsNoOpOnReapply(t *testing.T) {
+	backends(t, 30, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		want := map[uk]int64{}
+		for u := int64(1); u <= 30; u++ {
+			for range int(u % 3) {
+				e.count(t, u, day2)
+				want[uk{u, day2}]++
+			}
+		}
+		clk := &clock{}
+		b, err := e.queue(clk).Claim(ctx, "dead", 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if applied, err := e.store.ApplyUsageBatch(ctx, domain.UsageBatch{Key: b.Key, Deltas: b.Deltas}); err != nil || !applied {
+			t.Fatalf("apply = %v, %v", applied, err)
+		}
+		// Crash before the ack: another instance takes over after the lease.
+		clk.Advance(6 * time.Second)
+		s := e.syncer(t, e.queue(clk), "b", 1000)
+		flush(t, s)
+		e.check(t, want)
+		st, err := s.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.LastBatch == nil || st.LastBatch.Key != b.Key || st.LastBatch.Result != cachesync.ResultDuplicate {
+			t.Errorf("last batch = %+v, want the dead owner's batch as a duplicate", st.LastBatch)
+		}
+	})
+}
+
+func TestConcurrentSyncersNeverDoubleCount(t *testing.T) {
+	backends(t, 200, func(t *testing.T, e *env) {
+		ctx, cancel := context.WithCancel(context.Background())
+		var run sync.WaitGroup
+		syncers := make([]*cachesync.Syncer, 3)
+		// Hot users (20 of them) so claims race with counts of the same user.
+		for i := range syncers {
+			// Each syncer is an "instance" with its own connection, so its
+			// claims interleave with the writers' commands on the server.
+			q := New(e.newClient(t), Config{Prefix: e.prefix})
+			syncers[i] = e.syncer(t, q, "s"+strconv.Itoa(i), 16)
+			run.Go(func() { _ = syncers[i].Run(ctx) })
+		}
+		var mu sync.Mutex
+		want := map[uk]int64{}
+		var writers sync.WaitGroup
+		for w := range 8 {
+			wc := &env{client: e.newClient(t), prefix: e.prefix}
+			writers.Go(func() {
+				rnd := rand.New(rand.NewPCG(uint64(w), 7))
+				for range 400 {
+					u := int64(rnd.IntN(20) + 1)
+					d := []time.Time{day1, day2}[rnd.IntN(2)]
+					wc.count(t, u, d)
+					mu.Lock()
+					want[uk{u, d}]++
+					mu.Unlock()
+					if rnd.IntN(50) == 0 {
+						syncers[rnd.IntN(3)].Trigger()
+					}
+				}
+			})
+		}
+		writers.Wait()
+		cancel()
+		run.Wait()
+		for _, s := range syncers {
+			flush(t, s)
+		}
+		e.check(t, want)
+	})
+}
+
+// flakyLedger fails its first n calls as an unreachable Postgres would.
+type flakyLedger struct {
+	ledger
+	n atomic.Int64
+}
+
+func (f *flakyLedger) ApplyUsageBatch(ctx context.Context, b domain.UsageBatch) (bool, error) {
+	if f.n.Add(-1) >= 0 {
+		return false, fmt.Errorf("apply: %w", domain.ErrUnavailable)
+	}
+	return f.ledger.ApplyUsageBatch(ctx, b)
+}
+
+func TestLedgerOutageKeepsDeltasClaimedThenDrains(t *testing.T) {
+	backends(t, 40, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		want := map[uk]int64{}
+		for u := int64(1); u <= 40; u++ {
+			e.count(t, u, day1)
+			want[uk{u, day1}]++
+		}
+		fl := &flakyLedger{ledger: e.store}
+		fl.n.Store(1 << 30)
+		real := e.store
+		e.store = fl
+		s := e.syncer(t, e.queue(nil), "a", 16)
+		e.store = real
+		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		if err := s.Flush(short); err == nil {
+			t.Fatal("Flush while the ledger is down: want error")
+		}
+		st, err := s.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One batch (16 users) is claimed and held; nothing more is claimed
+		// during the outage; all 40 users are still pending.
+		if st.PendingUsers != 40 || st.HeldBatches != 1 || st.LastBatch == nil || st.LastBatch.Result != cachesync.ResultError {
+			t.Errorf("during the outage: %+v; want 40 pending users, 1 held batch, last result error", st)
+		}
+		fl.n.Store(2) // the outage ends after two more failures
+		flush(t, s)
+		e.check(t, want)
+	})
+}
+
+func TestSweep(t *testing.T) {
+	backends(t, 3, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		q := e.queue(nil)
+		// A count whose mark was lost, and an in-flight entry of a batch that
+		// no longer exists (an overtaken owner's late claim).
+		if err := e.client.Do(ctx, e.client.B().Hincrby().Key(q.userKey(1, "pending")).Field(PeriodField(day1)).Increment(4).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.client.Do(ctx, e.client.B().Hset().Key(q.userKey(2, "inflight")).FieldValue().FieldValue("gone|"+PeriodField(day2), "3").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		res, err := q.Sweep(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(SweepResult{Marked: 2, Reverted: 1}, res); diff != "" {
+			t.Errorf("Sweep (-want +got):\n%s", diff)
+		}
+		flush(t, e.syncer(t, q, "a", 10))
+		e.check(t, map[uk]int64{{1, day1}: 4, {2, day2}: 3})
+	})
+}
+
+func TestMarkDirtyCmdKeepsFirstTime(t *testing.T) {
+	e := miniEnv(t, 0)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_700_000_000_000)
+	for i := range 3 {
+		if err := e.client.Do(ctx, MarkDirtyCmd(e.client, e.prefix, 7, t0.Add(time.Duration(i)*time.Second))).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	score, err := e.client.Do(ctx, e.client.B().Zscore().Key(DirtyKey(e.prefix)).Member("7").Build()).AsFloat64()
+	if err != nil || int64(score) != t0.UnixMilli() {
+		t.Errorf("dirty score = %v, %v; want the first mark's time %d", score, err, t0.UnixMilli())
+	}
+}
+
+func TestDeltaEncoding(t *testing.T) {
+	ds := []domain.UsageDelta{{UserID: 1, PeriodStart: day1, Delta: 3}, {UserID: 99999999, PeriodStart: day2, Delta: 1}}
+	got, err := decodeDeltas(encodeDeltas(ds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ds, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	if got, err := decodeDeltas(""); err != nil || len(got) != 0 {
+		t.Errorf("decode empty = %v, %v", got, err)
+	}
+	if _, err := decodeDeltas("1:2026:x"); err == nil {
+		t.Error("decode garbage: want error")
+	}
+}
+
+// BenchmarkSync50k syncs 50,000 dirty users (one delta each) from the real
+// Valkey into the real Postgres and reports users/s.
+func BenchmarkSync50k(b *testing.B) {
+	const users = 50_000
+	e := realEnv(b, users)
+	ctx := context.Background()
+	var total time.Duration
+	for i := range b.N {
+		b.StopTimer()
+		day := day1.AddDate(0, 0, i)
+		p := PeriodField(day)
+		cmds := make(valkey.Commands, 0, 2*users)
+		for u := int64(1); u <= users; u++ {
+			uid := strconv.FormatInt(u, 10)
+			cmds = append(cmds,
+				e.client.B().Hincrby().Key(e.prefix+":{u:"+uid+"}:pending").Field(p).Increment(1).Build(),
+				MarkDirtyCmd(e.client, e.prefix, u, time.Now()))
+		}
+		for _, r := range e.client.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		s := e.syncer(b, e.queue(nil), fmt.Sprintf("bench%d", i), cachesync.DefaultBatchSize)
+		b.StartTimer()
+		start := time.Now()
+		flush(b, s)
+		total += time.Since(start)
+		b.StopTimer()
+		if n, err := e.store.Usage(ctx, users, day); err != nil || n != 1 {
+			b.Fatalf("usage of the last user = %d, %v; want 1", n, err)
+		}
+	}
+	b.ReportMetric(float64(users*b.N)/total.Seconds(), "users/s")
+}
+
+func TestTakeoverRefusesLiveLease(t *testing.T) {
+	backends(t, 1, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		e.count(t, 1, day1)
+		clk := &clock{}
+		q := e.queue(clk)
+		b, err := q.Claim(ctx, "a", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Listed as expired by a racing instance, but renewed since: the
+		// takeover script itself must refuse.
+		now := clk.Now()
+		err = q.scripts.takeover.Exec(ctx, e.client, []string{q.recordKey(b.Key), q.batches, q.batchinfo},
+			[]string{b.Key, ms(now), "b", ms(now.Add(q.lease))}).Error()
+		if !valkey.IsValkeyNil(err) {
+			t.Fatalf("takeover of a live batch: err = %v, want nil reply", err)
+		}
+		if ok, err := q.Renew(ctx, b.Key, "a"); err != nil || !ok {
+			t.Fatalf("owner's renew = %v, %v; want true", ok, err)
+		}
+	})
+}
+
+func TestCountDuringClaimIsReMarked(t *testing.T) {
+	backends(t, 1, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		e.count(t, 1, day1)
+		q := e.queue(nil)
+		b, err := q.Claim(ctx, "a", 10) // takes user 1 out of the index
+		if err != nil || b.Users != 1 {
+			t.Fatalf("claim = %+v, %v", b, err)
+		}
+		e.count(t, 1, day1) // counted after the claim: its mark re-adds the user
+		if st, _ := q.Stats(ctx); st.PendingUsers != 2 {
+			t.Errorf("pending users = %d, want 2 (1 dirty + 1 in the batch)", st.PendingUsers)
+		}
+		if _, err := e.store.ApplyUsageBatch(ctx, domain.UsageBatch{Key: b.Key, Deltas: b.Deltas}); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Ack(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		flush(t, e.syncer(t, q, "a", 10))
+		e.check(t, map[uk]int64{{1, day1}: 2})
+	})
+}

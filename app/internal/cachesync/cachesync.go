@@ -1,0 +1,554 @@
+// Package cachesync is warmpath's write-behind usage sync: a loop that moves
+// the usage deltas counted in the hot cache (Valkey) to the system of record
+// (Postgres) in batches, exactly once, through crashes, restarts, outages and
+// several instances syncing at the same time.
+//
+// # Protocol: claim → apply → acknowledge
+//
+// The queue (Pending; package valkeysync implements it on Valkey) hands out
+// batches. Claiming a batch moves the deltas of up to BatchSize dirty users
+// out of their pending hashes into in-flight entries tagged with the batch
+// key, and records the batch (owner, lease, deltas). The Syncer then applies
+// the deltas to the Ledger with Ledger.ApplyUsageBatch(Key = the batch key),
+// which adds the counts and records the key in one Postgres transaction, and
+// finally acknowledges the batch (the queue forgets it). A batch whose owner
+// stops renewing its lease is taken over by any instance and applied again
+// WITH THE SAME KEY, so Postgres counts it once whatever happened before:
+//
+//   - crash after claim, before apply: the lease expires, another instance
+//     applies the recorded deltas (or, if the claim never finished, moves
+//     them back to pending); nothing is lost.
+//   - crash after apply, before ack: the taker's apply finds the key already
+//     recorded (applied=false, nothing changes) and then acknowledges;
+//     nothing is doubled.
+//   - crash mid-ack: the batch record is deleted last, so it is still there:
+//     taken over, re-applied as a no-op, acknowledged again (idempotent).
+//   - Postgres down or an ambiguous commit (timeout): the batch stays held by
+//     its owner, which keeps renewing the lease and retries the SAME key with
+//     capped exponential backoff.
+//
+// Deltas counted in process while Valkey is down (LocalSource, fail-open
+// mode) go through the same ApplyUsageBatch path, under keys of their own
+// that are kept across retries for the same reason.
+//
+// Requests never wait for any of this: the loop runs on its own goroutine and
+// Trigger only signals it.
+package cachesync
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warmpath/warmpath/app/internal/domain"
+)
+
+// Batch results reported to Observer.SyncBatch and in Status.LastBatch; they
+// are the values of warmpath_usage_sync_batches_total{result}.
+const (
+	ResultApplied   = "applied"   // the batch's deltas were added to the ledger
+	ResultDuplicate = "duplicate" // the key was already applied: nothing changed
+	ResultError     = "error"     // the apply failed; the batch is kept and retried
+)
+
+// DefaultBatchSize is the number of users per batch when Config.BatchSize is 0.
+const DefaultBatchSize = 5000
+
+// maxHeld bounds the batches one Syncer keeps for retry before it stops
+// claiming more; it only matters when batches fail for a reason other than
+// an outage (e.g. a user unknown to the ledger).
+const maxHeld = 8
+
+// Ledger is the system of record's batch entry point. ApplyUsageBatch MUST
+// add every delta and record batch.Key in one transaction, and MUST change
+// nothing and return applied=false for a key it has already recorded.
+type Ledger interface {
+	ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (applied bool, err error)
+}
+
+// Batch is a claimed set of deltas and its idempotency key.
+type Batch struct {
+	// Key identifies the batch in the queue and is its idempotency key in the
+	// ledger.
+	Key string
+	// Deltas are the claimed counts; empty when the claimed users had nothing
+	// pending (the batch is then only acknowledged).
+	Deltas []domain.UsageDelta
+	// Users is how many users were taken from the dirty index for this batch
+	// (0: nothing was dirty). A batch with Users == the requested limit
+	// means more may be waiting.
+	Users int
+}
+
+// QueueStats describes what is waiting to reach the ledger.
+type QueueStats struct {
+	// PendingUsers counts dirty users plus users of claimed, unacknowledged
+	// batches.
+	PendingUsers int64
+	// Oldest is when the oldest waiting delta was counted (zero: nothing
+	// waits).
+	Oldest time.Time
+}
+
+// Pending is the queue of usage deltas waiting for the ledger.
+// Implementations MUST be safe for concurrent use by several Syncers in
+// several processes.
+type Pending interface {
+	// Claim takes up to limit dirty users into a new batch owned by owner. A
+	// batch with Users == 0 means nothing was dirty.
+	Claim(ctx context.Context, owner string, limit int) (Batch, error)
+	// Recover takes over up to limit batches whose owner's lease expired and
+	// returns those that must be applied (again) under their own key.
+	Recover(ctx context.Context, owner string, limit int) ([]Batch, error)
+	// Renew extends owner's lease on the batch; false means the batch is no
+	// longer owner's (taken over or already acknowledged): the caller must
+	// drop it.
+	Renew(ctx context.Context, key, owner string) (bool, error)
+	// Ack forgets a batch that the ledger holds. It is idempotent.
+	Ack(ctx context.Context, b Batch) error
+	// Stats reports what waits.
+	Stats(ctx context.Context) (QueueStats, error)
+}
+
+// LocalSource holds usage counted in process while the shared counter is
+// unreachable (usage.Local implements it). Drain hands over and forgets the
+// deltas; Restore takes back those that could not be persisted.
+type LocalSource interface {
+	Drain() []domain.UsageDelta
+	Restore([]domain.UsageDelta)
+}
+
+// Observer receives the sync's metrics (telemetry.Metrics implements it).
+type Observer interface {
+	// SyncBatch counts one batch by result (ResultApplied, ResultDuplicate,
+	// ResultError).
+	SyncBatch(ctx context.Context, result string)
+	// ObserveSync registers the sources of the pending-users and lag gauges.
+	ObserveSync(pending func() int64, lag func() float64)
+}
+
+// Config configures a Syncer. Store and Queue are required.
+type Config struct {
+	// Interval is the time between passes (SYNC_INTERVAL); default 1s.
+	Interval time.Duration
+	// BatchSize is the number of users per batch; default DefaultBatchSize.
+	BatchSize int
+	// Store is the ledger the deltas go to.
+	Store Ledger
+	// Queue holds the pending deltas.
+	Queue Pending
+	// Local, optional, holds in-process counts from fail-open mode.
+	Local LocalSource
+	// Observer, optional, receives metrics.
+	Observer Observer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Now defaults to time.Now.
+	Now func() time.Time
+	// InstanceID names this process as a batch owner; default a random id.
+	InstanceID string
+	// MaxBackoff caps the wait between retries after a failed pass; default
+	// half of DefaultLease(Interval), at most 30s, so that an owner retrying
+	// an outage renews its leases in time.
+	MaxBackoff time.Duration
+}
+
+// DefaultLease is the lease a queue should give batches for a sync interval:
+// five intervals, at least 5s. A batch whose owner has not renewed it for
+// that long is taken over by another instance.
+func DefaultLease(interval time.Duration) time.Duration {
+	return max(5*interval, 5*time.Second)
+}
+
+// LastBatch describes the most recent batch this Syncer applied or tried.
+type LastBatch struct {
+	Key        string    `json:"key"`
+	Users      int       `json:"users"`
+	DurationMs float64   `json:"durationMs"`
+	Result     string    `json:"result"`
+	At         time.Time `json:"at"`
+	Error      string    `json:"error,omitempty"`
+}
+
+// Status is the answer of GET /admin/sync.
+type Status struct {
+	PendingUsers            int64      `json:"pendingUsers"`
+	OldestPendingAgeSeconds float64    `json:"oldestPendingAgeSeconds"`
+	LastBatch               *LastBatch `json:"lastBatch"`
+	Triggered               int64      `json:"triggered"`
+	// HeldBatches are batches of this instance waiting for a retry.
+	HeldBatches int `json:"heldBatches"`
+}
+
+// Syncer runs the sync loop. It is safe for concurrent use.
+type Syncer struct {
+	cfg     Config
+	log     *slog.Logger
+	trigger chan struct{}
+
+	mu    sync.Mutex // serialises passes (the loop and Flush)
+	held  []Batch    // own batches claimed, not yet applied+acknowledged
+	local *domain.UsageBatch
+
+	triggered    atomic.Int64
+	heldN        atomic.Int64
+	pendingUsers atomic.Int64
+	oldestMs     atomic.Int64 // unix ms of the oldest pending delta, 0 if none
+	last         atomic.Pointer[LastBatch]
+}
+
+// New returns a Syncer; it does nothing until Run or Flush.
+func New(cfg Config) (*Syncer, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("cachesync: Store is required")
+	}
+	if cfg.Queue == nil {
+		return nil, errors.New("cachesync: Queue is required")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = "i-" + randomHex(6)
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = min(DefaultLease(cfg.Interval)/2, 30*time.Second)
+	}
+	s := &Syncer{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "cachesync", "instance", cfg.InstanceID),
+		trigger: make(chan struct{}, 1),
+	}
+	if cfg.Observer != nil {
+		cfg.Observer.ObserveSync(s.pendingUsers.Load, s.lagSeconds)
+	}
+	return s, nil
+}
+
+// Trigger asks the loop for a pass now. It never blocks: triggers that
+// arrive while one is already waiting are coalesced into it.
+func (s *Syncer) Trigger() {
+	s.triggered.Add(1)
+	select {
+	case s.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run syncs every Interval (and on Trigger) until ctx is done, then returns
+// nil. After a failed pass it waits with capped exponential backoff instead.
+// At shutdown the caller flushes what is left with Flush and its own
+// deadline.
+func (s *Syncer) Run(ctx context.Context) error {
+	timer := time.NewTimer(s.cfg.Interval)
+	defer timer.Stop()
+	var backoff time.Duration
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-s.trigger:
+		}
+		_, err := s.pass(ctx)
+		s.refreshStats(ctx)
+		wait := s.cfg.Interval
+		switch {
+		case err != nil && ctx.Err() == nil:
+			backoff = s.nextBackoff(backoff)
+			wait = backoff
+			s.log.Warn("usage sync pass failed; retrying", "err", err, "retryIn", backoff)
+		case err == nil:
+			backoff = 0
+		}
+		// Go ≥ 1.23 timers: Reset needs no drain.
+		timer.Reset(wait)
+	}
+}
+
+// Flush syncs until nothing is pending or ctx is done (shutdown, within the
+// drain deadline). On failure, batches claimed from the queue stay there and
+// are taken over after their lease by another (or the restarted) instance;
+// in-process deltas that could not be persisted are handed back to Local.
+func (s *Syncer) Flush(ctx context.Context) error {
+	var backoff time.Duration
+	for {
+		drained, err := s.pass(ctx)
+		if err == nil && drained {
+			s.refreshStats(ctx)
+			return nil
+		}
+		if err == nil {
+			continue
+		}
+		backoff = s.nextBackoff(backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.restoreLocal()
+			return fmt.Errorf("usage sync flush: %w (last error: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+// Status reports what waits and the last batch, for GET /admin/sync.
+func (s *Syncer) Status(ctx context.Context) (Status, error) {
+	st := Status{
+		LastBatch:   s.last.Load(),
+		Triggered:   s.triggered.Load(),
+		HeldBatches: int(s.heldN.Load()),
+	}
+	qs, err := s.cfg.Queue.Stats(ctx)
+	if err != nil {
+		return st, fmt.Errorf("usage sync status: %w", err)
+	}
+	s.storeStats(qs)
+	st.PendingUsers = qs.PendingUsers
+	if !qs.Oldest.IsZero() {
+		st.OldestPendingAgeSeconds = max(s.cfg.Now().Sub(qs.Oldest).Seconds(), 0)
+	}
+	return st, nil
+}
+
+// pass runs one sync pass: own held batches, in-process deltas, batches of
+// dead owners, then new batches until the dirty index is drained. drained
+// reports that nothing was left to claim and nothing is held.
+func (s *Syncer) pass(ctx context.Context) (drained bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer func() { s.heldN.Store(int64(len(s.held))) }()
+
+	// In-process deltas first: they exist because Valkey is down, so they
+	// must not wait for any Valkey call below to succeed.
+	localErr := s.flushLocal(ctx)
+
+	var firstErr error
+	keep := s.held[:0]
+	for i, b := range s.held {
+		ok, err := s.cfg.Queue.Renew(ctx, b.Key, s.cfg.InstanceID)
+		if err != nil {
+			// The queue is unreachable: keep everything, try again later.
+			s.held = append(keep, s.held[i:]...)
+			return false, errors.Join(localErr, fmt.Errorf("renew batch %s: %w", b.Key, err))
+		}
+		if !ok {
+			s.log.Info("usage batch taken over by another instance", "key", b.Key)
+			continue
+		}
+		if err := s.applyAndAck(ctx, b); err != nil {
+			keep = append(keep, b)
+			if outage(err) {
+				s.held = append(keep, s.held[i+1:]...)
+				return false, errors.Join(localErr, err)
+			}
+			firstErr = cmpErr(firstErr, err)
+		}
+	}
+	s.held = keep
+
+	recovered, err := s.cfg.Queue.Recover(ctx, s.cfg.InstanceID, maxHeld)
+	if err != nil {
+		return false, errors.Join(localErr, firstErr, fmt.Errorf("recover batches: %w", err))
+	}
+	for i, b := range recovered {
+		s.log.Info("usage batch taken over from a dead owner", "key", b.Key, "users", b.Users)
+		if err := s.applyAndAck(ctx, b); err != nil {
+			s.held = append(s.held, recovered[i:]...)
+			return false, errors.Join(localErr, firstErr, err)
+		}
+	}
+
+	for len(s.held) < maxHeld {
+		if err := ctx.Err(); err != nil {
+			return false, errors.Join(localErr, firstErr, err)
+		}
+		b, err := s.cfg.Queue.Claim(ctx, s.cfg.InstanceID, s.cfg.BatchSize)
+		if err != nil {
+			return false, errors.Join(localErr, firstErr, fmt.Errorf("claim batch: %w", err))
+		}
+		if b.Users == 0 {
+			break
+		}
+		if err := s.applyAndAck(ctx, b); err != nil {
+			s.held = append(s.held, b)
+			if outage(err) {
+				return false, errors.Join(localErr, firstErr, err)
+			}
+			firstErr = cmpErr(firstErr, err)
+			continue
+		}
+		if b.Users < s.cfg.BatchSize {
+			break
+		}
+	}
+	err = errors.Join(localErr, firstErr)
+	return err == nil && len(s.held) == 0 && s.local == nil, err
+}
+
+// applyAndAck applies b under its key and acknowledges it.
+func (s *Syncer) applyAndAck(ctx context.Context, b Batch) error {
+	if len(b.Deltas) > 0 {
+		if _, err := s.apply(ctx, domain.UsageBatch{Key: b.Key, Deltas: b.Deltas}); err != nil {
+			return err
+		}
+	}
+	if err := s.cfg.Queue.Ack(ctx, b); err != nil {
+		// Applied but not acknowledged: kept, the retry is a ledger no-op.
+		return fmt.Errorf("ack batch %s: %w", b.Key, err)
+	}
+	return nil
+}
+
+// flushLocal persists in-process deltas. A batch that fails is kept with its
+// key and retried as it is: its commit may have happened (a timeout), and
+// only the same key makes the retry safe.
+func (s *Syncer) flushLocal(ctx context.Context) error {
+	if s.cfg.Local == nil {
+		return nil
+	}
+	if s.local == nil {
+		deltas := s.cfg.Local.Drain()
+		if len(deltas) == 0 {
+			return nil
+		}
+		s.local = &domain.UsageBatch{Key: "local:" + s.cfg.InstanceID + ":" + randomHex(8), Deltas: deltas}
+	}
+	if _, err := s.apply(ctx, *s.local); err != nil {
+		return fmt.Errorf("persist in-process usage: %w", err)
+	}
+	s.local = nil
+	return nil
+}
+
+// restoreLocal hands an unpersisted in-process batch back to Local when the
+// Syncer gives up (Flush out of time), so the counts stay visible in process.
+func (s *Syncer) restoreLocal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.local == nil || s.cfg.Local == nil {
+		return
+	}
+	s.log.Warn("in-process usage not persisted; handed back", "key", s.local.Key, "deltas", len(s.local.Deltas))
+	s.cfg.Local.Restore(s.local.Deltas)
+	s.local = nil
+}
+
+// apply writes one batch to the ledger and records the outcome.
+func (s *Syncer) apply(ctx context.Context, b domain.UsageBatch) (bool, error) {
+	start := s.cfg.Now()
+	applied, err := s.cfg.Store.ApplyUsageBatch(ctx, b)
+	end := s.cfg.Now()
+	result := ResultApplied
+	switch {
+	case err != nil:
+		result = ResultError
+	case !applied:
+		result = ResultDuplicate
+	}
+	lb := &LastBatch{
+		Key:        b.Key,
+		Users:      countUsers(b.Deltas),
+		DurationMs: float64(end.Sub(start).Microseconds()) / 1000,
+		Result:     result,
+		At:         end,
+	}
+	if err != nil {
+		lb.Error = err.Error()
+	}
+	s.last.Store(lb)
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.SyncBatch(ctx, result)
+	}
+	if err != nil {
+		return false, fmt.Errorf("apply usage batch %s: %w", b.Key, err)
+	}
+	if !applied {
+		s.log.Info("usage batch already applied; acknowledging", "key", b.Key)
+	}
+	return applied, nil
+}
+
+func (s *Syncer) refreshStats(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
+	qs, err := s.cfg.Queue.Stats(ctx)
+	if err != nil {
+		s.log.Debug("usage sync stats unavailable", "err", err)
+		return
+	}
+	s.storeStats(qs)
+}
+
+func (s *Syncer) storeStats(qs QueueStats) {
+	s.pendingUsers.Store(qs.PendingUsers)
+	if qs.Oldest.IsZero() {
+		s.oldestMs.Store(0)
+	} else {
+		s.oldestMs.Store(qs.Oldest.UnixMilli())
+	}
+}
+
+// lagSeconds is the age of the oldest pending delta as of the last pass.
+func (s *Syncer) lagSeconds() float64 {
+	ms := s.oldestMs.Load()
+	if ms == 0 {
+		return 0
+	}
+	return max(s.cfg.Now().Sub(time.UnixMilli(ms)).Seconds(), 0)
+}
+
+func (s *Syncer) nextBackoff(cur time.Duration) time.Duration {
+	if cur <= 0 {
+		return min(max(s.cfg.Interval/4, 50*time.Millisecond), s.cfg.MaxBackoff)
+	}
+	return min(2*cur, s.cfg.MaxBackoff)
+}
+
+// outage reports errors that will hit every batch alike (a dependency down,
+// a deadline), as opposed to a problem with one batch's content.
+func outage(err error) bool {
+	return errors.Is(err, domain.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, context.Canceled)
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+func countUsers(ds []domain.UsageDelta) int {
+	if len(ds) == 0 {
+		return 0
+	}
+	seen := make(map[int64]struct{}, len(ds))
+	for _, d := range ds {
+		seen[d.UserID] = struct{}{}
+	}
+	return len(seen)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
