@@ -30,6 +30,7 @@ const (
 	TooManyItems         Code = "too_many_items"
 	UnknownPlan          Code = "unknown_plan"
 	WarmupQueueFull      Code = "warmup_queue_full"
+	RequestTimeout       Code = "request_timeout"
 	Unavailable          Code = "service_unavailable"
 	Internal             Code = "internal_error"
 	ShuttingDown         Code = "shutting_down"

@@ -1,0 +1,213 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/warmpath/warmpath/app/internal/apperr"
+	"github.com/warmpath/warmpath/app/internal/telemetry"
+)
+
+// reqState is one request's bookkeeping, kept in c.Locals.
+type reqState struct {
+	id    string
+	start time.Time
+	b     telemetry.Breakdown
+	perf  bool // a metered/API route: gets a [PERF] line and phase metrics
+}
+
+const stateKey = "warmpath.req"
+
+func state(c *fiber.Ctx) *reqState {
+	if s, ok := c.Locals(stateKey).(*reqState); ok {
+		return s
+	}
+	return &reqState{}
+}
+
+func requestID(c *fiber.Ctx) string {
+	if s, ok := c.Locals(stateKey).(*reqState); ok {
+		return s.id
+	}
+	// Errors raised before the middleware ran (e.g. the body limit) still
+	// get an id.
+	return newIDs.next()
+}
+
+// idSource makes request ids: a random per-process prefix and a counter, so
+// ids are unique across instances and cost no syscall per request.
+type idSource struct {
+	prefix string
+	n      atomic.Uint64
+}
+
+var newIDs = func() *idSource {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return &idSource{prefix: hex.EncodeToString(b)}
+}()
+
+func (s *idSource) next() string {
+	return s.prefix + "-" + strconv.FormatUint(s.n.Add(1), 36)
+}
+
+// validInboundID accepts a caller's X-Request-Id only if it is short and
+// plain, so it is safe to echo and log.
+func validInboundID(b []byte) bool {
+	if len(b) == 0 || len(b) > 128 {
+		return false
+	}
+	for _, ch := range b {
+		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_' || ch == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// headerCarrier adapts fasthttp request headers for trace-context extraction
+// without copying every header into an http.Header.
+type headerCarrier struct{ h *fasthttp.RequestHeader }
+
+func (hc headerCarrier) Get(k string) string { return string(hc.h.Peek(k)) }
+func (hc headerCarrier) Set(k, v string)     { hc.h.Set(k, v) }
+func (hc headerCarrier) Keys() []string      { return []string{"traceparent", "tracestate", "baggage"} }
+
+// observe is the outermost middleware: request id, server span, timing,
+// the error shape, Server-Timing, CORS, metrics and the [PERF] line.
+func (s *Server) observe(c *fiber.Ctx) (err error) {
+	st := &reqState{start: time.Now()}
+	conn := c.Context().Conn()
+	s.conns.setBusy(conn, true)
+	defer s.conns.setBusy(conn, false)
+	if in := c.Request().Header.Peek(fiber.HeaderXRequestID); validInboundID(in) {
+		st.id = string(in)
+	} else {
+		st.id = newIDs.next()
+	}
+	c.Locals(stateKey, st)
+	c.Set(fiber.HeaderXRequestID, st.id)
+
+	ctx := s.prop.Extract(context.Background(), headerCarrier{&c.Request().Header})
+	method := c.Method() // fiber returns an immutable copy for known methods
+	ctx, span := s.tracer.Start(ctx, method, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			semconv.HTTPRequestMethodKey.String(method),
+			semconv.URLPath(c.Path()),
+			semconv.URLScheme(c.Protocol()),
+			semconv.ClientAddress(c.IP()),
+		))
+	c.SetUserContext(ctx)
+
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.ErrorContext(ctx, "panic serving request", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = apperr.New(apperr.Internal, "an internal error occurred")
+		}
+		if err != nil {
+			if e := fromFiber(err); status(e.Code) >= 500 {
+				span.RecordError(err)
+				s.log.ErrorContext(ctx, "request failed", "request_id", st.id, "code", string(e.Code), "err", err.Error())
+			}
+			_ = writeError(c, err)
+			err = nil
+		}
+		s.finish(ctx, c, st, span)
+	}()
+	s.cors(c)
+	return c.Next()
+}
+
+func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span trace.Span) {
+	st.b.Total = time.Since(st.start)
+	code := c.Response().StatusCode()
+	route := c.Route().Path
+	if code == fiber.StatusNotFound && (route == "/" || route == "") {
+		route = "unmatched" // keep metric cardinality bounded
+	}
+	method := c.Method()
+	c.Set("Server-Timing", telemetry.ServerTiming(st.b))
+
+	span.SetName(method + " " + route)
+	span.SetAttributes(semconv.HTTPRoute(route), semconv.HTTPResponseStatusCode(code))
+	if code >= 500 {
+		span.SetStatus(codes.Error, strconv.Itoa(code))
+	}
+	span.End()
+
+	s.reqDuration.Record(ctx, st.b.Total.Seconds(), metric.WithAttributeSet(attribute.NewSet(
+		semconv.HTTPRequestMethodKey.String(method),
+		semconv.HTTPRoute(route),
+		semconv.HTTPResponseStatusCode(code),
+	)))
+	if st.perf {
+		slow := s.metrics.RecordRequest(ctx, st.b)
+		telemetry.LogPerf(ctx, s.log, method, route, code, st.b, slow)
+	}
+}
+
+// cors answers for allowed origins only; Timing-Allow-Origin lets browsers
+// read the Server-Timing breakdown.
+func (s *Server) cors(c *fiber.Ctx) {
+	origin := c.Get(fiber.HeaderOrigin)
+	if origin == "" || !s.allowOrigin(origin) {
+		return
+	}
+	c.Set(fiber.HeaderAccessControlAllowOrigin, origin)
+	c.Set("Timing-Allow-Origin", origin)
+	c.Set(fiber.HeaderVary, "Origin")
+	c.Set(fiber.HeaderAccessControlExposeHeaders, "Server-Timing, X-Request-Id, RateLimit, RateLimit-Policy, Retry-After")
+}
+
+func (s *Server) allowOrigin(origin string) bool {
+	for _, o := range s.cfg.CORSOrigins {
+		if o == "*" || o == origin {
+			return true
+		}
+	}
+	return false
+}
+
+// preflight answers CORS preflight requests.
+func (s *Server) preflight(c *fiber.Ctx) error {
+	if !s.allowOrigin(c.Get(fiber.HeaderOrigin)) {
+		return apperr.New(apperr.Forbidden, "origin not allowed")
+	}
+	c.Set(fiber.HeaderAccessControlAllowMethods, "GET, POST, OPTIONS")
+	c.Set(fiber.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, X-Request-Id, traceparent, tracestate")
+	c.Set(fiber.HeaderAccessControlMaxAge, "600")
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// phase runs fn inside a child span named name and adds its duration to *d.
+func (s *Server) phase(ctx context.Context, name string, d *time.Duration, fn func(ctx context.Context) error) error {
+	ctx, span := s.tracer.Start(ctx, name)
+	start := time.Now()
+	err := fn(ctx)
+	*d += time.Since(start)
+	if err != nil {
+		if e := apperr.As(err); e == nil || status(e.Code) >= 500 {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "failed")
+		}
+	}
+	span.End()
+	return err
+}
+
+var _ propagation.TextMapCarrier = headerCarrier{}

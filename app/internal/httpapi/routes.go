@@ -1,0 +1,25 @@
+package httpapi
+
+import "github.com/gofiber/fiber/v2"
+
+// routes is every public route, in one place.
+func (s *Server) routes(app *fiber.App) {
+	app.Use(s.observe)
+	app.Options("/*", s.preflight)
+
+	app.Post("/api/hasNotEngine-ultra-fast", s.metered, s.handleQuery)
+	app.Post("/api/items", s.metered, s.handleItems)
+	app.Post("/api/user/warmup", s.metered, s.handleWarmupPost)
+	app.Get("/api/user/warmup", s.metered, s.handleWarmupGet)
+
+	app.Get("/livez", s.handleLivez)
+	app.Get("/readyz", s.handleReadyz)
+
+	app.Use(s.notFound)
+}
+
+// metered marks API routes: they get phase metrics and a [PERF] line.
+func (s *Server) metered(c *fiber.Ctx) error {
+	state(c).perf = true
+	return c.Next()
+}

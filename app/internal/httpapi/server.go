@@ -1,0 +1,120 @@
+// Package httpapi is warmpath's HTTP surface: the public API on Fiber and the
+// admin API on net/http. It is the only package that knows HTTP: it parses
+// requests, calls the feature packages with a context.Context, and maps their
+// errors to statuses in exactly one place (errors.go).
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/warmpath/warmpath/app/internal/auth"
+	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/engine"
+	"github.com/warmpath/warmpath/app/internal/telemetry"
+	"github.com/warmpath/warmpath/app/internal/usage"
+	"github.com/warmpath/warmpath/app/internal/warmup"
+)
+
+// MaxBodyBytes is the largest request body accepted (1 MiB).
+const MaxBodyBytes = 1 << 20
+
+// Warmup is what the HTTP layer needs from the warmup manager.
+type Warmup interface {
+	Enqueue(ctx context.Context, job warmup.Job) (warmup.Status, error)
+	Run(ctx context.Context, job warmup.Job) (warmup.Status, error)
+	Status(ctx context.Context, userID int64) (warmup.Status, error)
+	System() warmup.SystemStatus
+}
+
+// Check is a named readiness check.
+type Check struct {
+	Name string
+	Run  func(ctx context.Context) error
+}
+
+// Config is everything the public server needs.
+type Config struct {
+	Logger         *slog.Logger
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	Metrics        *telemetry.Metrics
+	Auth           *auth.Authenticator
+	Usage          *usage.Service
+	Engine         *engine.Engine
+	Warmup         Warmup
+	Strategy       string // async | inline | off
+	Checks         []Check
+	CORSOrigins    []string
+	CheckTimeout   time.Duration
+}
+
+// Server is the public API.
+type Server struct {
+	cfg         Config
+	log         *slog.Logger
+	tracer      trace.Tracer
+	prop        propagation.TextMapPropagator
+	metrics     *telemetry.Metrics
+	reqDuration metric.Float64Histogram
+	firstQuery  *firstQueries
+	conns       *connTracker
+}
+
+// NewServer returns the public API.
+func NewServer(cfg Config) (*Public, error) {
+	if cfg.CheckTimeout <= 0 {
+		cfg.CheckTimeout = time.Second
+	}
+	meter := cfg.MeterProvider.Meter("github.com/warmpath/warmpath/app/internal/httpapi")
+	reqDuration, err := meter.Float64Histogram("http.server.request.duration",
+		metric.WithUnit("s"), metric.WithDescription("Duration of HTTP server requests."))
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		tracer:      cfg.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/httpapi"),
+		prop:        propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		metrics:     cfg.Metrics,
+		reqDuration: reqDuration,
+		firstQuery:  newFirstQueries(),
+		conns:       newConnTracker(),
+	}
+	app := fiber.New(fiber.Config{
+		BodyLimit:             MaxBodyBytes,
+		DisableStartupMessage: true,
+		ReadTimeout:           10 * time.Second,
+		WriteTimeout:          10 * time.Second,
+		IdleTimeout:           60 * time.Second,
+		ErrorHandler:          writeError,
+		AppName:               "warmpath",
+	})
+	s.routes(app)
+	return newPublic(app, s.conns), nil
+}
+
+// principal authenticates the request inside the "auth" span and records the
+// phase. It returns the token hash too (warmup caches the caller's session).
+func (s *Server) principal(c *fiber.Ctx, ctx context.Context) (domain.Principal, domain.TokenHash, error) {
+	st := state(c)
+	var p domain.Principal
+	var h domain.TokenHash
+	err := s.phase(ctx, "auth", &st.b.Auth, func(ctx context.Context) error {
+		tok, err := auth.ParseBearer(c.Get(fiber.HeaderAuthorization))
+		if err != nil {
+			return err
+		}
+		h = auth.Hash(tok)
+		p, err = s.cfg.Auth.Resolve(ctx, h)
+		return err
+	})
+	return p, h, err
+}
