@@ -71,6 +71,12 @@ func randHex(n int) string {
 // serves and /readyz answers 200. The service is stopped at cleanup.
 func start(t *testing.T, env map[string]string) *instance {
 	t.Helper()
+	return startWith(t, env, options{})
+}
+
+// startWith is start with test seams (e.g. a span exporter).
+func startWith(t *testing.T, env map[string]string, opts options) *instance {
+	t.Helper()
 	full := map[string]string{
 		"HTTP_ADDR":           "127.0.0.1:0",
 		"ADMIN_ADDR":          "127.0.0.1:0",
@@ -89,7 +95,7 @@ func start(t *testing.T, env map[string]string) *instance {
 	inst := &instance{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"warmpath"}, func(k string) string { return full[k] }, inst.stdout, inst.stderr)
+		done <- serve(ctx, func(k string) string { return full[k] }, inst.stdout, inst.stderr, opts)
 	}()
 	var once sync.Once
 	var stopErr error

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
 	"github.com/warmpath/warmpath/app/internal/auth"
 	"github.com/warmpath/warmpath/app/internal/config"
 	"github.com/warmpath/warmpath/app/internal/httpapi"
@@ -18,9 +20,15 @@ import (
 // version is set at build time (-ldflags "-X main.version=…").
 var version = "dev"
 
+// options are seams for tests that the environment cannot express.
+type options struct {
+	// spanExporter, when set, receives every span (tests record them).
+	spanExporter sdktrace.SpanExporter
+}
+
 // serve runs the service until ctx is done, then shuts down in order:
 // stop accepting, drain in-flight requests, stop warmup, flush usage, close.
-func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) error {
+func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer, opts options) error {
 	started := time.Now()
 	cfg, err := loadConfig(getenv)
 	if err != nil {
@@ -42,7 +50,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	}
 
 	tel, err := telemetry.New(ctx, telemetry.Config{
-		ServiceName: "warmpath", ServiceVersion: version, Getenv: getenv, Logger: log,
+		ServiceName: "warmpath", ServiceVersion: version, Getenv: getenv, Logger: log, SpanExporter: opts.spanExporter,
 		Thresholds: telemetry.Thresholds{Total: cfg.ThresholdTotal, Auth: cfg.ThresholdAuth, DB: cfg.ThresholdDB, UsageCheck: cfg.ThresholdUsageCheck},
 	})
 	if err != nil {
