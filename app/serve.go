@@ -15,7 +15,9 @@ import (
 	"github.com/exaring/otelpgx"
 
 	vk "github.com/valkey-io/valkey-go"
+	"github.com/valkey-io/valkey-go/valkeyotel"
 	"github.com/warmpath/warmpath/app/internal/auth"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/warmpath/warmpath/app/internal/cache/valkey"
 	"github.com/warmpath/warmpath/app/internal/cache/valkeysync"
@@ -101,6 +103,12 @@ func openBackends(ctx context.Context, cfg config.Config, tel *telemetry.Telemet
 		// count, so the sync loop finds it without scanning (see valkeysync).
 		AfterCount: func(c vk.Client, userID int64) vk.Completed {
 			return valkeysync.MarkDirtyCmd(c, cfg.ValkeyPrefix, userID, time.Now())
+		},
+		// valkey-go spans under the request's spans. Span names are command
+		// names only: statements (which hold token hashes in keys) are never
+		// recorded.
+		Wrap: func(c vk.Client) vk.Client {
+			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(tel.TracerProvider), valkeyotel.WithMeterProvider(noopmetric.NewMeterProvider()))
 		},
 	}
 	if cfg.EmbeddedCache() {

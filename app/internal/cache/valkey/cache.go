@@ -66,6 +66,9 @@ type Config struct {
 	// sync's dirty mark (valkeysync.MarkDirtyCmd). It runs for every
 	// CheckAndCount, whatever the outcome, and must be idempotent.
 	AfterCount func(client valkey.Client, userID int64) valkey.Completed
+	// Wrap, when set, wraps the dialled client (e.g. with valkeyotel for
+	// spans). It is applied by New only.
+	Wrap func(valkey.Client) valkey.Client
 }
 
 func (cfg Config) withDefaults() Config {
@@ -106,6 +109,9 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 	client, err := valkey.NewClient(opt)
 	if err != nil {
 		return nil, wrapErr("connect", err)
+	}
+	if cfg.Wrap != nil {
+		client = cfg.Wrap(client)
 	}
 	c := NewFromClient(client, cfg)
 	if err := c.Ping(ctx); err != nil {
