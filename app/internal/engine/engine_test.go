@@ -1,0 +1,101 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/warmpath/warmpath/app/internal/apperr"
+	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/store/memory"
+)
+
+func TestValidateItems(t *testing.T) {
+	many := make([]string, MaxItemsPerCall+1)
+	for i := range many {
+		many[i] = "x"
+	}
+	cases := []struct {
+		name  string
+		items []string
+		min   int
+		ok    bool
+	}{
+		{"one", []string{"a"}, 1, true},
+		{"max", many[:MaxItemsPerCall], 1, true},
+		{"256 bytes", []string{strings.Repeat("a", 256)}, 1, true},
+		{"multibyte 256 bytes", []string{strings.Repeat("é", 128)}, 1, true},
+		{"empty list ok when min 0", nil, 0, true},
+		{"empty list", nil, 1, false},
+		{"too many", many, 1, false},
+		{"empty item", []string{"a", ""}, 1, false},
+		{"257 bytes", []string{strings.Repeat("a", 257)}, 1, false},
+		{"invalid utf-8", []string{"\xff"}, 1, false},
+		{"NUL", []string{"a\x00b"}, 1, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidateItems("items", tc.items, tc.min)
+			if (err == nil) != tc.ok {
+				t.Fatalf("ok=%v, err=%v", tc.ok, err)
+			}
+			if err != nil && apperr.CodeOf(err) != apperr.InvalidItems {
+				t.Fatalf("code %q", apperr.CodeOf(err))
+			}
+		})
+	}
+}
+
+func TestSubtractKeepsOrderAndDedups(t *testing.T) {
+	got := subtract([]string{"b", "a", "c", "b", "d", "a"}, []string{"a"})
+	if d := cmp.Diff([]string{"b", "c", "d"}, got); d != "" {
+		t.Fatal(d)
+	}
+}
+
+// failingCache is a cache that is down.
+type failingCache struct{ applyErr, invErr error }
+
+func (f failingCache) HasNot(context.Context, int64, []string) ([]string, bool, error) {
+	return nil, false, errors.New("down")
+}
+func (f failingCache) ApplyItems(context.Context, int64, int64, []string, []string) error {
+	return f.applyErr
+}
+func (f failingCache) InvalidateItems(context.Context, int64, int64) error { return f.invErr }
+
+func TestCacheDownDegradesToStore(t *testing.T) {
+	st := memory.New()
+	ctx := context.Background()
+	if err := st.UpsertPlans(ctx, []domain.Plan{{Name: "free", Quota: 10, Period: domain.PeriodDay, MaxItems: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	u, err := st.CreateUser(ctx, "u", "free", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retried []int64
+	e := New(Config{Store: st, Cache: failingCache{applyErr: errors.New("down"), invErr: errors.New("down")},
+		OnCacheFailure: func(userID, version int64) { retried = append(retried, version) }})
+	ch, _, err := e.Update(ctx, u.ID, []string{"a", "b"}, nil, 10)
+	if err != nil || ch.Added != 2 {
+		t.Fatalf("update: %+v %v", ch, err)
+	}
+	if d := cmp.Diff([]int64{ch.Version}, retried); d != "" {
+		t.Fatalf("a change the cache missed must be handed to the retrier: %s", d)
+	}
+	res, err := e.HasNot(ctx, u.ID, []string{"a", "z"})
+	if err != nil || res.Source != SourceStore {
+		t.Fatalf("hasnot: %+v %v", res, err)
+	}
+	if d := cmp.Diff([]string{"z"}, res.Missing); d != "" {
+		t.Fatal(d)
+	}
+	_, _, err = e.Update(ctx, u.ID, []string{"1", "2", "3", "4", "5", "6", "7", "8", "9"}, nil, 10)
+	if apperr.CodeOf(err) != apperr.TooManyItems {
+		t.Fatalf("want too_many_items, got %v", err)
+	}
+}

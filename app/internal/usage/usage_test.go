@@ -1,0 +1,124 @@
+package usage
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warmpath/warmpath/app/internal/apperr"
+	"github.com/warmpath/warmpath/app/internal/domain"
+)
+
+// fakeCounter is an in-memory Counter; down makes every call fail.
+type fakeCounter struct {
+	mu     sync.Mutex
+	counts map[int64]int64
+	seeded map[int64]bool
+	down   bool
+}
+
+func newFakeCounter() *fakeCounter {
+	return &fakeCounter{counts: map[int64]int64{}, seeded: map[int64]bool{}}
+}
+
+func (f *fakeCounter) CheckAndCount(_ context.Context, u int64, _ time.Time, limit int64, _ time.Duration) (domain.UsageResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return domain.UsageResult{}, domain.ErrUnavailable
+	}
+	if !f.seeded[u] {
+		return domain.UsageResult{Outcome: domain.UsageCold}, nil
+	}
+	if f.counts[u] >= limit {
+		return domain.UsageResult{Outcome: domain.UsageDenied, Used: f.counts[u]}, nil
+	}
+	f.counts[u]++
+	return domain.UsageResult{Outcome: domain.UsageAllowed, Used: f.counts[u]}, nil
+}
+
+func (f *fakeCounter) SeedUsage(_ context.Context, u int64, _ time.Time, persisted int64, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return domain.ErrUnavailable
+	}
+	if !f.seeded[u] {
+		f.seeded[u], f.counts[u] = true, persisted
+	}
+	return nil
+}
+
+type fakeLedger struct {
+	used int64
+	err  error
+}
+
+func (l fakeLedger) Usage(context.Context, int64, time.Time) (int64, error) { return l.used, l.err }
+
+var now = time.Date(2026, 11, 27, 15, 30, 0, 0, time.UTC)
+
+func principal(quota int64) domain.Principal {
+	return domain.Principal{UserID: 1, Plan: domain.Plan{Name: "free", Quota: quota, Period: domain.PeriodDay, MaxItems: 10}}
+}
+
+func TestColdCounterSeededFromLedger(t *testing.T) {
+	c := newFakeCounter()
+	s := New(Config{Counter: c, Ledger: fakeLedger{used: 8}, Now: func() time.Time { return now }})
+	d, err := s.Check(context.Background(), principal(10))
+	if err != nil || !d.Allowed || d.Used != 9 || d.Remaining != 1 {
+		t.Fatalf("first: %+v %v", d, err)
+	}
+	if want := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC); !d.ResetAt.Equal(want) {
+		t.Fatalf("reset %v", d.ResetAt)
+	}
+	s.Check(context.Background(), principal(10))
+	d, err = s.Check(context.Background(), principal(10))
+	if err != nil || d.Allowed || d.Remaining != 0 || d.RetryAfter != 8*time.Hour+30*time.Minute {
+		t.Fatalf("denied: %+v %v", d, err)
+	}
+}
+
+func TestCounterDown(t *testing.T) {
+	c := newFakeCounter()
+	c.down = true
+	closed := New(Config{Counter: c, Ledger: fakeLedger{used: 0}, Now: func() time.Time { return now }})
+	_, err := closed.Check(context.Background(), principal(10))
+	if e := apperr.As(err); e == nil || e.Code != apperr.Unavailable || e.RetryAfter <= 0 {
+		t.Fatalf("closed: want unavailable with Retry-After, got %v", err)
+	}
+
+	local := NewLocal()
+	open := New(Config{Counter: c, Ledger: fakeLedger{used: 7}, FailOpen: true, Local: local, Now: func() time.Time { return now }})
+	var allowed int
+	for range 5 {
+		d, err := open.Check(context.Background(), principal(10))
+		if err != nil || !d.Degraded {
+			t.Fatalf("open: %+v %v", d, err)
+		}
+		if d.Allowed {
+			allowed++
+		}
+	}
+	if allowed != 3 {
+		t.Fatalf("fail-open must still enforce the quota from the ledger: %d allowed", allowed)
+	}
+	deltas := local.Drain()
+	if len(deltas) != 1 || deltas[0].Delta != 3 || deltas[0].UserID != 1 {
+		t.Fatalf("drain: %+v", deltas)
+	}
+	if again := local.Drain(); again != nil {
+		t.Fatalf("drain twice: %+v", again)
+	}
+	local.Restore(deltas)
+	if back := local.Drain(); len(back) != 1 || back[0].Delta != 3 {
+		t.Fatalf("restore: %+v", back)
+	}
+
+	failing := New(Config{Counter: c, Ledger: fakeLedger{err: errors.New("pg down")}, FailOpen: true, Now: func() time.Time { return now }})
+	if _, err := failing.Check(context.Background(), principal(10)); apperr.CodeOf(err) != apperr.Unavailable {
+		t.Fatalf("both down: want unavailable, got %v", err)
+	}
+}
