@@ -34,10 +34,14 @@ func newWarmup(cfg config.Config, b *backends, tel *telemetry.Telemetry, log *sl
 			return err
 		}},
 	)
+	hot := cfg.SystemWarmupHotUsers
+	if cfg.WarmupStrategy == config.StrategyOff {
+		hot = 0 // "off" means no user warmup at all, for A/B runs
+	}
 	return warmup.New(warmup.Config{
 		QueueSize: cfg.WarmupQueueSize, Workers: cfg.WarmupWorkers,
 		TTL: cfg.WarmupTTL, CacheTTL: cfg.CacheTTL,
-		SystemDelay: cfg.SystemWarmupDelay, HotUsers: cfg.SystemWarmupHotUsers, SystemSteps: steps,
+		SystemDelay: cfg.SystemWarmupDelay, HotUsers: hot, SystemSteps: steps,
 		Store: b.store, Items: warmup.ItemsOf(b.cache.BeginItemsLoad, b.cache.ItemsWarm),
 		Usage: b.cache, Sessions: b.cache, Status: ws, Locks: ws,
 		Observer: tel.Metrics, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/warmup"),

@@ -204,6 +204,14 @@ func (s *Server) handleWarmupPost(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.Strategy == config.StrategyOff {
+		// Warmup is switched off (A/B runs): accept, report, enqueue nothing.
+		ws, err := s.cfg.Warmup.Status(ctx, p.UserID)
+		if err != nil {
+			return &apperr.Error{Code: apperr.Unavailable, Message: "warmup status is temporarily unavailable", RetryAfter: time.Second, Err: err}
+		}
+		return c.Status(fiber.StatusAccepted).JSON(warmupResponse{WarmupStatus: ws})
+	}
 	ws, err := s.cfg.Warmup.Enqueue(ctx, warmup.Job{UserID: p.UserID, TokenHash: &hash, Kind: warmup.KindLogin, Cause: ctx})
 	if errors.Is(err, warmup.ErrQueueFull) {
 		return &apperr.Error{Code: apperr.WarmupQueueFull, Message: "the warmup queue is full; queries still work, try warming up again shortly", RetryAfter: time.Second, Err: err}
