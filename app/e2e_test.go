@@ -1,10 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -322,7 +322,4 @@ func TestLivezAndReadyz(t *testing.T) {
 	}
 }
 
-func itoa(n int64) string { return strconvI(n) }
-
-var _ = bufio.NewScanner
-var _ = context.Background
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -296,5 +296,3 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-
-func strconvI(n int64) string { return fmt.Sprint(n) }
