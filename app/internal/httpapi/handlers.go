@@ -120,7 +120,10 @@ func (s *Server) handleQuery(c *fiber.Ctx) error {
 		case config.StrategyAsync:
 			// Answered from the store at once; warm the user for next time.
 			if _, err := s.cfg.Warmup.Enqueue(ctx, warmup.Job{UserID: p.UserID, TokenHash: &hash, Kind: warmup.KindLogin, Cause: ctx}); err != nil && !errors.Is(err, warmup.ErrQueueFull) {
-				s.log.WarnContext(ctx, "enqueue warmup for cold user", "user_id", p.UserID, "err", err.Error())
+				// Debug, not warn: while Valkey is down every query is cold and
+				// this would log once per request; readyz and the cache metrics
+				// already say it.
+				s.log.DebugContext(ctx, "enqueue warmup for cold user", "user_id", p.UserID, "err", err.Error())
 			}
 		case config.StrategyInline:
 			// The pre-optimisation behaviour, kept for A/B runs: the request
