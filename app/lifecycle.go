@@ -56,18 +56,27 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	if err != nil {
 		return fmt.Errorf("telemetry: %w", err)
 	}
-	tel.SetGlobal()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = tel.Shutdown(sctx)
 	}()
-	stopProf, err := telemetry.StartProfiling(telemetry.ProfilingConfig{ServerAddress: cfg.PyroscopeServerAddress, AppName: "warmpath", Logger: log})
-	if err != nil {
-		log.Warn("profiling disabled", "err", err.Error())
-	} else {
-		defer func() { _ = stopProf() }()
+	if cfg.PyroscopeServerAddress != "" {
+		profCfg, err := telemetry.ProfilingConfigFromEnv(getenv, "warmpath", log)
+		if err == nil {
+			var stopProf func() error
+			stopProf, err = telemetry.StartProfiling(profCfg)
+			if err == nil {
+				defer func() { _ = stopProf() }()
+				// Span ids on CPU samples: profiles link to traces.
+				tel.TracerProvider = telemetry.WrapTracerProvider(tel.TracerProvider)
+			}
+		}
+		if err != nil {
+			log.Warn("profiling disabled", "err", err.Error())
+		}
 	}
+	tel.SetGlobal()
 
 	b, err := openBackends(ctx, cfg, tel, log)
 	defer b.close()

@@ -1,6 +1,12 @@
 package httpapi
 
-import "github.com/gofiber/fiber/v2"
+import (
+	"context"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/warmpath/warmpath/app/internal/telemetry"
+)
 
 // routes is every public route, in one place.
 func (s *Server) routes(app *fiber.App) {
@@ -18,8 +24,15 @@ func (s *Server) routes(app *fiber.App) {
 	app.Use(s.notFound)
 }
 
-// metered marks API routes: they get phase metrics and a [PERF] line.
+// metered marks API routes: they get phase metrics and a [PERF] line, and
+// their CPU samples carry the pprof label route=<template> (and so do
+// pyroscope's), so profiles split by endpoint.
 func (s *Server) metered(c *fiber.Ctx) error {
 	state(c).perf = true
-	return c.Next()
+	var err error
+	telemetry.WithRouteLabels(c.UserContext(), c.Route().Path, func(ctx context.Context) {
+		c.SetUserContext(ctx)
+		err = c.Next()
+	})
+	return err
 }
