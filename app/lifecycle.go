@@ -124,6 +124,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 		Handler: httpapi.NewAdmin(httpapi.AdminConfig{
 			Logger: log, Store: b.store, Cache: b.cache, Sync: syncer, Warmup: wm,
 			MetricsHandler: tel.MetricsHandler(), Token: cfg.AdminToken,
+			Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/httpapi"),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}

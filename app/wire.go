@@ -58,7 +58,7 @@ func newSyncer(cfg config.Config, b *backends, tel *telemetry.Telemetry, log *sl
 	host, _ := os.Hostname()
 	return cachesync.New(cachesync.Config{
 		Interval: cfg.SyncInterval, Store: b.store, Queue: q, Local: local,
-		Observer: tel.Metrics, Logger: log, InstanceID: fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randSuffix()),
+		Observer: tel.Metrics, Logger: log, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/cachesync"), InstanceID: fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randSuffix()),
 	})
 }
 

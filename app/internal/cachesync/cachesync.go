@@ -46,6 +46,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
 
@@ -153,6 +158,10 @@ type Config struct {
 	Now func() time.Time
 	// InstanceID names this process as a batch owner; default a random id.
 	InstanceID string
+	// Tracer, optional, records each batch as a trace of its own, linked to
+	// the request that forced the sync (TriggerFrom), with the ledger's spans
+	// beneath it.
+	Tracer trace.Tracer
 	// MaxBackoff caps the wait between retries after a failed pass; default
 	// half of DefaultLease(Interval), at most 30s, so that an owner retrying
 	// an outage renews its leases in time.
@@ -201,6 +210,7 @@ type Syncer struct {
 	pendingUsers atomic.Int64
 	oldestMs     atomic.Int64 // unix ms of the oldest pending delta, 0 if none
 	last         atomic.Pointer[LastBatch]
+	cause        atomic.Pointer[trace.SpanContext] // the request that forced the sync
 }
 
 // New returns a Syncer; it does nothing until Run or Flush.
@@ -226,6 +236,9 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.InstanceID == "" {
 		cfg.InstanceID = "i-" + randomHex(6)
 	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
+	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = min(DefaultLease(cfg.Interval)/2, 30*time.Second)
 	}
@@ -248,6 +261,15 @@ func (s *Syncer) Trigger() {
 	case s.trigger <- struct{}{}:
 	default:
 	}
+}
+
+// TriggerFrom is Trigger on behalf of the request in ctx: the batches of the
+// pass it causes carry a span link to that request.
+func (s *Syncer) TriggerFrom(ctx context.Context) {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		s.cause.Store(&sc)
+	}
+	s.Trigger()
 }
 
 // Run syncs every Interval (and on Trigger) until ctx is done, then returns
@@ -452,6 +474,15 @@ func (s *Syncer) restoreLocal() {
 
 // apply writes one batch to the ledger and records the outcome.
 func (s *Syncer) apply(ctx context.Context, b domain.UsageBatch) (bool, error) {
+	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithAttributes(
+		attribute.String("warmpath.sync.batch", b.Key),
+		attribute.Int("warmpath.sync.users", countUsers(b.Deltas)),
+	)}
+	if cause := s.cause.Load(); cause != nil {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: *cause}))
+	}
+	ctx, span := s.cfg.Tracer.Start(ctx, "usage.sync.batch", opts...)
+	defer span.End()
 	start := s.cfg.Now()
 	applied, err := s.cfg.Store.ApplyUsageBatch(ctx, b)
 	end := s.cfg.Now()
@@ -459,9 +490,12 @@ func (s *Syncer) apply(ctx context.Context, b domain.UsageBatch) (bool, error) {
 	switch {
 	case err != nil:
 		result = ResultError
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "apply failed")
 	case !applied:
 		result = ResultDuplicate
 	}
+	span.SetAttributes(attribute.String("warmpath.sync.result", result))
 	lb := &LastBatch{
 		Key:        b.Key,
 		Users:      countUsers(b.Deltas),

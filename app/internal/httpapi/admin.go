@@ -15,6 +15,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/warmpath/warmpath/app/internal/apperr"
 	"github.com/warmpath/warmpath/app/internal/auth"
 	"github.com/warmpath/warmpath/app/internal/cachesync"
@@ -36,7 +39,7 @@ type PrincipalCache interface {
 
 // Syncer is the write-behind loop as the admin API sees it.
 type Syncer interface {
-	Trigger()
+	TriggerFrom(ctx context.Context)
 	Status(ctx context.Context) (cachesync.Status, error)
 }
 
@@ -48,6 +51,9 @@ type AdminConfig struct {
 	Sync           Syncer
 	Warmup         interface{ System() warmup.SystemStatus }
 	MetricsHandler http.Handler
+	// Tracer records the admin actions that cause background work (a forced
+	// sync), so that work can link back to them.
+	Tracer trace.Tracer
 	// Token, when set, is required as "Authorization: Bearer <token>".
 	Token string
 	Now   func() time.Time
@@ -63,6 +69,9 @@ type admin struct {
 func NewAdmin(cfg AdminConfig) http.Handler {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
 	}
 	a := &admin{cfg: cfg, tokenHash: sha256.Sum256([]byte(cfg.Token))}
 	mux := http.NewServeMux()
@@ -263,7 +272,11 @@ func (a *admin) revokeToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *admin) triggerSync(w http.ResponseWriter, r *http.Request) {
-	a.cfg.Sync.Trigger()
+	ctx, span := a.cfg.Tracer.Start(r.Context(), "POST /admin/sync", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	// Only a signal: the flush it causes runs on the sync loop, linked to
+	// this span, and this answers at once.
+	a.cfg.Sync.TriggerFrom(ctx)
 	a.json(w, http.StatusAccepted, map[string]any{"triggered": true})
 }
 
