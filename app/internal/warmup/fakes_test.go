@@ -338,6 +338,23 @@ func (s *memState) Extend(_ context.Context, id int64, token string, _ time.Dura
 	return s.locks[id] == token, nil
 }
 
+func (s *memState) Swap(_ context.Context, id int64, from, to string, _ time.Duration) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.locks[id] != from {
+		return false, nil
+	}
+	s.locks[id] = to
+	return true, nil
+}
+
+func (s *memState) Holder(_ context.Context, id int64) (string, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tok, ok := s.locks[id]
+	return tok, ok, nil
+}
+
 func (s *memState) Release(_ context.Context, id int64, token string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -130,6 +130,21 @@ func (m *Manager) execute(parent context.Context, e *entry, confirmed bool) Stat
 // confirmLock makes sure token holds the user's lock: extended when it still
 // does, taken again when it expired and nobody else took it.
 func (m *Manager) confirmLock(ctx context.Context, userID int64, token string) (bool, error) {
+	if rest, ok := strings.CutPrefix(token, queuedSystemToken); ok {
+		// A queued system job starts: swap its token for a running one, so
+		// no login can take the lock over any more. A failed swap means a
+		// login (here or elsewhere) took over, or the lock expired.
+		running := runningSystemToken + rest
+		ok, err := m.cfg.Locks.Swap(ctx, userID, token, running, m.cfg.LockTTL)
+		if ok {
+			m.mu.Lock()
+			if e := m.inflight[userID]; e != nil && e.token == token {
+				e.token = running // heartbeat and release use the new token
+			}
+			m.mu.Unlock()
+		}
+		return ok, err
+	}
 	ok, err := m.cfg.Locks.Extend(ctx, userID, token, m.cfg.LockTTL)
 	if err != nil {
 		return false, fmt.Errorf("extend lock: %w", err)

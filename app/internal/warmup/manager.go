@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -294,7 +295,10 @@ func (m *Manager) enqueue(ctx context.Context, job Job) (st Status, queued bool,
 
 		st, err := m.admit(ctx, e)
 		close(e.admitted)
-		return st, err == nil && st.State == StateQueued && e.token != "", err
+		m.mu.Lock()
+		owned := e.token != "" // e.token changes under m.mu once a worker starts e
+		m.mu.Unlock()
+		return st, err == nil && st.State == StateQueued && owned, err
 	}
 }
 
@@ -337,7 +341,15 @@ func (m *Manager) admit(ctx context.Context, e *entry) (Status, error) {
 		return current, ErrQueueFull
 	}
 	token := rand.Text()
+	if kind == KindSystem {
+		token = queuedSystemToken + token
+	}
 	got, err := m.cfg.Locks.Acquire(ctx, id, token, m.cfg.LockTTL)
+	if err == nil && !got && kind == KindLogin {
+		// Login warmups go before system ones across instances too: a system
+		// job still queued elsewhere gives its lock up to a login.
+		got, err = m.takeOverQueuedSystem(ctx, id, token)
+	}
 	if err != nil || !got {
 		m.unreserve(kind)
 		m.forget(e)
@@ -376,6 +388,26 @@ func (m *Manager) admit(ctx context.Context, e *entry) (Status, error) {
 	m.cond.Signal()
 	m.mu.Unlock()
 	return st.clone(), nil
+}
+
+// queuedSystemToken starts the lock token of a system job while it waits in
+// a queue. Such a lock may be taken over by a login warmup on any instance;
+// the job swaps it for a running token (runningSystemToken) when it starts,
+// so a running job is never taken over.
+const (
+	queuedSystemToken  = "sq:"
+	runningSystemToken = "sr:"
+)
+
+// takeOverQueuedSystem takes the user's lock from a system job that is still
+// queued (here or on another instance). The job finds its lock gone when it
+// would start, and skips.
+func (m *Manager) takeOverQueuedSystem(ctx context.Context, userID int64, token string) (bool, error) {
+	holder, held, err := m.cfg.Locks.Holder(ctx, userID)
+	if err != nil || !held || !strings.HasPrefix(holder, queuedSystemToken) {
+		return false, err
+	}
+	return m.cfg.Locks.Swap(ctx, userID, holder, token, m.cfg.LockTTL)
 }
 
 // heldElsewhere is the status to answer when another instance holds the

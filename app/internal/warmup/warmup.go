@@ -241,6 +241,11 @@ type Locker interface {
 	Extend(ctx context.Context, userID int64, token string, ttl time.Duration) (bool, error)
 	// Release drops the lock if token holds it.
 	Release(ctx context.Context, userID int64, token string) (bool, error)
+	// Swap hands the lock from token from to token to (resetting its ttl)
+	// only if from holds it.
+	Swap(ctx context.Context, userID int64, from, to string, ttl time.Duration) (bool, error)
+	// Holder returns the token that holds the lock, if any.
+	Holder(ctx context.Context, userID int64) (string, bool, error)
 }
 
 // Observer is told about finished jobs and reads the queue depth

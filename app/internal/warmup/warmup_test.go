@@ -604,3 +604,77 @@ func TestPlansCached(t *testing.T) {
 		t.Errorf("Plans read %d times; want 1", r.store.planCalls)
 	}
 }
+
+// A login warmup through instance A takes over a system job for the same
+// user that is still queued on instance B: logins go before system jobs
+// across instances too, and B's job skips when its turn comes.
+func TestLoginTakesOverSystemJobQueuedElsewhere(t *testing.T) {
+	shared := newMemState()
+	a, b := newRig(), newRig()
+	a.state, b.state = shared, shared
+	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	tok := a.store.addUser(1, "pro", 3)
+	b.store.addUser(1, "pro", 3)
+	b.store.addUser(2, "pro", 3)
+	releaseB := b.store.gate(2) // B's only worker is stuck on user 2
+	ma, mb := a.manager(t), b.manager(t)
+	ctx := context.Background()
+	ma.Start(ctx)
+	mb.Start(ctx)
+
+	if _, err := mb.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
+		t.Fatal(err)
+	}
+	waitStarted(t, b.store)
+	if st, err := mb.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil || st.State != warmup.StateQueued {
+		t.Fatalf("system enqueue on B = %+v, %v", st, err)
+	}
+	st, err := ma.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok})
+	if err != nil || st.State != warmup.StateQueued {
+		t.Fatalf("login enqueue on A = %+v, %v; want queued on A", st, err)
+	}
+	if rec := a.obs.next(t); rec.kind != "login" || rec.result != "ready" {
+		t.Fatalf("A's job = %+v; want a ready login job", rec)
+	}
+	if st, _ := ma.Status(ctx, 1); st.Parts[warmup.PartSession].State != warmup.StateReady {
+		t.Fatalf("session part = %+v; want ready (the login's token)", st.Parts[warmup.PartSession])
+	}
+	releaseB()
+	b.obs.next(t) // user 2
+	waitFor(t, "B's queue to drain", func() bool { q := mb.System().Queue; return q.Depth == 0 && q.Running == 0 })
+	if n := b.store.loadCount(1); n != 0 {
+		t.Fatalf("B loaded user 1 %d times; its queued job must skip after the takeover", n)
+	}
+	if n := a.store.loadCount(1); n != 1 {
+		t.Fatalf("A loaded user 1 %d times; want 1", n)
+	}
+}
+
+// A system job that has started running keeps its lock: a login elsewhere
+// sees it running and does not start a second job.
+func TestLoginDoesNotTakeOverRunningSystemJob(t *testing.T) {
+	shared := newMemState()
+	a, b := newRig(), newRig()
+	a.state, b.state = shared, shared
+	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	tok := a.store.addUser(1, "pro", 3)
+	b.store.addUser(1, "pro", 3)
+	release := b.store.gate(1)
+	ma, mb := a.manager(t), b.manager(t)
+	ctx := context.Background()
+	ma.Start(ctx)
+	mb.Start(ctx)
+	if _, err := mb.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
+		t.Fatal(err)
+	}
+	waitStarted(t, b.store)
+	st, err := ma.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok})
+	if err != nil || st.State != warmup.StateRunning {
+		t.Fatalf("login enqueue on A = %+v, %v; want B's running status", st, err)
+	}
+	release()
+	b.obs.next(t)
+	if n := a.store.loadCount(1); n != 0 {
+		t.Fatalf("A loaded %d times; want 0", n)
+	}
+}

@@ -49,6 +49,18 @@ end
 return 0
 `
 
+// swapLua hands the lock from token ARGV[1] to token ARGV[2] (resetting its
+// TTL) only if ARGV[1] holds it: a compare-and-swap, so exactly one of two
+// racing swaps from the same token wins.
+// KEYS: lock. ARGV: from, to, ttl ms. Returns 1 when swapped, else 0.
+const swapLua = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+`
+
 // Store is the Valkey StatusStore and Locker of warmup. It is safe for
 // concurrent use.
 type Store struct {
@@ -57,6 +69,7 @@ type Store struct {
 	opTimeout time.Duration
 	extend    *valkey.Lua
 	release   *valkey.Lua
+	swap      *valkey.Lua
 }
 
 var (
@@ -76,6 +89,7 @@ func New(client valkey.Client, prefix string) *Store {
 		opTimeout: DefaultOpTimeout,
 		extend:    valkey.NewLuaScript(extendLua),
 		release:   valkey.NewLuaScript(releaseLua),
+		swap:      valkey.NewLuaScript(swapLua),
 	}
 }
 
@@ -169,6 +183,32 @@ func (s *Store) Release(ctx context.Context, userID int64, token string) (bool, 
 		return false, wrapErr("release lock", err)
 	}
 	return n == 1, nil
+}
+
+// Swap hands the lock from token from to token to, resetting its ttl, only if
+// from holds it.
+func (s *Store) Swap(ctx context.Context, userID int64, from, to string, ttl time.Duration) (bool, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	n, err := s.swap.Exec(ctx, s.client, []string{s.LockKey(userID)}, []string{from, to, strconv.FormatInt(millis(ttl), 10)}).AsInt64()
+	if err != nil {
+		return false, wrapErr("swap lock", err)
+	}
+	return n == 1, nil
+}
+
+// Holder returns the token that holds the user's lock, if any.
+func (s *Store) Holder(ctx context.Context, userID int64) (string, bool, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	tok, err := s.client.Do(ctx, s.client.B().Get().Key(s.LockKey(userID)).Build()).ToString()
+	switch {
+	case valkey.IsValkeyNil(err):
+		return "", false, nil
+	case err != nil:
+		return "", false, wrapErr("read lock", err)
+	}
+	return tok, true, nil
 }
 
 // opCtx bounds a call by opTimeout unless ctx already ends sooner.

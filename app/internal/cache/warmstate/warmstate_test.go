@@ -380,3 +380,31 @@ func (l *memLoad) Finish(context.Context, int64, time.Duration) error {
 	return nil
 }
 func (l *memLoad) Abort(context.Context) error { return nil }
+
+func TestLockSwapIsCompareAndSwap(t *testing.T) {
+	prefix := newPrefix()
+	s := warmstate.New(newClient(t, prefix), prefix)
+	ctx := context.Background()
+	if _, held, err := s.Holder(ctx, 9); err != nil || held {
+		t.Fatalf("holder of a free lock = %v, %v", held, err)
+	}
+	if ok, err := s.Acquire(ctx, 9, "sq:x", time.Minute); err != nil || !ok {
+		t.Fatalf("acquire = %v, %v", ok, err)
+	}
+	if tok, held, err := s.Holder(ctx, 9); err != nil || !held || tok != "sq:x" {
+		t.Fatalf("holder = %q %v %v", tok, held, err)
+	}
+	if ok, _ := s.Swap(ctx, 9, "other", "L", time.Minute); ok {
+		t.Fatal("swap from a token that does not hold the lock must fail")
+	}
+	if ok, err := s.Swap(ctx, 9, "sq:x", "L", time.Minute); err != nil || !ok {
+		t.Fatalf("swap by the holder = %v, %v", ok, err)
+	}
+	// The loser of the race (the queued job starting) now fails.
+	if ok, _ := s.Swap(ctx, 9, "sq:x", "sr:x", time.Minute); ok {
+		t.Fatal("a second swap from the old token must fail")
+	}
+	if ok, _ := s.Extend(ctx, 9, "L", time.Minute); !ok {
+		t.Fatal("the new holder owns the lock")
+	}
+}
