@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -104,11 +105,12 @@ func (s *Server) observe(c *fiber.Ctx) (err error) {
 	c.Set(fiber.HeaderXRequestID, st.id)
 
 	ctx := s.prop.Extract(context.Background(), headerCarrier{&c.Request().Header})
-	method := c.Method() // fiber returns an immutable copy for known methods
+	method := stableMethod(c.Method())
 	ctx, span := s.tracer.Start(ctx, method, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(
 			semconv.HTTPRequestMethodKey.String(method),
-			semconv.URLPath(c.Path()),
+			// The path aliases fasthttp's buffer too; the span outlives it.
+			semconv.URLPath(strings.Clone(c.Path())),
 			semconv.URLScheme(c.Protocol()),
 			semconv.ClientAddress(c.IP()),
 		))
@@ -140,7 +142,7 @@ func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span tr
 	if code == fiber.StatusNotFound && (route == "/" || route == "") {
 		route = "unmatched" // keep metric cardinality bounded
 	}
-	method := c.Method()
+	method := stableMethod(c.Method())
 	c.Set("Server-Timing", telemetry.ServerTiming(st.b))
 
 	span.SetName(method + " " + route)
@@ -159,6 +161,21 @@ func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span tr
 		slow := s.metrics.RecordRequest(ctx, st.b)
 		telemetry.LogPerf(ctx, s.log, method, route, code, st.b, slow)
 	}
+}
+
+// stableMethod returns m as a string that does not alias fasthttp's request
+// buffer. Fiber's c.Method() does alias it (unless fiber.Config.Immutable),
+// and the method outlives the request as a span attribute (exported later by
+// the batch processor) and as a metric label (kept by the SDK): both read the
+// next request's bytes otherwise ("GETT"). Known methods cost no allocation.
+func stableMethod(m string) string {
+	for _, known := range [...]string{fiber.MethodGet, fiber.MethodPost, fiber.MethodOptions, fiber.MethodHead,
+		fiber.MethodPut, fiber.MethodDelete, fiber.MethodPatch, fiber.MethodConnect, fiber.MethodTrace} {
+		if m == known {
+			return known
+		}
+	}
+	return strings.Clone(m)
 }
 
 // cors answers for allowed origins only; Timing-Allow-Origin lets browsers

@@ -69,7 +69,10 @@ func unavailable(err error) bool {
 	if errors.As(err, &netErr) {
 		return true
 	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+	// pgconn.ErrConnClosed: the connection died earlier (e.g. the server
+	// went away mid-pass) and the statement was never sent.
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, pgconn.ErrConnClosed) {
 		return true
 	}
 	return false

@@ -1,0 +1,588 @@
+package main
+
+// End-to-end tests of the built binary: the write-behind usage sync through
+// SIGKILLs (exactly once), the embedded default, and a SIGTERM that drains a
+// request in flight. Every top-level identifier here starts with "sy".
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/Shopify/toxiproxy/v2/toxics"
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	valkeygo "github.com/valkey-io/valkey-go"
+
+	"github.com/warmpath/warmpath/app/internal/cachesync"
+)
+
+// syBuilt is the service binary, built once per test process.
+var syBuilt struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// syBinary builds the service binary (once per test process) and returns its
+// path. The binary lives in a per-process temporary directory; directories
+// left by earlier processes (older than 15 minutes, past the default go test
+// timeout) are removed, so only the binaries of recent runs stay behind.
+func syBinary(t *testing.T) string {
+	t.Helper()
+	syBuilt.once.Do(func() {
+		if old, _ := filepath.Glob(filepath.Join(os.TempDir(), "warmpath-sy-bin-*")); len(old) > 0 {
+			for _, d := range old {
+				if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 15*time.Minute {
+					_ = os.RemoveAll(d)
+				}
+			}
+		}
+		dir, err := os.MkdirTemp("", "warmpath-sy-bin-*")
+		if err != nil {
+			syBuilt.err = fmt.Errorf("temp dir: %w", err)
+			return
+		}
+		path := filepath.Join(dir, "warmpath")
+		cmd := exec.Command("go", "build", "-o", path, ".")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			syBuilt.err = fmt.Errorf("go build: %w\n%s", err, out)
+			return
+		}
+		syBuilt.path = path
+	})
+	if syBuilt.err != nil {
+		t.Fatalf("build the service binary: %v", syBuilt.err)
+	}
+	return syBuilt.path
+}
+
+// syProc is one run of the service binary.
+type syProc struct {
+	cmd         *exec.Cmd
+	base, admin string
+	stdout      *syncBuffer
+	stderr      *syncBuffer
+	done        chan struct{} // closed when the process has exited
+	exitCode    int
+}
+
+// syStartProc starts the binary in dir with exactly env (plus PATH and HOME),
+// waits for its "serving" line and for /readyz, and kills it at cleanup if it
+// is still running.
+func syStartProc(t *testing.T, bin, dir string, env map[string]string) *syProc {
+	t.Helper()
+	p := &syProc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin)
+	p.cmd.Dir = dir
+	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	for k, v := range env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		p.exitCode = p.cmd.ProcessState.ExitCode() // -1 when killed by a signal
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("binary stderr (pid %d):\n%s", p.cmd.Process.Pid, tail(p.stderr.String(), 3000))
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if m := servingRE.FindStringSubmatch(p.stdout.String()); m != nil {
+			p.base, p.admin = "http://"+m[1], "http://"+m[2]
+			break
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("binary exited (%d) before serving:\nstdout:\n%s\nstderr:\n%s", p.exitCode, p.stdout.String(), tail(p.stderr.String(), 3000))
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("binary did not print its addresses; stderr:\n%s", tail(p.stderr.String(), 3000))
+		}
+	}
+	for {
+		resp, err := http.Get(p.base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("binary never became ready; stderr:\n%s", tail(p.stderr.String(), 3000))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// inst views the process as an instance, for the harness helpers.
+func (p *syProc) inst() *instance { return &instance{base: p.base, admin: p.admin} }
+
+// wait waits for the process to exit and returns its exit code.
+func (p *syProc) wait(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.exitCode
+	case <-time.After(within):
+		t.Fatalf("binary did not exit within %s; stderr:\n%s", within, tail(p.stderr.String(), 3000))
+		return 0
+	}
+}
+
+// syCrashTally counts what the clients saw in the crash test.
+type syCrashTally struct {
+	ok        atomic.Int64 // 200: counted, and the client knows it
+	ambiguous atomic.Int64 // transport failure after the request may have been sent
+	refused   atomic.Int64 // connection refused: never reached the service
+	other     atomic.Int64 // any other status (must stay 0)
+}
+
+// syDriveUntilKill runs workers goroutines of queries against p, SIGKILLs it
+// after loadFor while they run, waits for them, and tallies the outcomes.
+func syDriveUntilKill(t *testing.T, p *syProc, users []user, workers int, loadFor time.Duration, tally *syCrashTally) {
+	t.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: workers}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	body := []byte(`{"items":["a","b","c"]}`)
+	var killed atomic.Bool
+	var started sync.WaitGroup
+	var wg sync.WaitGroup
+	started.Add(workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			first := true
+			for i := w; !killed.Load(); i++ {
+				u := users[i%len(users)]
+				req, _ := http.NewRequest("POST", p.base+"/api/hasNotEngine-ultra-fast", strings.NewReader(string(body)))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+u.token)
+				if first {
+					started.Done()
+					first = false
+				}
+				resp, err := cl.Do(req)
+				switch {
+				case err != nil && errors.Is(err, syscall.ECONNREFUSED):
+					tally.refused.Add(1)
+				case err != nil:
+					tally.ambiguous.Add(1)
+				case resp.StatusCode == 200:
+					// The status line means the handler ran to the end:
+					// counted, whether or not the body then arrives.
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					tally.ok.Add(1)
+				default:
+					raw, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					tally.other.Add(1)
+					t.Errorf("unexpected status %d: %s", resp.StatusCode, tail(string(raw), 200))
+				}
+			}
+		}()
+	}
+	started.Wait()
+	// The kill lands at a random moment while every worker is sending.
+	time.Sleep(loadFor)
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatalf("SIGKILL: %v", err)
+	}
+	<-p.done
+	killed.Store(true)
+	wg.Wait()
+}
+
+// sySyncStatus reads GET /admin/sync.
+func sySyncStatus(t testing.TB, admin string) (cachesync.Status, int) {
+	t.Helper()
+	r := call(t, "GET", admin+"/admin/sync", "", nil)
+	var st cachesync.Status
+	if r.status == 200 {
+		if err := json.Unmarshal(r.raw, &st); err != nil {
+			t.Fatalf("decode /admin/sync: %v: %s", err, r.raw)
+		}
+	}
+	return st, r.status
+}
+
+// syDrain forces a sync and waits until nothing is pending and no batch is
+// held for retry.
+func syDrain(t testing.TB, admin string, within time.Duration) cachesync.Status {
+	t.Helper()
+	if r := call(t, "POST", admin+"/admin/sync", "", nil); r.status != 202 {
+		t.Fatalf("POST /admin/sync: %d %s", r.status, r.raw)
+	}
+	var last cachesync.Status
+	eventually(t, within, "usage sync drained (nothing pending, nothing held)", func() bool {
+		st, code := sySyncStatus(t, admin)
+		last = st
+		return code == 200 && st.PendingUsers == 0 && st.HeldBatches == 0
+	})
+	return last
+}
+
+// syPGUsage reads the persisted usage per user, straight from Postgres.
+func syPGUsage(t testing.TB, dbURL string) map[int64]int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("connect to postgres: %v", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT user_id, sum(count)::bigint FROM usage GROUP BY user_id`)
+	if err != nil {
+		t.Fatalf("read usage: %v", err)
+	}
+	out := map[int64]int64{}
+	for rows.Next() {
+		var id, n int64
+		if err := rows.Scan(&id, &n); err != nil {
+			t.Fatalf("scan usage: %v", err)
+		}
+		out[id] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read usage: %v", err)
+	}
+	return out
+}
+
+// syPGTotal is SELECT coalesce(sum(count),0) FROM usage, straight from Postgres.
+func syPGTotal(t testing.TB, dbURL string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("connect to postgres: %v", err)
+	}
+	defer conn.Close(ctx)
+	var n int64
+	if err := conn.QueryRow(ctx, `SELECT coalesce(sum(count),0)::bigint FROM usage`).Scan(&n); err != nil {
+		t.Fatalf("sum usage: %v", err)
+	}
+	return n
+}
+
+// syValkeyUsage reads each user's hot counters (<prefix>:{u:<id>}:use:<day>)
+// for today and yesterday (UTC: a run across midnight has both), straight
+// from Valkey.
+func syValkeyUsage(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
+	t.Helper()
+	opt, err := valkeygo.ParseURL(valkeyURL)
+	if err != nil {
+		t.Fatalf("parse VALKEY_URL: %v", err)
+	}
+	opt.DisableCache = true
+	c, err := valkeygo.NewClient(opt)
+	if err != nil {
+		t.Fatalf("connect to valkey: %v", err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now := time.Now().UTC()
+	out := map[int64]int64{}
+	for _, u := range users {
+		for _, day := range []time.Time{now, now.AddDate(0, 0, -1)} {
+			key := prefix + ":{u:" + strconv.FormatInt(u.id, 10) + "}:use:" + day.Format("20060102")
+			n, err := c.Do(ctx, c.B().Get().Key(key).Build()).AsInt64()
+			switch {
+			case valkeygo.IsValkeyNil(err):
+			case err != nil:
+				t.Fatalf("GET %s: %v", key, err)
+			default:
+				out[u.id] += n
+			}
+		}
+	}
+	return out
+}
+
+func syTotal(m map[int64]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// TestSyncCrashExactlyOnce SIGKILLs the service at random moments under
+// load (SYNC_INTERVAL=20ms, so kills land during syncs), restarts it, forces
+// a sync, and checks that every count that reached Valkey reached Postgres
+// exactly once, and that Postgres holds the 200s seen (plus at most the
+// requests whose outcome the client could not know).
+func TestSyncCrashExactlyOnce(t *testing.T) {
+	env := backendEnv(t)
+	bin := syBinary(t)
+	env["HTTP_ADDR"] = "127.0.0.1:0"
+	env["ADMIN_ADDR"] = "127.0.0.1:0"
+	env["SYNC_INTERVAL"] = "20ms"
+	env["LOG_LEVEL"] = "warn"
+	env["SHUTDOWN_TIMEOUT"] = "10s"
+	rounds := 4
+	if v := os.Getenv("WARMPATH_CRASH_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("WARMPATH_CRASH_ROUNDS=%q: want a positive integer", v)
+		}
+		rounds = n
+	}
+	seed := uint64(time.Now().UnixNano())
+	rng := rand.New(rand.NewPCG(seed, seed>>1))
+	t.Logf("seed %d, %d rounds", seed, rounds)
+
+	const workers = 24
+	var users []user
+	var tally syCrashTally
+	for round := range rounds {
+		p := syStartProc(t, bin, ".", env)
+		if round == 0 {
+			for range 10 {
+				users = append(users, p.inst().newUser(t, "free", ptr[int64](1_000_000_000)))
+			}
+		}
+		loadFor := 100*time.Millisecond + time.Duration(rng.Int64N(int64(300*time.Millisecond)))
+		before := tally.ok.Load()
+		syDriveUntilKill(t, p, users, workers, loadFor, &tally)
+		t.Logf("round %d: killed after %s of load; %d ok so far (+%d)", round+1, loadFor.Round(time.Millisecond), tally.ok.Load(), tally.ok.Load()-before)
+	}
+
+	// Recovery: one more start picks up what the dead instances left (their
+	// claimed batches once the lease expires), then a clean stop.
+	final := maps.Clone(env)
+	final["LOG_LEVEL"] = "info" // to count the batches taken over
+	p := syStartProc(t, bin, ".", final)
+	st := syDrain(t, p.admin, 30*time.Second)
+	duplicates := p.inst().metric(t, "warmpath_usage_sync_batches_total", `result="duplicate"`)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit code %d, want 0; stderr:\n%s", code, tail(p.stderr.String(), 3000))
+	}
+	takenOver := strings.Count(p.stderr.String(), "taken over from a dead owner")
+
+	pg := syPGUsage(t, env["DATABASE_URL"])
+	vk := syValkeyUsage(t, env["VALKEY_URL"], env["VALKEY_PREFIX"], users)
+	pgTotal, vkTotal := syTotal(pg), syTotal(vk)
+	if sum := syPGTotal(t, env["DATABASE_URL"]); sum != pgTotal {
+		t.Fatalf("sum(count) = %d but per-user sums add up to %d", sum, pgTotal)
+	}
+	ok, amb := tally.ok.Load(), tally.ambiguous.Load()
+	t.Logf("crash figures: rounds=%d ok=%d ambiguous=%d refused=%d other=%d postgres=%d valkey=%d "+
+		"(postgres-ok=%d) last batch=%+v duplicate batches after restart=%v batches taken over from dead owners=%d",
+		rounds, ok, amb, tally.refused.Load(), tally.other.Load(), pgTotal, vkTotal, pgTotal-ok, st.LastBatch, duplicates, takenOver)
+
+	// (a) The sync itself is exactly once: every count that reached Valkey
+	// reached Postgres, once.
+	if d := cmp.Diff(vk, pg); d != "" {
+		t.Errorf("per-user counts: Valkey (-) vs Postgres (+):\n%s", d)
+	}
+	// (b) Postgres holds every 200, and at most the requests whose outcome
+	// the client could not know on top.
+	if pgTotal < ok || pgTotal > ok+amb {
+		t.Errorf("postgres total %d outside [ok=%d, ok+ambiguous=%d]", pgTotal, ok, ok+amb)
+	}
+	if ok == 0 {
+		t.Errorf("no request succeeded: the test proved nothing")
+	}
+}
+
+// TestBinaryEmbeddedDefault runs the built binary with an empty environment
+// (bar PATH, HOME and port-0 listeners): it prints demo tokens and answers a
+// query with one.
+func TestBinaryEmbeddedDefault(t *testing.T) {
+	bin := syBinary(t)
+	p := syStartProc(t, bin, "..", map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
+	m := regexp.MustCompile(`demo user alice\s+plan=free\s+id=\d+ token=(wp_\S+)`).FindStringSubmatch(p.stdout.String())
+	if m == nil {
+		t.Fatalf("no demo token printed:\n%s", p.stdout.String())
+	}
+	r := p.inst().query(t, m[1], "https://example.com/a", "https://example.com/zzz")
+	if r.status != 200 {
+		t.Fatalf("query: %d %s", r.status, r.raw)
+	}
+	if d := cmp.Diff([]any{"https://example.com/zzz"}, r.body["missing"]); d != "" {
+		t.Fatalf("missing (-want +got):\n%s", d)
+	}
+	if !strings.Contains(p.stderr.String(), "NOT persisted") {
+		t.Errorf("embedded mode must say loudly that nothing is persisted")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0; stderr:\n%s", code, tail(p.stderr.String(), 3000))
+	}
+}
+
+// syTaps maps a tap toxic's id to the channel it signals on each chunk.
+var syTaps sync.Map // string → chan struct{}
+
+var syTapOnce sync.Once
+
+// syTapToxic passes data through unchanged and signals syTaps[ID] (without
+// blocking) on every chunk: the test learns that the proxy saw traffic.
+type syTapToxic struct {
+	ID string `json:"id"`
+}
+
+// Pipe implements toxics.Toxic.
+func (tp *syTapToxic) Pipe(stub *toxics.ToxicStub) {
+	for {
+		select {
+		case <-stub.Interrupt:
+			return
+		case c := <-stub.Input:
+			if c == nil {
+				stub.Close()
+				return
+			}
+			if ch, ok := syTaps.Load(tp.ID); ok {
+				select {
+				case ch.(chan struct{}) <- struct{}{}:
+				default:
+				}
+			}
+			stub.Output <- c
+		}
+	}
+}
+
+// syAddTap installs a tap on the proxy's upstream (service → backend) stream
+// and returns its channel.
+func syAddTap(t *testing.T, px *toxiproxy.Proxy) chan struct{} {
+	t.Helper()
+	syTapOnce.Do(func() { toxics.Register("sy_tap", new(syTapToxic)) })
+	id := randHex(6)
+	ch := make(chan struct{}, 1)
+	syTaps.Store(id, ch)
+	t.Cleanup(func() { syTaps.Delete(id) })
+	syAddToxic(t, px, fmt.Sprintf(`{"name":"tap","type":"sy_tap","stream":"upstream","attributes":{"id":%q}}`, id))
+	return ch
+}
+
+// TestSIGTERMDrainsInFlight sends SIGTERM while a slow query (Postgres
+// behind a 300 ms latency toxic, warmup off, so the query is cold) is being
+// handled: the query still gets its 200, its count is flushed, and the
+// process exits 0.
+func TestSIGTERMDrainsInFlight(t *testing.T) {
+	env := backendEnv(t)
+	bin := syBinary(t)
+	direct := env["DATABASE_URL"]
+	px := syNewProxy(t, "pg", direct)
+	env["DATABASE_URL"] = syViaProxy(t, direct, px.Listen)
+	env["HTTP_ADDR"] = "127.0.0.1:0"
+	env["ADMIN_ADDR"] = "127.0.0.1:0"
+	env["WARMUP_STRATEGY"] = "off"
+	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
+	env["SHUTDOWN_TIMEOUT"] = "15s"
+	env["LOG_LEVEL"] = "warn"
+	p := syStartProc(t, bin, ".", env)
+	u := p.inst().newUser(t, "free", nil)
+
+	syAddToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":300}}`)
+	tap := syAddTap(t, px)
+	select { // forget traffic from before the request
+	case <-tap:
+	default:
+	}
+
+	wrote := make(chan struct{})
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	res := make(chan result, 1)
+	go func() {
+		trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { close(wrote) }}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
+			"POST", p.base+"/api/hasNotEngine-ultra-fast", strings.NewReader(`{"items":["x","y"]}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+u.token)
+		resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		res <- result{status: resp.StatusCode, body: string(raw)}
+	}()
+	// In flight: written by the client, and the service has gone to Postgres
+	// for it (the proxy saw traffic after the request was written).
+	select {
+	case <-wrote:
+	case r := <-res:
+		t.Fatalf("query finished before it was written? %+v", r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("request never written")
+	}
+	select {
+	case <-tap:
+	case r := <-res:
+		t.Fatalf("query answered before reaching Postgres (not in flight at SIGTERM): %+v", r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the service never went to Postgres for the request")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(30 * time.Second):
+		t.Fatal("in-flight query never answered")
+	}
+	if r.err != nil || r.status != 200 {
+		t.Fatalf("in-flight query at SIGTERM: status %d err %v body %s", r.status, r.err, r.body)
+	}
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0; stderr:\n%s", code, tail(p.stderr.String(), 3000))
+	}
+	// The drained request was counted and the shutdown flush persisted it.
+	if got := syPGTotal(t, direct); got != 1 {
+		t.Fatalf("postgres total after shutdown = %d, want 1", got)
+	}
+}

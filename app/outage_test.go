@@ -1,0 +1,342 @@
+package main
+
+// Outages of the service's backends, with toxiproxy (in process) between the
+// in-process service and Postgres or Valkey: cut, slow, restore, and the
+// usage counts that must come out exact. Every top-level identifier here
+// starts with "sy".
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/warmpath/warmpath/app/internal/cachesync"
+)
+
+// syNewProxy starts a toxiproxy proxy on 127.0.0.1:0 in front of the host:port
+// of rawURL; it is stopped at cleanup.
+func syNewProxy(t *testing.T, name, rawURL string) *toxiproxy.Proxy {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" {
+		t.Fatalf("proxy %s: cannot take host:port from the backend URL (%v)", name, err)
+	}
+	upstream := u.Host
+	if u.Port() == "" {
+		port := map[string]string{"postgres": "5432", "postgresql": "5432", "redis": "6379", "valkey": "6379"}[u.Scheme]
+		upstream = net.JoinHostPort(u.Hostname(), port)
+	}
+	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	px := toxiproxy.NewProxy(server, name, "127.0.0.1:0", upstream)
+	if err := px.Start(); err != nil {
+		t.Fatalf("start proxy %s: %v", name, err)
+	}
+	t.Cleanup(px.Stop)
+	return px
+}
+
+// syViaProxy returns rawURL with its host:port replaced by listen, keeping
+// everything else (the schema's search_path options, the database).
+func syViaProxy(t *testing.T, rawURL, listen string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatalf("parse backend URL: %v", err)
+	}
+	u.Host = listen
+	return u.String()
+}
+
+// syAddToxic adds a toxic described in toxiproxy's JSON form.
+func syAddToxic(t *testing.T, px *toxiproxy.Proxy, js string) {
+	t.Helper()
+	if _, err := px.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+		t.Fatalf("add toxic %s: %v", js, err)
+	}
+}
+
+// syRemoveToxic removes a toxic by name.
+func syRemoveToxic(t *testing.T, px *toxiproxy.Proxy, name string) {
+	t.Helper()
+	if err := px.Toxics.RemoveToxic(context.Background(), name); err != nil {
+		t.Fatalf("remove toxic %s: %v", name, err)
+	}
+}
+
+// syRestart restores a cut proxy on the same address.
+func syRestart(t *testing.T, px *toxiproxy.Proxy) {
+	t.Helper()
+	if err := px.Start(); err != nil {
+		t.Fatalf("restore proxy %s on %s: %v", px.Name, px.Listen, err)
+	}
+}
+
+// syWarmUsers provisions n users with a high quota, warms each one (login
+// warmup, waited until ready) and queries each once (all 200).
+func syWarmUsers(t *testing.T, in *instance, n int) []user {
+	t.Helper()
+	users := make([]user, n)
+	for i := range users {
+		users[i] = in.newUser(t, "free", ptr[int64](1_000_000))
+		if r := call(t, "POST", in.base+"/api/user/warmup", users[i].token, nil); r.status != 202 {
+			t.Fatalf("warmup: %d %s", r.status, r.raw)
+		}
+	}
+	for _, u := range users {
+		eventually(t, 15*time.Second, "user warmup ready", func() bool {
+			r := call(t, "GET", in.base+"/api/user/warmup", u.token, nil)
+			ws, _ := r.body["warmupStatus"].(map[string]any)
+			return ws["state"] == "ready"
+		})
+		if r := in.query(t, u.token, "a"); r.status != 200 {
+			t.Fatalf("warm query: %d %s", r.status, r.raw)
+		}
+	}
+	return users
+}
+
+// syPGEnv is the environment of an in-process service whose Postgres is
+// behind a proxy; direct is the schema URL that bypasses it.
+func syPGEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direct string) {
+	t.Helper()
+	env = backendEnv(t)
+	direct = env["DATABASE_URL"]
+	px = syNewProxy(t, "postgres", direct)
+	env["DATABASE_URL"] = syViaProxy(t, direct, px.Listen)
+	env["SYNC_INTERVAL"] = "50ms"
+	return env, px, direct
+}
+
+// syValkeyEnv is the environment of an in-process service whose Valkey is
+// behind a proxy.
+func syValkeyEnv(t *testing.T, failureMode string) (env map[string]string, px *toxiproxy.Proxy, direct string) {
+	t.Helper()
+	env = backendEnv(t)
+	px = syNewProxy(t, "valkey", env["VALKEY_URL"])
+	env["VALKEY_URL"] = syViaProxy(t, env["VALKEY_URL"], px.Listen)
+	env["SYNC_INTERVAL"] = "50ms"
+	env["USAGE_FAILURE_MODE"] = failureMode
+	return env, px, env["DATABASE_URL"]
+}
+
+func TestSyncOutagePostgresCut(t *testing.T) {
+	env, px, direct := syPGEnv(t)
+	in := start(t, env)
+	users := syWarmUsers(t, in, 3)
+	ok := int64(len(users))
+	syDrain(t, in.admin, 15*time.Second)
+	if got := syPGTotal(t, direct); got != ok {
+		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
+	}
+
+	px.Stop()
+	// Warm users keep being served (from Valkey) while the sync reports
+	// that it cannot reach Postgres and the deltas wait.
+	var st cachesync.Status
+	var sawPending []int64
+	deadline := time.Now().Add(15 * time.Second)
+	for round := 0; ; round++ {
+		for _, u := range users {
+			if r := in.query(t, u.token, "a", "b"); r.status != 200 {
+				t.Fatalf("query during Postgres cut: %d %s", r.status, r.raw)
+			}
+			ok++
+		}
+		var code int
+		st, code = sySyncStatus(t, in.admin)
+		if code != 200 {
+			t.Fatalf("GET /admin/sync during Postgres cut: %d", code)
+		}
+		sawPending = append(sawPending, st.PendingUsers)
+		failing := st.HeldBatches > 0 || (st.LastBatch != nil && st.LastBatch.Result == cachesync.ResultError)
+		if round >= 5 && failing && st.PendingUsers >= int64(len(users)) && st.OldestPendingAgeSeconds > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sync never reported the outage with pending users: %+v (last batch %+v)", st, st.LastBatch)
+		}
+	}
+	t.Logf("during the cut: %d ok, pending users seen %v, status %+v, last batch %+v", ok, sawPending, st, st.LastBatch)
+	if got := syPGTotal(t, direct); got != int64(len(users)) {
+		t.Fatalf("postgres changed during the cut: %d", got)
+	}
+
+	syRestart(t, px)
+	final := syDrain(t, in.admin, 30*time.Second)
+	if got := syPGTotal(t, direct); got != ok {
+		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s (last batch %+v)", got, ok, final.LastBatch)
+	}
+}
+
+func TestSyncOutagePostgresSlow(t *testing.T) {
+	env, px, direct := syPGEnv(t)
+	in := start(t, env)
+	users := syWarmUsers(t, in, 3)
+	ok := int64(len(users))
+
+	slowSince := time.Now()
+	syAddToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":150}}`)
+	// Queries keep being answered while batches crawl into Postgres; wait
+	// until at least one batch has landed through the slow link.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for _, u := range users {
+			if r := in.query(t, u.token, "a"); r.status != 200 {
+				t.Fatalf("query while Postgres is slow: %d %s", r.status, r.raw)
+			}
+			ok++
+		}
+		st, _ := sySyncStatus(t, in.admin)
+		if lb := st.LastBatch; lb != nil && lb.Result == cachesync.ResultApplied && lb.At.After(slowSince) && ok >= 30 {
+			t.Logf("batch applied through the slow link: %+v", *lb)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no batch applied while Postgres was slow: %+v", st.LastBatch)
+		}
+	}
+	syRemoveToxic(t, px, "slow")
+	syDrain(t, in.admin, 30*time.Second)
+	if got := syPGTotal(t, direct); got != ok {
+		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
+	}
+}
+
+func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
+	env, px, direct := syValkeyEnv(t, "open")
+	in := start(t, env)
+	users := syWarmUsers(t, in, 3)
+	ok := int64(len(users))
+	syDrain(t, in.admin, 15*time.Second)
+	if got := syPGTotal(t, direct); got != ok {
+		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
+	}
+
+	px.Stop()
+	// Few queries: each waits out VALKEY_TIMEOUT on its cache lookups (about
+	// 1 s per query while Valkey is unreachable).
+	for range 2 {
+		for _, u := range users {
+			if r := in.query(t, u.token, "a"); r.status != 200 {
+				t.Fatalf("fail-open query during Valkey cut: %d %s", r.status, r.raw)
+			}
+			ok++
+		}
+	}
+	// Counted in process, persisted straight to Postgres while Valkey is away.
+	eventually(t, 15*time.Second, "in-process counts persisted while Valkey is down", func() bool {
+		return syPGTotal(t, direct) == ok
+	})
+
+	syRestart(t, px)
+	// Valkey is back: counting goes through it again.
+	eventually(t, 15*time.Second, "a query after Valkey is restored", func() bool {
+		r := in.query(t, users[0].token, "a")
+		if r.status == 200 {
+			ok++
+		}
+		return r.status == 200
+	})
+	syDrain(t, in.admin, 30*time.Second)
+	if got := syPGTotal(t, direct); got != ok {
+		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
+	}
+}
+
+func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
+	env, px, direct := syValkeyEnv(t, "closed")
+	in := start(t, env)
+	users := syWarmUsers(t, in, 2)
+	ok := int64(len(users))
+	syDrain(t, in.admin, 15*time.Second)
+
+	px.Stop()
+	for range 3 {
+		for _, u := range users {
+			r := in.query(t, u.token, "a")
+			if r.status != 503 || r.errCode() != "service_unavailable" || r.header.Get("Retry-After") == "" {
+				t.Fatalf("fail-closed query during Valkey cut: want 503 service_unavailable with Retry-After, got %d %q Retry-After=%q: %s",
+					r.status, r.errCode(), r.header.Get("Retry-After"), r.raw)
+			}
+		}
+	}
+
+	syRestart(t, px)
+	var used any
+	eventually(t, 15*time.Second, "a query after Valkey is restored", func() bool {
+		r := in.query(t, users[0].token, "a")
+		if r.status == 200 {
+			ok++
+			used = r.body["usage"].(map[string]any)["used"]
+		}
+		return r.status == 200
+	})
+	// Nothing was counted for the 503s: this is the user's second query.
+	if used != 2.0 {
+		t.Fatalf("usage after the refused queries: used=%v, want 2", used)
+	}
+	syDrain(t, in.admin, 30*time.Second)
+	if got := syPGTotal(t, direct); got != ok {
+		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
+	}
+}
+
+func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
+	env, px, direct := syPGEnv(t)
+	env["SYNC_INTERVAL"] = "1h" // only the forced sync moves anything
+	in := start(t, env)
+	users := syWarmUsers(t, in, 3)
+	ok := int64(len(users))
+	for range 4 {
+		for _, u := range users {
+			if r := in.query(t, u.token, "a"); r.status != 200 {
+				t.Fatalf("query: %d %s", r.status, r.raw)
+			}
+			ok++
+		}
+	}
+	if st, _ := sySyncStatus(t, in.admin); st.PendingUsers != int64(len(users)) || st.LastBatch != nil {
+		t.Fatalf("before the forced sync: want %d pending users and no batch yet, got %+v", len(users), st)
+	}
+
+	// The link to Postgres holds every byte for 10 s: the flush cannot
+	// finish before the toxic is removed.
+	syAddToxic(t, px, `{"name":"slow","type":"latency","stream":"upstream","attributes":{"latency":10000}}`)
+	r := call(t, "POST", in.admin+"/admin/sync", "", nil)
+	if r.status != 202 {
+		t.Fatalf("POST /admin/sync: %d %s", r.status, r.raw)
+	}
+	// Answered; the flush it triggered is still to come or under way.
+	st, _ := sySyncStatus(t, in.admin)
+	if st.PendingUsers == 0 || st.LastBatch != nil || st.Triggered < 1 {
+		t.Fatalf("after the 202 the work should still be pending: %+v (last batch %+v)", st, st.LastBatch)
+	}
+	if got := syPGTotal(t, direct); got != 0 {
+		t.Fatalf("postgres already holds %d right after the 202", got)
+	}
+
+	syRemoveToxic(t, px, "slow")
+	var last cachesync.Status
+	eventually(t, 30*time.Second, "the triggered flush completes", func() bool {
+		last, _ = sySyncStatus(t, in.admin)
+		if last.HeldBatches > 0 {
+			// A try failed while the link was held: with a 1h interval the
+			// retry backoff is long, so ask again.
+			call(t, "POST", in.admin+"/admin/sync", "", nil)
+		}
+		return last.PendingUsers == 0 && last.HeldBatches == 0 && last.LastBatch != nil
+	})
+	if got := syPGTotal(t, direct); got != ok {
+		t.Fatalf("after the flush: postgres total %d, want %d (last batch %+v)", got, ok, last.LastBatch)
+	}
+	if last.LastBatch.Result != cachesync.ResultApplied {
+		t.Fatalf("last batch: %+v", *last.LastBatch)
+	}
+}

@@ -1,0 +1,593 @@
+package main
+
+// End-to-end tests of warmup (issue 3): system warmup that never blocks
+// serving, warm answers across instances, the async and inline strategies,
+// the full queue, and the first-query metric. Every top-level name starts
+// with "wu" (this package is shared by several test files).
+//
+// Slow databases are made with toxiproxy (in process) between the service and
+// Postgres. Where a test must observe a warmup that has not finished yet, it
+// does not rely on latency alone (that would be a race against the clock):
+// it holds an ACCESS EXCLUSIVE lock on the schema's usage table from a direct
+// connection. A warmup job reads the persisted usage of its user, so it
+// blocks (running, parts.usage running) until the lock is released, while
+// the query path never touches that table for a user whose usage counter is
+// already in Valkey (the tests seed the counters first through a provisioning
+// instance with WARMUP_STRATEGY=off). The order of events is then fixed by
+// the lock, not by timing.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/warmpath/warmpath/app/internal/warmup"
+)
+
+// wuSlowDatabase puts a toxiproxy proxy with a latency toxic (every answer
+// from Postgres delayed by latency) in front of the Postgres of dbURL and
+// returns the same URL (schema options kept) pointing at the proxy. The
+// proxy stops at cleanup; register it before starting the instance that
+// uses it, so the instance stops first.
+func wuSlowDatabase(t *testing.T, dbURL string, latency time.Duration) string {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatalf("parse DATABASE_URL: %v", err)
+	}
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	proxy := toxiproxy.NewProxy(srv, "wu-postgres-"+randHex(4), "127.0.0.1:0", u.Host)
+	if err := proxy.Start(); err != nil {
+		t.Fatalf("start toxiproxy: %v", err)
+	}
+	t.Cleanup(proxy.Stop)
+	toxic := fmt.Sprintf(`{"name":"wu_latency","type":"latency","stream":"downstream","attributes":{"latency":%d}}`, latency.Milliseconds())
+	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(toxic)); err != nil {
+		t.Fatalf("add latency toxic: %v", err)
+	}
+	u.Host = proxy.Listen
+	return u.String()
+}
+
+// wuLockUsage holds an ACCESS EXCLUSIVE lock on the usage table of the
+// schema of dbURL (a direct connection, not through any proxy) until the
+// returned release is called (also at cleanup). Warmup jobs block on it in
+// their usage part; see the file comment.
+func wuLockUsage(t *testing.T, dbURL string) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("lock usage: connect: %v", err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		conn.Close(ctx)
+		t.Fatalf("lock usage: begin: %v", err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE usage IN ACCESS EXCLUSIVE MODE`); err != nil {
+		conn.Close(ctx)
+		t.Fatalf("lock usage: %v", err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = tx.Rollback(ctx)
+			_ = conn.Close(ctx)
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// wuDB runs one query on the schema of dbURL and scans its single row.
+func wuDB(t *testing.T, dbURL, sql string, dest ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, sql).Scan(dest...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// wuSystem reads GET /admin/warmup.
+func wuSystem(t testing.TB, in *instance) warmup.SystemStatus {
+	t.Helper()
+	r := call(t, "GET", in.admin+"/admin/warmup", "", nil)
+	if r.status != 200 {
+		t.Fatalf("GET /admin/warmup: %d %s", r.status, r.raw)
+	}
+	var st warmup.SystemStatus
+	if err := json.Unmarshal(r.raw, &st); err != nil {
+		t.Fatalf("decode /admin/warmup: %v: %s", err, r.raw)
+	}
+	return st
+}
+
+// wuStatus reads the caller's GET /api/user/warmup; raw is the warmupStatus
+// object as sent, for comparisons across instances.
+func wuStatus(t testing.TB, in *instance, token string) (st warmup.Status, raw json.RawMessage) {
+	t.Helper()
+	r := call(t, "GET", in.base+"/api/user/warmup", token, nil)
+	if r.status != 200 {
+		t.Fatalf("GET /api/user/warmup: %d %s", r.status, r.raw)
+	}
+	var body struct {
+		WarmupStatus json.RawMessage `json:"warmupStatus"`
+	}
+	if err := json.Unmarshal(r.raw, &body); err != nil || body.WarmupStatus == nil {
+		t.Fatalf("decode warmup status: %v: %s", err, r.raw)
+	}
+	if err := json.Unmarshal(body.WarmupStatus, &st); err != nil {
+		t.Fatalf("decode warmup status: %v: %s", err, r.raw)
+	}
+	return st, body.WarmupStatus
+}
+
+// wuPostWarmup sends POST /api/user/warmup.
+func wuPostWarmup(t testing.TB, in *instance, token string) reply {
+	t.Helper()
+	return call(t, "POST", in.base+"/api/user/warmup", token, nil)
+}
+
+// wuWaitState polls the user's warmup status until it is want.
+func wuWaitState(t testing.TB, in *instance, token string, want warmup.State) warmup.Status {
+	t.Helper()
+	var st warmup.Status
+	eventually(t, 20*time.Second, "warmup state "+string(want), func() bool {
+		st, _ = wuStatus(t, in, token)
+		if st.State == warmup.StateFailed && want != warmup.StateFailed {
+			t.Fatalf("warmup failed: %s", st.Error)
+		}
+		return st.State == want
+	})
+	return st
+}
+
+// wuQueryAsync sends a query without a testing.TB (it runs in its own
+// goroutine, where t.Fatal is not allowed); a transport error comes back as
+// status 0 with the error in raw.
+func wuQueryAsync(in *instance, token string, items ...string) <-chan reply {
+	out := make(chan reply, 1)
+	go func() {
+		body, _ := json.Marshal(map[string]any{"items": items})
+		req, err := http.NewRequest("POST", in.base+"/api/hasNotEngine-ultra-fast", bytes.NewReader(body))
+		if err != nil {
+			out <- reply{raw: []byte(err.Error())}
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			out <- reply{raw: []byte(err.Error())}
+			return
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		r := reply{status: resp.StatusCode, header: resp.Header, raw: raw}
+		_ = json.Unmarshal(raw, &r.body)
+		out <- r
+	}()
+	return out
+}
+
+// wuProvision creates n users through the admin API of in, each with items
+// "a" and "b" and, when query is set, one metered query (which seeds the
+// user's usage counter in Valkey and, once synced, marks the user active).
+// At most 16 requests are in flight.
+func wuProvision(t *testing.T, in *instance, n int, query bool) []user {
+	t.Helper()
+	users := make([]user, n)
+	errs := make(chan string, n)
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i := range users {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			users[i] = in.newUser(t, "pro", nil)
+			if r := in.items(t, users[i].token, []string{"a", "b"}, nil); r.status != 200 {
+				errs <- fmt.Sprintf("items: %d %s", r.status, r.raw)
+				return
+			}
+			if query {
+				if r := in.query(t, users[i].token, "a", "z"); r.status != 200 {
+					errs <- fmt.Sprintf("query: %d %s", r.status, r.raw)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatalf("provision: %s", e)
+	}
+	return users
+}
+
+// wuProvisioner starts an instance straight on Postgres (no proxy) that
+// never warms anyone, for provisioning users that stay cold.
+func wuProvisioner(t *testing.T, env map[string]string) *instance {
+	t.Helper()
+	penv := map[string]string{"WARMUP_STRATEGY": "off", "SYSTEM_WARMUP_HOT_USERS": "0"}
+	for k, v := range env {
+		penv[k] = v
+	}
+	return start(t, penv)
+}
+
+// wuSlowEnv is env with DATABASE_URL through a slow proxy, no migration (the
+// provisioner applied it), no hot users, and a DB_TIMEOUT long enough that a
+// job blocked by wuLockUsage stays running instead of timing out.
+func wuSlowEnv(t *testing.T, env map[string]string, extra ...string) map[string]string {
+	t.Helper()
+	out := map[string]string{
+		"DATABASE_URL":            wuSlowDatabase(t, env["DATABASE_URL"], 20*time.Millisecond),
+		"AUTO_MIGRATE":            "false",
+		"SYSTEM_WARMUP_HOT_USERS": "0",
+		"DB_TIMEOUT":              "30s",
+	}
+	for _, k := range []string{"VALKEY_URL", "VALKEY_PREFIX"} {
+		out[k] = env[k]
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		out[extra[i]] = extra[i+1]
+	}
+	return out
+}
+
+// wuWaitSystemDone waits until the system warmup has finished, so its steps
+// (which prepare statements on the usage table) do not meet wuLockUsage.
+func wuWaitSystemDone(t *testing.T, in *instance) {
+	t.Helper()
+	eventually(t, 20*time.Second, "system warmup finished", func() bool {
+		st := wuSystem(t, in)
+		return st.State == warmup.StateReady || st.State == warmup.StateFailed
+	})
+}
+
+// TestWarmupStartupServesWhileHotUsersWarm: with 300 hot users, a slow
+// database and one warmup worker, /livez and a warm query for a hot user
+// that is already warm succeed while the other hot users are still queued.
+func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
+	const hot = 300
+	env := backendEnv(t)
+
+	// A first instance makes 300 users "recently active": one query each,
+	// synced to Postgres. It never warms anyone, so all start cold.
+	first := wuProvisioner(t, env)
+	users := wuProvision(t, first, hot, true)
+	if r := call(t, "POST", first.admin+"/admin/sync", "", nil); r.status != 202 {
+		t.Fatalf("force sync: %d %s", r.status, r.raw)
+	}
+	eventually(t, 20*time.Second, "usage synced", func() bool {
+		r := call(t, "GET", first.admin+"/admin/sync", "", nil)
+		return r.status == 200 && r.body["pendingUsers"] == 0.0 && r.body["heldBatches"] == 0.0
+	})
+	var active int
+	wuDB(t, env["DATABASE_URL"], `SELECT count(*) FROM users WHERE last_active_at IS NOT NULL`, &active)
+	if active != hot {
+		t.Fatalf("%d of %d users marked active after the sync", active, hot)
+	}
+	if err := first.stop(); err != nil {
+		t.Fatalf("stop first instance: %v", err)
+	}
+	// The hot list is ordered by activity: with one worker its head is
+	// warmed first.
+	var headID int64
+	wuDB(t, env["DATABASE_URL"], `SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC LIMIT 1`, &headID)
+	var head user
+	for _, u := range users {
+		if u.id == headID {
+			head = u
+		}
+	}
+	if head.token == "" {
+		t.Fatalf("head of the hot list %d is not a provisioned user", headID)
+	}
+
+	in := start(t, wuSlowEnv(t, env, "SYSTEM_WARMUP_HOT_USERS", itoa(hot), "WARMUP_WORKERS", "1"))
+
+	if r := call(t, "GET", in.base+"/livez", "", nil); r.status != 200 {
+		t.Fatalf("livez: %d", r.status)
+	}
+	if st := wuSystem(t, in); st.State == warmup.StateReady && st.Queue.Depth+st.Queue.Running == 0 {
+		t.Fatalf("system warmup already done when /livez answered: %+v", st)
+	}
+
+	wuWaitState(t, in, head.token, warmup.StateReady)
+	hits := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
+	r := in.query(t, head.token, "a", "b", "z")
+	if r.status != 200 {
+		t.Fatalf("warm query: %d %s", r.status, r.raw)
+	}
+	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
+		t.Fatalf("missing (-want +got):\n%s", d)
+	}
+	if got := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 1 {
+		t.Fatalf("the warm query should be answered by the item cache: %v hits", got)
+	}
+	if r := call(t, "GET", in.base+"/livez", "", nil); r.status != 200 {
+		t.Fatalf("livez: %d", r.status)
+	}
+	// Only the hot-user warmup adds to the queue here, so work still queued
+	// or running now was queued or running during the query and /livez.
+	st := wuSystem(t, in)
+	if st.Queue.Depth+st.Queue.Running == 0 {
+		t.Fatalf("hot users all warm already; the test proves nothing: %+v", st)
+	}
+	if st.State == warmup.StateReady && st.HotUsers.Found != hot {
+		t.Fatalf("hot users found %d, want %d: %+v", st.HotUsers.Found, hot, st.HotUsers)
+	}
+	t.Logf("after the warm query: system %s, hot users %+v, queue %+v", st.State, st.HotUsers, st.Queue)
+}
+
+// TestWarmupAcrossInstances: warmed through A, the status reads the same
+// through B, and B answers the user's query from the cache.
+func TestWarmupAcrossInstances(t *testing.T) {
+	env := backendEnv(t)
+	// No hot users: a system job of B for the new user would hold its lock,
+	// and A's login warmup would then ride on that job (no session part);
+	// see TestWarmupLoginOvertakesOtherInstanceSystemJob.
+	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
+	a := start(t, env)
+	b := start(t, env)
+	u := a.newUser(t, "pro", nil)
+	if r := a.items(t, u.token, []string{"k1", "k2"}, nil); r.status != 200 {
+		t.Fatalf("items: %d %s", r.status, r.raw)
+	}
+	if r := wuPostWarmup(t, a, u.token); r.status != 202 {
+		t.Fatalf("warmup through A: %d %s", r.status, r.raw)
+	}
+	wuWaitState(t, b, u.token, warmup.StateReady)
+	_, fromA := wuStatus(t, a, u.token)
+	stB, fromB := wuStatus(t, b, u.token)
+	if d := cmp.Diff(string(fromA), string(fromB)); d != "" {
+		t.Fatalf("status differs between instances (-A +B):\n%s", d)
+	}
+	for _, part := range []string{warmup.PartSession, warmup.PartUsage, warmup.PartItems} {
+		if stB.Parts[part].State != warmup.StateReady {
+			t.Fatalf("part %s: %+v", part, stB.Parts[part])
+		}
+	}
+
+	hits := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
+	misses := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`)
+	r := b.query(t, u.token, "k1", "x")
+	if r.status != 200 {
+		t.Fatalf("query through B: %d %s", r.status, r.raw)
+	}
+	if d := cmp.Diff([]any{"x"}, r.body["missing"]); d != "" {
+		t.Fatalf("missing (-want +got):\n%s", d)
+	}
+	if got := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 1 {
+		t.Fatalf("B item-cache hits +%v, want +1", got)
+	}
+	if got := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`) - misses; got != 0 {
+		t.Fatalf("B item-cache misses +%v, want +0", got)
+	}
+}
+
+// TestWarmupAsyncVsInlineOnSlowDatabase: on a cold user with a slow
+// database, the async query is answered from Postgres while its warmup is
+// not ready; the inline query is answered only after its warmup finished.
+// Both warmups are held running by wuLockUsage (see the file comment).
+func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
+	env := backendEnv(t)
+	prov := wuProvisioner(t, env)
+	// One query each seeds the usage counters in Valkey: the query path then
+	// never reads the locked table. Items stay cold (strategy off).
+	users := wuProvision(t, prov, 2, true)
+	if err := prov.stop(); err != nil {
+		t.Fatalf("stop provisioner: %v", err)
+	}
+	asyncUser, inlineUser := users[0], users[1]
+	async := start(t, wuSlowEnv(t, env, "WARMUP_STRATEGY", "async"))
+	inline := start(t, wuSlowEnv(t, env, "WARMUP_STRATEGY", "inline"))
+	wuWaitSystemDone(t, async)
+	wuWaitSystemDone(t, inline)
+
+	release := wuLockUsage(t, env["DATABASE_URL"])
+
+	// async: answered from Postgres at once; the warmup cannot be ready.
+	hits := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
+	misses := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`)
+	r := async.query(t, asyncUser.token, "a", "z")
+	st, _ := wuStatus(t, async, asyncUser.token)
+	if r.status != 200 {
+		t.Fatalf("async query: %d %s", r.status, r.raw)
+	}
+	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
+		t.Fatalf("async missing (-want +got):\n%s", d)
+	}
+	if st.State != warmup.StateQueued && st.State != warmup.StateRunning {
+		t.Fatalf("async: warmup state right after the answer = %q, want queued or running", st.State)
+	}
+	if got := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`) - misses; got != 1 {
+		t.Fatalf("async: item-cache misses +%v, want +1 (answered from Postgres)", got)
+	}
+	if got := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 0 {
+		t.Fatalf("async: item-cache hits +%v, want +0", got)
+	}
+
+	// inline: the query waits for the warmup, which is held running.
+	done := wuQueryAsync(inline, inlineUser.token, "a", "z")
+	running := wuWaitState(t, inline, inlineUser.token, warmup.StateRunning)
+	select {
+	case r := <-done:
+		t.Fatalf("inline query answered (%d %s) while its warmup was %s", r.status, r.raw, running.State)
+	default:
+	}
+	release()
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("inline query did not return after the warmup could finish")
+	}
+	st, _ = wuStatus(t, inline, inlineUser.token)
+	if r.status != 200 {
+		t.Fatalf("inline query: %d %s", r.status, r.raw)
+	}
+	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
+		t.Fatalf("inline missing (-want +got):\n%s", d)
+	}
+	if st.State != warmup.StateReady {
+		t.Fatalf("inline: warmup state right after the answer = %q (%s), want ready", st.State, st.Error)
+	}
+	if got := inline.metric(t, "warmpath_warmup_jobs_total", `kind="inline"`, `result="ready"`); got != 1 {
+		t.Fatalf(`warmpath_warmup_jobs_total{kind="inline",result="ready"} = %v, want 1`, got)
+	}
+	// The async warmup, released, finishes too.
+	wuWaitState(t, async, asyncUser.token, warmup.StateReady)
+}
+
+// TestWarmupQueueFullAnswers503: with one worker held running and a queue
+// of one, further users' warmups are refused with 503 + Retry-After, and
+// their queries still answer 200.
+func TestWarmupQueueFullAnswers503(t *testing.T) {
+	env := backendEnv(t)
+	prov := wuProvisioner(t, env)
+	users := wuProvision(t, prov, 5, true) // usage counters seeded: see file comment
+	if err := prov.stop(); err != nil {
+		t.Fatalf("stop provisioner: %v", err)
+	}
+	in := start(t, wuSlowEnv(t, env, "WARMUP_QUEUE_SIZE", "1", "WARMUP_WORKERS", "1"))
+	wuWaitSystemDone(t, in)
+	release := wuLockUsage(t, env["DATABASE_URL"])
+
+	if r := wuPostWarmup(t, in, users[0].token); r.status != 202 {
+		t.Fatalf("first warmup: %d %s", r.status, r.raw)
+	}
+	wuWaitState(t, in, users[0].token, warmup.StateRunning) // the only worker is now held
+	r := wuPostWarmup(t, in, users[1].token)
+	if r.status != 202 || r.body["warmupStatus"].(map[string]any)["state"] != "queued" {
+		t.Fatalf("second warmup should take the one queue slot: %d %s", r.status, r.raw)
+	}
+	for _, u := range users[2:] {
+		r := wuPostWarmup(t, in, u.token)
+		if r.status != 503 || r.errCode() != "warmup_queue_full" {
+			t.Fatalf("warmup with a full queue: %d %s", r.status, r.raw)
+		}
+		if r.header.Get("Retry-After") == "" {
+			t.Fatalf("503 without Retry-After: %v", r.header)
+		}
+	}
+	for _, u := range users[2:] {
+		r := in.query(t, u.token, "a", "z")
+		if r.status != 200 {
+			t.Fatalf("query of a user whose warmup was refused: %d %s", r.status, r.raw)
+		}
+		if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
+			t.Fatalf("missing (-want +got):\n%s", d)
+		}
+	}
+	if st := wuSystem(t, in); st.Queue.Depth != 1 || st.Queue.Running != 1 {
+		t.Fatalf("queue should still be full: %+v", st.Queue)
+	}
+
+	release()
+	wuWaitState(t, in, users[0].token, warmup.StateReady)
+	wuWaitState(t, in, users[1].token, warmup.StateReady)
+	if r := wuPostWarmup(t, in, users[2].token); r.status != 202 {
+		t.Fatalf("warmup once the queue drained: %d %s", r.status, r.raw)
+	}
+}
+
+// TestWarmupFirstQueryMetric: the first query after a login warmup that is
+// ready counts once in warmpath_first_query_total{warmup="ready"}; the
+// second does not.
+func TestWarmupFirstQueryMetric(t *testing.T) {
+	in := start(t, backendEnv(t))
+	u := in.newUser(t, "pro", nil)
+	in.items(t, u.token, []string{"a"}, nil)
+	if r := wuPostWarmup(t, in, u.token); r.status != 202 {
+		t.Fatalf("warmup: %d %s", r.status, r.raw)
+	}
+	wuWaitState(t, in, u.token, warmup.StateReady)
+	metric := func() float64 {
+		return in.metric(t, "warmpath_first_query_total", `warmup="ready"`)
+	}
+	before := metric()
+	for i, want := range []float64{1, 1} {
+		if r := in.query(t, u.token, "a", "z"); r.status != 200 {
+			t.Fatalf("query %d: %d %s", i+1, r.status, r.raw)
+		}
+		if got := metric() - before; got != want {
+			t.Fatalf(`after query %d: warmpath_first_query_total{warmup="ready"} +%v, want +%v`, i+1, got, want)
+		}
+	}
+	if got := in.metric(t, "warmpath_first_query_total"); got != 1 {
+		t.Fatalf("warmpath_first_query_total over all states = %v, want 1", got)
+	}
+}
+
+// TestWarmupLoginOvertakesOtherInstanceSystemJob: a login warmup asked
+// through A, for a user whose low-priority system job is queued on B at the
+// back of B's hot-user queue, must not wait behind that queue: A has idle
+// workers and "login warmups go before system ones" (DESIGN.md). Before the
+// fix, A
+// finds the user's Valkey lock held by B's queued job, answers "queued" and
+// never runs it, so the login warmup waits for B's whole system queue (and
+// then runs as a system job, without its session part). Fixed: a login takes
+// over a system job's lock while that job is still queued.
+func TestWarmupLoginOvertakesOtherInstanceSystemJob(t *testing.T) {
+	const hot = 40
+	env := backendEnv(t)
+	prov := wuProvisioner(t, env)
+	users := wuProvision(t, prov, hot, true)
+	if err := prov.stop(); err != nil { // the final flush marks them all active
+		t.Fatalf("stop provisioner: %v", err)
+	}
+	var lastID int64
+	wuDB(t, env["DATABASE_URL"], `SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC OFFSET `+itoa(hot-1)+` LIMIT 1`, &lastID)
+	var last user
+	for _, u := range users {
+		if u.id == lastID {
+			last = u
+		}
+	}
+	// B warms the hot users one at a time on a slow database; the last of
+	// the list waits at the back of its system queue.
+	b := start(t, wuSlowEnv(t, env, "SYSTEM_WARMUP_HOT_USERS", itoa(hot), "WARMUP_WORKERS", "1"))
+	eventually(t, 20*time.Second, "B: every hot user enqueued", func() bool {
+		return wuSystem(t, b).HotUsers.Enqueued == hot
+	})
+	a := start(t, wuSlowEnv(t, env))
+	r := wuPostWarmup(t, a, last.token)
+	if r.status != 202 {
+		t.Fatalf("login warmup through A: %d %s", r.status, r.raw)
+	}
+	t.Logf("POST through A: %s; B's queue then: %+v", r.raw, wuSystem(t, b).Queue)
+	st := wuWaitState(t, a, last.token, warmup.StateReady)
+	// Ordering, not timing: the login warmup must finish while B still has
+	// system jobs queued (it would be last of all if it waited behind them).
+	if q := wuSystem(t, b).Queue; q.System == 0 {
+		t.Fatalf("the login warmup finished only after B's system queue drained: %+v", q)
+	}
+	if p := st.Parts[warmup.PartSession]; p.State != warmup.StateReady {
+		t.Fatalf("the login warmup's session part: %+v", p)
+	}
+}
