@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
@@ -95,6 +96,9 @@ func (s *Service) Check(ctx context.Context, p domain.Principal) (Decision, erro
 		}
 		return s.checkLocal(ctx, p.UserID, start, limit, reset, now)
 	}
+	// The shared counter answers again: forget the in-process bases and
+	// counts, so a later outage starts from the system of record afresh.
+	s.cfg.Local.resetIfUsed()
 	return decide(res, limit, reset, now, false), nil
 }
 
@@ -151,6 +155,7 @@ func (s *Service) observe(ctx context.Context, result string) {
 // (USAGE_FAILURE_MODE=open). Its deltas are drained by the sync loop and
 // persisted through the same idempotent batch path as Valkey's.
 type Local struct {
+	used    atomic.Bool // something was counted here since the last Reset
 	mu      sync.Mutex
 	bases   map[localKey]int64 // persisted count when first seen
 	counts  map[localKey]int64 // counted here since, persisted or not
@@ -193,6 +198,7 @@ func (l *Local) checkAndCount(userID int64, start time.Time, base, limit int64) 
 	k := localKey{userID, start}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.used.Store(true)
 	used := base + l.counts[k]
 	if used >= limit {
 		return domain.UsageResult{Outcome: domain.UsageDenied, Used: used}
@@ -234,4 +240,13 @@ func (l *Local) Reset() {
 	defer l.mu.Unlock()
 	clear(l.bases)
 	clear(l.counts)
+	l.used.Store(false)
+}
+
+// resetIfUsed is Reset, at the cost of one atomic load when nothing was
+// counted here (the hot path).
+func (l *Local) resetIfUsed() {
+	if l.used.Load() {
+		l.Reset()
+	}
 }

@@ -122,3 +122,27 @@ func TestCounterDown(t *testing.T) {
 		t.Fatalf("both down: want unavailable, got %v", err)
 	}
 }
+
+func TestLocalForgottenWhenCounterIsBack(t *testing.T) {
+	c := newFakeCounter()
+	c.down = true
+	local := NewLocal()
+	s := New(Config{Counter: c, Ledger: fakeLedger{used: 0}, FailOpen: true, Local: local, Now: func() time.Time { return now }})
+	for range 4 {
+		s.Check(context.Background(), principal(5))
+	}
+	c.down = false
+	if d, err := s.Check(context.Background(), principal(5)); err != nil || d.Degraded {
+		t.Fatalf("counter back: %+v %v", d, err)
+	}
+	// The deltas still wait for the sync, but the old base and counts are
+	// gone: a new outage starts from the ledger again.
+	if d := local.Drain(); len(d) != 1 || d[0].Delta != 4 {
+		t.Fatalf("pending deltas must survive the reset: %+v", d)
+	}
+	c.down = true
+	d, _ := s.Check(context.Background(), principal(5))
+	if !d.Allowed || d.Used != 1 {
+		t.Fatalf("second outage must start from the ledger's count: %+v", d)
+	}
+}

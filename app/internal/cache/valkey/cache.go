@@ -23,6 +23,7 @@
 package valkey
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -66,6 +67,12 @@ type Config struct {
 	// sync's dirty mark (valkeysync.MarkDirtyCmd). It runs for every
 	// CheckAndCount, whatever the outcome, and must be idempotent.
 	AfterCount func(client valkey.Client, userID int64) valkey.Completed
+	// BreakerFailures consecutive outage errors open the circuit breaker
+	// (default DefaultBreakerFailures; negative disables it); it stays open
+	// for BreakerCooldown (default DefaultBreakerCooldown), then one call
+	// probes. Applied by New only.
+	BreakerFailures int
+	BreakerCooldown time.Duration
 	// Wrap, when set, wraps the dialled client (e.g. with valkeyotel for
 	// spans). It is applied by New only.
 	Wrap func(valkey.Client) valkey.Client
@@ -112,6 +119,11 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 	}
 	if cfg.Wrap != nil {
 		client = cfg.Wrap(client)
+	}
+	if cfg.BreakerFailures >= 0 {
+		// Outermost, so a refused call costs no span and no round trip.
+		client = breakerClient{Client: client, b: newBreaker(
+			cmp.Or(cfg.BreakerFailures, DefaultBreakerFailures), cmp.Or(cfg.BreakerCooldown, DefaultBreakerCooldown))}
 	}
 	c := NewFromClient(client, cfg)
 	if err := c.Ping(ctx); err != nil {

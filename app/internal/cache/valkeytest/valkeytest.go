@@ -54,6 +54,13 @@ func Prefix() string { return "wpt-" + rand.Text()[:12] }
 
 func open(t testing.TB, cfg valkey.Config) *valkey.Cache {
 	t.Helper()
+	if cfg.OpTimeout == 0 {
+		// These tests check behaviour, not deadlines: on a loaded CI machine
+		// under -race, 500 ms is not enough for hundreds of concurrent
+		// scripts on miniredis, and the breaker would turn slowness into
+		// failures.
+		cfg.OpTimeout = 5 * time.Second
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := valkey.New(ctx, cfg)
