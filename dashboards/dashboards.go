@@ -1,0 +1,174 @@
+// Package dashboards builds warmpath's Grafana dashboards in Go (with the
+// Grafana Foundation SDK) and holds what on-call needs beside them: the
+// generated JSON under grafana/, and the Prometheus alert rules and their
+// unit tests under prometheus/.
+//
+// The metric names used here are the contract of DESIGN.md (Telemetry); a
+// test keeps every panel expression inside it. Regenerate the JSON with
+// `go run ./dashboards/gen` after changing this package.
+package dashboards
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/grafana/grafana-foundation-sdk/go/cog"
+	"github.com/grafana/grafana-foundation-sdk/go/common"
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
+	"github.com/grafana/grafana-foundation-sdk/go/prometheus"
+	"github.com/grafana/grafana-foundation-sdk/go/timeseries"
+)
+
+// GrafanaDir is the directory, relative to this package, that holds the
+// generated dashboards; Grafana provisioning in compose.yaml mounts it.
+const GrafanaDir = "grafana"
+
+// File is one generated dashboard: its file name inside GrafanaDir and its
+// JSON, exactly as committed.
+type File struct {
+	Name string
+	JSON []byte
+}
+
+// Generate builds every dashboard and renders each as indented JSON with a
+// trailing newline. The output is deterministic, so it can be compared with
+// the committed files byte for byte.
+func Generate() ([]File, error) {
+	builders := []struct {
+		name  string
+		build func() *dashboard.DashboardBuilder
+	}{
+		{"warmpath-request-path.json", requestPath},
+		{"warmpath-warmup-sync.json", warmupSync},
+		{"warmpath-runtime.json", runtime},
+	}
+	files := make([]File, 0, len(builders))
+	for _, b := range builders {
+		d, err := b.build().Build()
+		if err != nil {
+			return nil, fmt.Errorf("build dashboard %s: %w", b.name, err)
+		}
+		numberPanels(&d)
+		js, err := json.MarshalIndent(d, "", "  ")
+		if err != nil {
+			return nil, fmt.Errorf("marshal dashboard %s: %w", b.name, err)
+		}
+		files = append(files, File{Name: b.name, JSON: append(js, '\n')})
+	}
+	return files, nil
+}
+
+// numberPanels gives every panel and row a unique id in layout order: the
+// builder leaves them unset (rows at 0), and Grafana keys panel links,
+// "view panel" URLs and row collapsing on the id.
+func numberPanels(d *dashboard.Dashboard) {
+	id := uint32(0)
+	for _, p := range d.Panels {
+		id++
+		switch {
+		case p.Panel != nil:
+			p.Panel.Id = cog.ToPtr(id)
+		case p.RowPanel != nil:
+			p.RowPanel.Id = id
+		}
+	}
+}
+
+// ds is the panel datasource: whatever $datasource selects, so the same
+// dashboards work against any Prometheus, not only the compose stack's.
+var ds = common.DataSourceRef{Type: cog.ToPtr("prometheus"), Uid: cog.ToPtr("${datasource}")}
+
+// sel is the series selector every panel applies: the instances picked in
+// $instance. Grafana expands "All" to the listed values, which come from a
+// warmpath-only metric, so go_* and process_* of other jobs stay out.
+const sel = `instance=~"$instance"`
+
+// base starts a dashboard with the shared settings and variables.
+func base(uid, title, description string) *dashboard.DashboardBuilder {
+	return dashboard.NewDashboardBuilder(title).
+		Uid(uid).
+		Description(description).
+		Tags([]string{"warmpath"}).
+		Editable().
+		Refresh("30s").
+		Time("now-1h", "now").
+		Timezone(common.TimeZoneBrowser).
+		Tooltip(dashboard.DashboardCursorSyncCrosshair).
+		WithVariable(dashboard.NewDatasourceVariableBuilder("datasource").
+			Label("Data source").
+			Type("prometheus")).
+		WithVariable(dashboard.NewQueryVariableBuilder("instance").
+			Label("Instance").
+			Datasource(ds).
+			Query(dashboard.StringOrMap{String: cog.ToPtr("label_values(warmpath_alert_threshold_seconds, instance)")}).
+			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
+			Sort(dashboard.VariableSortAlphabeticalAsc).
+			Multi(true).
+			IncludeAll(true).
+			Current(dashboard.VariableOption{
+				Selected: cog.ToPtr(true),
+				Text:     dashboard.StringOrArrayOfString{ArrayOfString: []string{"All"}},
+				Value:    dashboard.StringOrArrayOfString{ArrayOfString: []string{"$__all"}},
+			})).
+		Link(dashboard.NewDashboardLinkBuilder("warmpath").
+			Type(dashboard.DashboardLinkTypeDashboards).
+			Tags([]string{"warmpath"}).
+			AsDropdown(true).
+			IncludeVars(true).
+			KeepTime(true))
+}
+
+// promQuery is a Prometheus query builder.
+type promQuery = prometheus.DataqueryBuilder
+
+// q is a Prometheus range query with a legend.
+func q(expr, legend string) *promQuery {
+	return prometheus.NewDataqueryBuilder().Datasource(ds).Expr(expr).LegendFormat(legend).Range()
+}
+
+// ts is a time series panel of the given size with the shared defaults.
+func ts(title, description, unit string, w, h uint32, targets ...*promQuery) *timeseries.PanelBuilder {
+	p := timeseries.NewPanelBuilder().
+		Title(title).
+		Description(description).
+		Datasource(ds).
+		Unit(unit).
+		Span(w).
+		Height(h).
+		LineWidth(1).
+		FillOpacity(10).
+		ShowPoints(common.VisibilityModeNever).
+		Legend(common.NewVizLegendOptionsBuilder().
+			DisplayMode(common.LegendDisplayModeTable).
+			Placement(common.LegendPlacementBottom).
+			ShowLegend(true).
+			Calcs([]string{"mean", "max", "lastNotNull"})).
+		Tooltip(common.NewVizTooltipOptionsBuilder().
+			Mode(common.TooltipDisplayModeMulti).
+			Sort(common.SortOrderDescending))
+	for i, t := range targets {
+		p.WithTarget(t.RefId(string(rune('A' + i))))
+	}
+	return p
+}
+
+// limitLine styles the series named name as a dashed red reference line
+// (an alert threshold drawn next to the measurement it applies to).
+func limitLine(p *timeseries.PanelBuilder, name string) *timeseries.PanelBuilder {
+	return p.OverrideByName(name, []dashboard.DynamicConfigValue{
+		{Id: "color", Value: map[string]any{"mode": "fixed", "fixedColor": "red"}},
+		{Id: "custom.lineStyle", Value: map[string]any{"fill": "dash", "dash": []int{10, 10}}},
+		{Id: "custom.fillOpacity", Value: 0},
+	})
+}
+
+// ratio sets a 0–1 axis for panels that show shares.
+func ratio(p *timeseries.PanelBuilder) *timeseries.PanelBuilder {
+	return p.Min(0).Max(1)
+}
+
+// quantile is the q-quantile of a histogram's buckets over the selector
+// filter, grouped by le plus by (empty, or ", label, …").
+func quantile(q, bucket, filter, by string) string {
+	return fmt.Sprintf(`histogram_quantile(%s, sum by (le%s) (rate(%s{%s}[$__rate_interval])))`, q, by, bucket, filter)
+}

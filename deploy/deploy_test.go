@@ -1,0 +1,394 @@
+package deploy_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"go.yaml.in/yaml/v3"
+)
+
+// root is the repository root, relative to this package.
+const root = ".."
+
+// loadProject loads compose.yaml the way `docker compose` does, with an
+// empty environment so the defaults in the file are what is tested.
+func loadProject(t *testing.T) *types.Project {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "compose.yaml")},
+		cli.WithWorkingDirectory(root),
+		cli.WithEnv(nil),
+		cli.WithResolvedPaths(true),
+	)
+	if err != nil {
+		t.Fatalf("compose options: %v", err)
+	}
+	p, err := opts.LoadProject(ctx)
+	if err != nil {
+		t.Fatalf("load compose.yaml: %v", err)
+	}
+	return p
+}
+
+func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
+	t.Helper()
+	s, err := p.GetService(name)
+	if err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	return s
+}
+
+// serviceEnvNames are the environment variables the service reads: the env
+// tags of app/internal/config and the names app/internal/telemetry looks up
+// (OTEL_*, PYROSCOPE_*). Parsed from the source, so a renamed variable fails
+// here rather than silently doing nothing in the stack.
+func serviceEnvNames(t *testing.T) map[string]bool {
+	t.Helper()
+	names := map[string]bool{}
+	add := func(glob string, re *regexp.Regexp) {
+		files, err := filepath.Glob(filepath.Join(root, glob))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no files match %s: %v", glob, err)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range re.FindAllSubmatch(src, -1) {
+				names[string(m[1])] = true
+			}
+		}
+	}
+	add("app/internal/config/config.go", regexp.MustCompile(`env:"([A-Z0-9_]+)"`))
+	add("app/internal/telemetry/*.go", regexp.MustCompile(`[gG]etenv\("([A-Z0-9_]+)"\)`))
+	for _, must := range []string{"HTTP_ADDR", "ADMIN_ADDR", "ADMIN_TOKEN", "DATABASE_URL", "VALKEY_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "PYROSCOPE_SERVER_ADDRESS"} {
+		if !names[must] {
+			t.Fatalf("parsing the service's sources found no %s (found %d names): the parser is out of date", must, len(names))
+		}
+	}
+	return names
+}
+
+func TestComposeServices(t *testing.T) {
+	p := loadProject(t)
+	names := p.ServiceNames()
+	sort.Strings(names)
+	for _, want := range []string{"grafana", "postgres", "prometheus", "pyroscope", "tempo", "valkey", "warmpath"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("compose.yaml has no service %s (has %v)", want, names)
+		}
+	}
+	for _, name := range []string{"warmpath", "postgres", "valkey", "prometheus", "grafana"} {
+		hc := service(t, p, name).HealthCheck
+		if hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Interval == nil {
+			t.Errorf("%s: needs an enabled healthcheck with a test and an interval, got %+v", name, hc)
+		}
+	}
+	for _, name := range names {
+		if s := service(t, p, name); s.Image == "" || (strings.HasSuffix(s.Image, ":latest") || !strings.Contains(s.Image, ":")) {
+			t.Errorf("%s: image %q must be pinned to a tag", name, s.Image)
+		}
+	}
+}
+
+func TestComposeWarmpathService(t *testing.T) {
+	p := loadProject(t)
+	s := service(t, p, "warmpath")
+
+	if s.Build == nil || s.Build.Dockerfile != "deploy/Dockerfile" {
+		t.Errorf("warmpath must build from deploy/Dockerfile, got %+v", s.Build)
+	} else if _, err := os.Stat(filepath.Join(s.Build.Context, s.Build.Dockerfile)); err != nil {
+		t.Errorf("build: %v", err)
+	}
+
+	known := serviceEnvNames(t)
+	for name := range s.Environment {
+		if !known[name] {
+			t.Errorf("warmpath environment sets %s, which the service does not read (config.go env tags, telemetry getenv)", name)
+		}
+	}
+	env := func(name string) string {
+		v := s.Environment[name]
+		if v == nil {
+			t.Errorf("warmpath environment has no %s", name)
+			return ""
+		}
+		return *v
+	}
+	wantEnv := map[string]string{
+		"HTTP_ADDR":                   ":8080",
+		"ADMIN_ADDR":                  "0.0.0.0:9090",
+		"DATABASE_URL":                "postgres://postgres:postgres@postgres:5432/warmpath?sslmode=disable",
+		"VALKEY_URL":                  "valkey://valkey:6379",
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318",
+		"PYROSCOPE_SERVER_ADDRESS":    "http://pyroscope:4040",
+	}
+	for name, want := range wantEnv {
+		if got := env(name); got != want {
+			t.Errorf("warmpath %s = %q, want %q", name, got, want)
+		}
+	}
+	// The admin listener is reachable from Prometheus, so it needs a token,
+	// and Prometheus must scrape with the same one.
+	token := env("ADMIN_TOKEN")
+	if token == "" {
+		t.Error("warmpath ADMIN_TOKEN is empty; the service refuses to start with a non-loopback ADMIN_ADDR and no token")
+	}
+	cfg, ok := p.Configs["admin-token"]
+	if !ok || cfg.Content != token {
+		t.Errorf("configs.admin-token content %q must equal warmpath's ADMIN_TOKEN %q", cfg.Content, token)
+	}
+
+	published := map[string]bool{}
+	for _, port := range s.Ports {
+		published[port.Published+"->"+strconv.Itoa(int(port.Target))] = true
+		if port.HostIP != "127.0.0.1" {
+			t.Errorf("warmpath port %d published on %q, want loopback only", port.Target, port.HostIP)
+		}
+	}
+	for _, want := range []string{"8080->8080", "9090->9090"} {
+		if !published[want] {
+			t.Errorf("warmpath does not publish %s (has %v)", want, published)
+		}
+	}
+
+	if !slices.Contains(s.HealthCheck.Test, "/usr/local/bin/healthcheck") {
+		t.Errorf("warmpath healthcheck %v: want the image's /usr/local/bin/healthcheck (distroless has no shell)", s.HealthCheck.Test)
+	}
+	for dep, cond := range map[string]string{"postgres": types.ServiceConditionHealthy, "valkey": types.ServiceConditionHealthy} {
+		if d, ok := s.DependsOn[dep]; !ok || d.Condition != cond {
+			t.Errorf("warmpath depends_on %s: got %+v, want condition %s", dep, d, cond)
+		}
+	}
+	if d, ok := service(t, p, "grafana").DependsOn["prometheus"]; !ok || d.Condition != types.ServiceConditionHealthy {
+		t.Errorf("grafana depends_on prometheus: got %+v, want service_healthy", d)
+	}
+}
+
+// mountSource returns the host path mounted at target in s ("" if none).
+func mountSource(s types.ServiceConfig, target string) string {
+	for _, v := range s.Volumes {
+		if v.Target == target {
+			return v.Source
+		}
+	}
+	return ""
+}
+
+// promConfig is the part of prometheus.yml the tests look at.
+type promConfig struct {
+	RuleFiles     []string       `yaml:"rule_files"`
+	ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
+}
+
+type scrapeConfig struct {
+	JobName       string `yaml:"job_name"`
+	MetricsPath   string `yaml:"metrics_path"`
+	Authorization struct {
+		Type            string `yaml:"type"`
+		CredentialsFile string `yaml:"credentials_file"`
+	} `yaml:"authorization"`
+	StaticConfigs []struct {
+		Targets []string `yaml:"targets"`
+	} `yaml:"static_configs"`
+}
+
+func TestComposePrometheusWiring(t *testing.T) {
+	p := loadProject(t)
+	prom := service(t, p, "prometheus")
+	const confDir = "/etc/prometheus"
+
+	confSrc := mountSource(prom, confDir+"/prometheus.yml")
+	if confSrc == "" {
+		t.Fatal("prometheus: nothing mounted at /etc/prometheus/prometheus.yml")
+	}
+	raw, err := os.ReadFile(confSrc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg promConfig
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		t.Fatalf("parse %s: %v", confSrc, err)
+	}
+
+	// Every rule file resolves (relative to the config's directory) to a
+	// mount of a file in the repository.
+	if len(cfg.RuleFiles) == 0 {
+		t.Error("prometheus.yml loads no rule files")
+	}
+	for _, rf := range cfg.RuleFiles {
+		src := mountSource(prom, filepath.Join(confDir, rf))
+		if src == "" {
+			t.Errorf("rule file %s is not mounted into the prometheus service", rf)
+			continue
+		}
+		if want, _ := filepath.Abs(filepath.Join(root, "dashboards/prometheus/alerts.yml")); src != want {
+			t.Errorf("rule file %s comes from %s, want %s", rf, src, want)
+		}
+	}
+
+	var job *scrapeConfig
+	for i := range cfg.ScrapeConfigs {
+		if cfg.ScrapeConfigs[i].JobName == "warmpath" {
+			job = &cfg.ScrapeConfigs[i]
+		}
+	}
+	if job == nil {
+		t.Fatal(`prometheus.yml has no job "warmpath" (alerts.yml's WarmpathDown selects it)`)
+	}
+	if len(job.StaticConfigs) != 1 || !slices.Equal(job.StaticConfigs[0].Targets, []string{"warmpath:9090"}) {
+		t.Errorf("warmpath job targets %+v, want [warmpath:9090] (service name : ADMIN_ADDR port)", job.StaticConfigs)
+	}
+	if job.MetricsPath != "/metrics" {
+		t.Errorf("warmpath job metrics_path %q, want /metrics", job.MetricsPath)
+	}
+	// The scrape credentials are the admin-token config, mounted where
+	// credentials_file points.
+	credTarget := filepath.Join(confDir, job.Authorization.CredentialsFile)
+	found := false
+	for _, c := range prom.Configs {
+		if c.Source == "admin-token" && c.Target == credTarget {
+			found = true
+			if c.Mode == nil || *c.Mode&0o004 == 0 {
+				t.Errorf("admin-token config mode %v: Prometheus runs as nobody and must be able to read it", c.Mode)
+			}
+		}
+	}
+	if job.Authorization.CredentialsFile == "" || !found {
+		t.Errorf("warmpath job credentials_file %q is not the admin-token config (prometheus configs: %+v)", job.Authorization.CredentialsFile, prom.Configs)
+	}
+}
+
+func TestComposeGrafanaWiring(t *testing.T) {
+	p := loadProject(t)
+	g := service(t, p, "grafana")
+
+	provSrc := mountSource(g, "/etc/grafana/provisioning")
+	if provSrc == "" {
+		t.Fatal("grafana: no provisioning mounted at /etc/grafana/provisioning")
+	}
+	var providers struct {
+		Providers []struct {
+			Options struct {
+				Path string `yaml:"path"`
+			} `yaml:"options"`
+		} `yaml:"providers"`
+	}
+	raw, err := os.ReadFile(filepath.Join(provSrc, "dashboards", "warmpath.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &providers); err != nil {
+		t.Fatal(err)
+	}
+	if len(providers.Providers) != 1 {
+		t.Fatalf("want one dashboard provider, got %d", len(providers.Providers))
+	}
+	dashSrc := mountSource(g, providers.Providers[0].Options.Path)
+	want, _ := filepath.Abs(filepath.Join(root, "dashboards/grafana"))
+	if dashSrc != want {
+		t.Errorf("dashboard provider path %s mounts %q, want %s", providers.Providers[0].Options.Path, dashSrc, want)
+	}
+	home := g.Environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+	if home == nil || !strings.HasPrefix(*home, providers.Providers[0].Options.Path+"/") {
+		t.Errorf("home dashboard %v is not under the provisioned path", home)
+	} else if _, err := os.Stat(filepath.Join(dashSrc, strings.TrimPrefix(*home, providers.Providers[0].Options.Path))); err != nil {
+		t.Errorf("home dashboard: %v", err)
+	}
+
+	var ds struct {
+		Datasources []struct {
+			UID       string `yaml:"uid"`
+			Type      string `yaml:"type"`
+			URL       string `yaml:"url"`
+			IsDefault bool   `yaml:"isDefault"`
+		} `yaml:"datasources"`
+	}
+	raw, err = os.ReadFile(filepath.Join(provSrc, "datasources", "datasources.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &ds); err != nil {
+		t.Fatal(err)
+	}
+	var defaultProm bool
+	for _, d := range ds.Datasources {
+		if d.Type == "prometheus" && d.IsDefault && d.URL == "http://prometheus:9090" {
+			defaultProm = true
+		}
+	}
+	if !defaultProm {
+		t.Errorf("no default Prometheus data source at http://prometheus:9090 (the dashboards' $datasource defaults to it): %+v", ds.Datasources)
+	}
+}
+
+// TestPrometheusConfig runs `promtool check config` on prometheus.yml laid
+// out as in the container (rules/alerts.yml and admin_token beside it).
+func TestPrometheusConfig(t *testing.T) {
+	bin, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool is not on PATH: install the Debian package `prometheus` " +
+			"(apt-get install -y prometheus) or put Prometheus' promtool on PATH")
+	}
+	dir := t.TempDir()
+	copyFile(t, "prometheus/prometheus.yml", filepath.Join(dir, "prometheus.yml"))
+	if err := os.Mkdir(filepath.Join(dir, "rules"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, filepath.Join(root, "dashboards/prometheus/alerts.yml"), filepath.Join(dir, "rules", "alerts.yml"))
+	if err := os.WriteFile(filepath.Join(dir, "admin_token"), []byte("test-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "check", "config", filepath.Join(dir, "prometheus.yml")).CombinedOutput()
+	if err != nil {
+		t.Errorf("promtool check config: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "rule") {
+		t.Errorf("promtool did not check the rule files:\n%s", out)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	raw, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDockerComposeConfig asks the docker CLI to validate compose.yaml too,
+// where a docker CLI with the compose plugin is installed (no engine needed).
+func TestDockerComposeConfig(t *testing.T) {
+	if _, err := exec.LookPath("docker"); err != nil {
+		t.Skip("docker CLI not on PATH; compose.yaml is still validated by compose-go above")
+	}
+	if err := exec.Command("docker", "compose", "version").Run(); err != nil {
+		t.Skip("docker compose plugin not installed; compose.yaml is still validated by compose-go above")
+	}
+	cmd := exec.Command("docker", "compose", "-f", "compose.yaml", "config", "--quiet")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "ADMIN_TOKEN=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("docker compose config: %v\n%s", err, out)
+	}
+}
