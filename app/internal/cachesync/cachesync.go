@@ -211,6 +211,9 @@ type Syncer struct {
 	oldestMs     atomic.Int64 // unix ms of the oldest pending delta, 0 if none
 	last         atomic.Pointer[LastBatch]
 	cause        atomic.Pointer[trace.SpanContext] // the request that forced the sync
+	// passCause (guarded by mu) is the cause taken by the running pass: only
+	// the batches of the pass a request forced link to it, not later ones.
+	passCause *trace.SpanContext
 }
 
 // New returns a Syncer; it does nothing until Run or Flush.
@@ -356,6 +359,7 @@ func (s *Syncer) pass(ctx context.Context) (drained bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer func() { s.heldN.Store(int64(len(s.held))) }()
+	s.passCause = s.cause.Swap(nil)
 
 	// In-process deltas first: they exist because Valkey is down, so they
 	// must not wait for any Valkey call below to succeed.
@@ -478,7 +482,7 @@ func (s *Syncer) apply(ctx context.Context, b domain.UsageBatch) (bool, error) {
 		attribute.String("warmpath.sync.batch", b.Key),
 		attribute.Int("warmpath.sync.users", countUsers(b.Deltas)),
 	)}
-	if cause := s.cause.Load(); cause != nil {
+	if cause := s.passCause; cause != nil {
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: *cause}))
 	}
 	ctx, span := s.cfg.Tracer.Start(ctx, "usage.sync.batch", opts...)
