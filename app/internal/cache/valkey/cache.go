@@ -227,15 +227,19 @@ func (c *Cache) opCtx(ctx context.Context) (context.Context, context.CancelFunc)
 	return context.WithTimeout(ctx, c.opTimeout)
 }
 
-// wrapErr names the operation and marks connectivity failures (network
-// errors, timeouts, a closed client, a server that is loading or failing
-// over) with domain.ErrUnavailable. Other server replies (a script or type
-// error) are bugs, not outages, and are wrapped as they are.
-func wrapErr(op string, err error) error {
+// wrapErr names the operation and marks outages with domain.ErrUnavailable.
+func wrapErr(op string, err error) error { return WrapErr("valkey "+op, err) }
+
+// WrapErr names the operation and marks connectivity failures (network
+// errors, timeouts, a closed client or open breaker, a server that is loading
+// or failing over) with domain.ErrUnavailable. Other server replies (a script
+// or type error) are bugs, not outages, and are wrapped as they are. Every
+// package that talks to Valkey classifies errors through it.
+func WrapErr(op string, err error) error {
 	if ve, ok := valkey.IsValkeyErr(err); ok && !transient(ve) {
-		return fmt.Errorf("valkey %s: %w", op, err)
+		return fmt.Errorf("%s: %w", op, err)
 	}
-	return fmt.Errorf("valkey %s: %w: %w", op, domain.ErrUnavailable, err)
+	return fmt.Errorf("%s: %w: %w", op, domain.ErrUnavailable, err)
 }
 
 func transient(ve *valkey.ValkeyError) bool {

@@ -26,7 +26,7 @@ return {1, n}
 // in Postgres (pending, plus in-flight entries "<batch>|<period>" claimed by a
 // sync batch of valkeysync), only if it does not exist: a live counter
 // (counted by this or another instance) is always more current than a
-// Postgres read. Same as valkeysync.SeedUsageLua.
+// Postgres read. In-flight fields are "<batch>|<period>" (see valkeysync).
 //
 // KEYS: counter, pending, inflight. ARGV: persisted, period field, ttl ms.
 const seedUsageLua = `

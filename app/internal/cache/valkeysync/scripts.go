@@ -126,31 +126,11 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 `
 
-// SeedUsageLua seeds a cold usage counter as persisted + pending + in-flight
-// deltas of the period, only if the counter does not exist. In-flight deltas
-// (claimed by a sync batch, maybe not yet in Postgres) would otherwise be
-// missing from the seed. It is cache/valkey's seed script with one more key;
-// the lead may use it through SeedUsage or copy it into that package.
-//
-// KEYS: counter, pending, inflight. ARGV: persisted, period (YYYYMMDD), ttl ms.
-// Returns 1 when it created the counter, 0 when one existed.
-const SeedUsageLua = `
-local p = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-local suffix = '|' .. ARGV[2]
-local kv = redis.call('HGETALL', KEYS[3])
-for i = 1, #kv, 2 do
-  if string.sub(kv[i], -#suffix) == suffix then p = p + tonumber(kv[i + 1]) end
-end
-local v = tonumber(ARGV[1]) + p
-if redis.call('SET', KEYS[1], string.format('%d', v), 'NX', 'PX', ARGV[3]) then return 1 end
-return 0
-`
-
 // scripts holds one Queue's scripts (valkey-go caches each script's SHA in
 // its *Lua). None is retryable by the client: valkey-go must not resend one
 // on its own after an ambiguous failure; the protocol's retries are explicit.
 type scripts struct {
-	begin, claim, revert, seal, renew, takeover, finish, seed *valkey.Lua
+	begin, claim, revert, seal, renew, takeover, finish *valkey.Lua
 }
 
 func newScripts() scripts {
@@ -162,6 +142,5 @@ func newScripts() scripts {
 		renew:    valkey.NewLuaScript(renewLua),
 		takeover: valkey.NewLuaScript(takeoverLua),
 		finish:   valkey.NewLuaScript(finishLua),
-		seed:     valkey.NewLuaScript(SeedUsageLua),
 	}
 }

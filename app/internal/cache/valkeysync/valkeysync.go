@@ -76,6 +76,7 @@ import (
 
 	valkey "github.com/valkey-io/valkey-go"
 
+	cachevalkey "github.com/warmpath/warmpath/app/internal/cache/valkey"
 	"github.com/warmpath/warmpath/app/internal/cachesync"
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
@@ -418,22 +419,6 @@ func (q *Queue) Stats(ctx context.Context) (cachesync.QueueStats, error) {
 	return st, nil
 }
 
-// SeedUsage creates a cold usage counter as persisted + pending + in-flight
-// deltas of the period, with ttl; an existing counter wins (created=false).
-// Same keys and semantics as cache/valkey's SeedUsage, plus in-flight.
-func (q *Queue) SeedUsage(ctx context.Context, userID int64, periodStart time.Time, persisted int64, ttl time.Duration) (created bool, err error) {
-	ctx, cancel := q.opCtx(ctx)
-	defer cancel()
-	period := PeriodField(periodStart)
-	n, err := q.scripts.seed.Exec(ctx, q.client,
-		[]string{q.userKey(userID, "use:"+period), q.userKey(userID, "pending"), q.userKey(userID, "inflight")},
-		[]string{strconv.FormatInt(persisted, 10), period, strconv.FormatInt(max(ttl.Milliseconds(), 1), 10)}).AsInt64()
-	if err != nil {
-		return false, wrapErr("seed usage", err)
-	}
-	return n == 1, nil
-}
-
 // SweepResult counts what a Sweep repaired.
 type SweepResult struct {
 	// Marked users had pending deltas (they are now in the dirty index).
@@ -647,23 +632,8 @@ func (q *Queue) opCtx(ctx context.Context) (context.Context, context.CancelFunc)
 
 var errUnexpected = errors.New("unexpected reply")
 
-// wrapErr names the operation and marks connectivity failures with
-// domain.ErrUnavailable; server replies (script errors) are bugs, not
-// outages.
-func wrapErr(op string, err error) error {
-	if ve, ok := valkey.IsValkeyErr(err); ok && !transient(ve) {
-		return fmt.Errorf("valkey %s: %w", op, err)
-	}
-	return fmt.Errorf("valkey %s: %w: %w", op, domain.ErrUnavailable, err)
-}
-
-func transient(ve *valkey.ValkeyError) bool {
-	if ve.IsLoading() || ve.IsTryAgain() || ve.IsClusterDown() {
-		return true
-	}
-	msg := ve.Error()
-	return strings.HasPrefix(msg, "BUSY ") || strings.HasPrefix(msg, "MASTERDOWN") || strings.HasPrefix(msg, "READONLY")
-}
+// wrapErr names the operation and marks outages as cache/valkey does.
+func wrapErr(op string, err error) error { return cachevalkey.WrapErr("valkey "+op, err) }
 
 func cmpErr(first, err error) error {
 	if first != nil {

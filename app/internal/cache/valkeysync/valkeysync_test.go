@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	valkey "github.com/valkey-io/valkey-go"
 
+	cachevalkey "github.com/warmpath/warmpath/app/internal/cache/valkey"
 	"github.com/warmpath/warmpath/app/internal/cachesync"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/store/memory"
@@ -378,9 +379,11 @@ func TestOwnerDiesMidClaimIsReverted(t *testing.T) {
 		if st, _ := q.Stats(ctx); st.PendingUsers != 20 {
 			t.Errorf("pending users during the claim = %d, want 20", st.PendingUsers)
 		}
-		// A seed in this state sees pending + in-flight.
-		if created, err := q.SeedUsage(ctx, 3, day1, 100, time.Minute); err != nil || !created {
-			t.Fatalf("seed = %v, %v", created, err)
+		// The usage path's seed (cache/valkey) in this state sees pending +
+		// in-flight.
+		vc := cachevalkey.NewFromClient(e.client, cachevalkey.Config{Prefix: e.prefix, DisableClientCache: true})
+		if err := vc.SeedUsage(ctx, 3, day1, 100, time.Minute); err != nil {
+			t.Fatalf("seed: %v", err)
 		}
 		if n, err := e.client.Do(ctx, e.client.B().Get().Key(q.userKey(3, "use:"+PeriodField(day1))).Build()).AsInt64(); err != nil || n != 101 {
 			t.Errorf("seeded counter = %d, %v; want 101 (persisted 100 + 1 in flight)", n, err)

@@ -20,7 +20,7 @@ import (
 
 	valkey "github.com/valkey-io/valkey-go"
 
-	"github.com/warmpath/warmpath/app/internal/domain"
+	cachevalkey "github.com/warmpath/warmpath/app/internal/cache/valkey"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
@@ -224,9 +224,4 @@ func millis(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
 
 // wrapErr names the operation; anything but a server reply (network, timeout,
 // closed client) also wraps domain.ErrUnavailable.
-func wrapErr(op string, err error) error {
-	if _, ok := valkey.IsValkeyErr(err); ok {
-		return fmt.Errorf("warmstate %s: %w", op, err)
-	}
-	return fmt.Errorf("warmstate %s: %w: %w", op, domain.ErrUnavailable, err)
-}
+func wrapErr(op string, err error) error { return cachevalkey.WrapErr("warmstate "+op, err) }
