@@ -1,0 +1,73 @@
+// Command perf is warmpath's perf lab. It talks to the service over HTTP only
+// (the public and admin APIs) and drives open-model load with vegeta:
+//
+//	go run ./perf floor   serve the bare-Fiber physical floor
+//	go run ./perf load    provision users and run one constant-rate attack
+//	go run ./perf verify  build and start the service, run the checklist,
+//	                      write perf/out/verify.json and perf/out/verify.html
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "perf:", err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+const usageText = `usage: perf <command> [flags]
+
+  floor   serve a bare Fiber handler on POST /api/hasNotEngine-ultra-fast (the floor)
+  load    provision users and run one constant-rate attack (or --max)
+  verify  run the validation checklist; writes perf/out/verify.{json,html}
+
+Run "perf <command> -h" for the flags of a command.`
+
+// usageError is a bad command line (exit 2).
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usageErr(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return &usageError{err: err}
+}
+
+// run is the whole program; main only wires the process to it.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) < 2 {
+		return &usageError{err: errors.New(usageText)}
+	}
+	switch cmd, rest := args[1], args[2:]; cmd {
+	case "floor":
+		return runFloor(ctx, rest, stdout, stderr)
+	case "load":
+		return runLoad(ctx, rest, getenv, stdout, stderr)
+	case "verify":
+		return runVerify(ctx, rest, getenv, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, usageText)
+		return nil
+	default:
+		return &usageError{err: fmt.Errorf("unknown command %q\n%s", cmd, usageText)}
+	}
+}

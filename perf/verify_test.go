@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestVerifyQuick runs `perf verify --quick` end to end against the embedded
+// default: it builds the service, starts it several times, drives every
+// checklist item and checks the files it writes. Whether an item passes is a
+// performance figure of this machine, not something a unit test asserts; the
+// test asserts that every item was measured and reported.
+func TestVerifyQuick(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the service: skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	if dl, ok := t.Deadline(); ok {
+		ctx, cancel = context.WithDeadline(t.Context(), dl.Add(-10*time.Second))
+	}
+	defer cancel()
+	out := t.TempDir()
+	// An empty environment: the embedded default, whatever CI sets.
+	getenv := func(string) string { return "" }
+	var stdout, stderr strings.Builder
+	err := run(ctx, []string{"perf", "verify", "--quick", "--out", out}, getenv, &stdout, &stderr)
+	if err != nil && !errors.Is(err, errItemsFailed) {
+		t.Fatalf("verify: %v\nstderr:\n%s", err, stderr.String())
+	}
+	t.Logf("verify output:\n%s", stdout.String())
+
+	raw, rerr := os.ReadFile(filepath.Join(out, "verify.json"))
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	if verr := validateReport(t, raw); verr != nil {
+		t.Fatalf("verify.json does not match the schema: %v\n%s", verr, raw)
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Backend != "embedded" {
+		t.Errorf("backend %q, want embedded", rep.Backend)
+	}
+	wantIDs := []string{idStartup, idWarmupAPI, idQueryAPI, idSync, idImprovement}
+	if len(rep.Items) != len(wantIDs) {
+		t.Fatalf("%d items, want %d", len(rep.Items), len(wantIDs))
+	}
+	allPass := true
+	for i, it := range rep.Items {
+		if it.ID != wantIDs[i] {
+			t.Errorf("item %d is %q, want %q", i, it.ID, wantIDs[i])
+		}
+		// An error while setting an item up is a broken lab, not a slow
+		// service.
+		if e, ok := it.Details["error"]; ok {
+			t.Errorf("%s: %v", it.ID, e)
+		}
+		if it.Measured.Value <= 0 || it.Measured.Unit != "ms" || it.Limit.Value <= 0 || it.Limit.Unit != "ms" {
+			t.Errorf("%s: measured %v, limit %v: want positive figures in ms", it.ID, it.Measured, it.Limit)
+		}
+		allPass = allPass && it.Pass
+	}
+	// The exit status follows the items.
+	if allPass != (err == nil) {
+		t.Errorf("all items pass = %v but verify returned %v", allPass, err)
+	}
+	if !strings.Contains(stdout.String(), "startup_nonblocking") {
+		t.Errorf("no table on stdout:\n%s", stdout.String())
+	}
+	checkHTML(t, filepath.Join(out, "verify.html"))
+}
