@@ -437,6 +437,9 @@ type SweepResult struct {
 func (q *Queue) Sweep(ctx context.Context) (SweepResult, error) {
 	var res SweepResult
 	base := q.prefix + ":{u:"
+	// SCAN may return a key more than once (the keyspace is rehashed while
+	// requests write): each key is handled once.
+	seen := map[string]bool{}
 	for _, node := range q.client.Nodes() {
 		var cursor uint64
 		for {
@@ -446,6 +449,10 @@ func (q *Queue) Sweep(ctx context.Context) (SweepResult, error) {
 			}
 			var dirty []member
 			for _, key := range e.Elements {
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
 				rest := strings.TrimPrefix(key, base)
 				idStr, part, ok := strings.Cut(rest, "}:")
 				if !ok {
