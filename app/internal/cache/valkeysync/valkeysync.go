@@ -438,8 +438,11 @@ func (q *Queue) Sweep(ctx context.Context) (SweepResult, error) {
 	var res SweepResult
 	base := q.prefix + ":{u:"
 	// SCAN may return a key more than once (the keyspace is rehashed while
-	// requests write): each key is handled once.
+	// requests write), and returns keys created during the scan (a reverted
+	// in-flight entry creates the user's pending hash): each key is handled
+	// once and each user is marked once.
 	seen := map[string]bool{}
+	marked := map[int64]bool{}
 	for _, node := range q.client.Nodes() {
 		var cursor uint64
 		for {
@@ -476,6 +479,14 @@ func (q *Queue) Sweep(ctx context.Context) (SweepResult, error) {
 					}
 				}
 			}
+			fresh := dirty[:0]
+			for _, m := range dirty {
+				if !marked[m.id] {
+					marked[m.id] = true
+					fresh = append(fresh, m)
+				}
+			}
+			dirty = fresh
 			if len(dirty) > 0 {
 				if err := q.mark(ctx, dirty); err != nil {
 					return res, err
