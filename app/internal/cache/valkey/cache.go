@@ -100,6 +100,14 @@ type Cache struct {
 	clientCache bool
 	afterCount  func(valkey.Client, int64) valkey.Completed
 	scripts     scripts
+	// lookup serves client-side-cached reads: the same connection and
+	// breaker as client, without Wrap's instrumentation, because a local hit
+	// (nearly every call) is not a network call and a span per hit would be
+	// noise and cost.
+	lookup valkey.Client
+	// principals memoizes decoded principals by their cached bytes (always
+	// correct: the same bytes decode to the same principal).
+	principals principalMemo
 }
 
 // New dials the server at cfg.URL and pings it. Unreachable servers yield an
@@ -113,19 +121,21 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		return nil, fmt.Errorf("valkey: parse url: %w", err)
 	}
 	opt.DisableCache = cfg.DisableClientCache
-	client, err := valkey.NewClient(opt)
+	raw, err := valkey.NewClient(opt)
 	if err != nil {
 		return nil, wrapErr("connect", err)
 	}
+	client, lookup := raw, raw
 	if cfg.Wrap != nil {
-		client = cfg.Wrap(client)
+		client = cfg.Wrap(raw)
 	}
 	if cfg.BreakerFailures >= 0 {
 		// Outermost, so a refused call costs no span and no round trip.
-		client = breakerClient{Client: client, b: newBreaker(
-			cmp.Or(cfg.BreakerFailures, DefaultBreakerFailures), cmp.Or(cfg.BreakerCooldown, DefaultBreakerCooldown))}
+		br := newBreaker(cmp.Or(cfg.BreakerFailures, DefaultBreakerFailures), cmp.Or(cfg.BreakerCooldown, DefaultBreakerCooldown))
+		client, lookup = breakerClient{Client: client, b: br}, breakerClient{Client: raw, b: br}
 	}
 	c := NewFromClient(client, cfg)
+	c.lookup = lookup
 	if err := c.Ping(ctx); err != nil {
 		client.Close()
 		return nil, err
@@ -158,6 +168,7 @@ func NewFromClient(client valkey.Client, cfg Config) *Cache {
 		clientCache: !cfg.DisableClientCache,
 		afterCount:  cfg.AfterCount,
 		scripts:     newScripts(),
+		lookup:      client,
 	}
 }
 

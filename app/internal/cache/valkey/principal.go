@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
@@ -23,7 +24,7 @@ func (c *Cache) Principal(ctx context.Context, hash domain.TokenHash) (p domain.
 	key := c.tokenKey(hash)
 	var b []byte
 	if c.clientCache {
-		b, err = c.client.DoCache(ctx, c.client.B().Get().Key(key).Cache(), c.localTTL).AsBytes()
+		b, err = c.lookup.DoCache(ctx, c.lookup.B().Get().Key(key).Cache(), c.localTTL).AsBytes()
 	} else {
 		b, err = c.client.Do(ctx, c.client.B().Get().Key(key).Build()).AsBytes()
 	}
@@ -33,10 +34,41 @@ func (c *Cache) Principal(ctx context.Context, hash domain.TokenHash) (p domain.
 	case err != nil:
 		return domain.Principal{}, false, wrapErr("get principal", err)
 	}
+	if p, ok := c.principals.get(b); ok {
+		return p, true, nil
+	}
 	if err := json.Unmarshal(b, &p); err != nil {
 		return domain.Principal{}, false, fmt.Errorf("valkey get principal: decode: %w", err)
 	}
+	c.principals.put(b, p)
 	return p, true, nil
+}
+
+// principalMemo maps cached principal bytes to their decoding, so a warm
+// lookup costs a map read instead of a JSON decode. Keys are the exact bytes,
+// so an entry can never be stale; the map is cleared when it grows past
+// memoMax, which bounds memory without bookkeeping.
+type principalMemo struct {
+	mu sync.RWMutex
+	m  map[string]domain.Principal
+}
+
+const memoMax = 100_000
+
+func (pm *principalMemo) get(b []byte) (domain.Principal, bool) {
+	pm.mu.RLock()
+	p, ok := pm.m[string(b)] // no allocation: the compiler keys by the bytes
+	pm.mu.RUnlock()
+	return p, ok
+}
+
+func (pm *principalMemo) put(b []byte, p domain.Principal) {
+	pm.mu.Lock()
+	if pm.m == nil || len(pm.m) >= memoMax {
+		pm.m = make(map[string]domain.Principal, 1024)
+	}
+	pm.m[string(b)] = p
+	pm.mu.Unlock()
 }
 
 // PutPrincipal caches the principal of a token hash for ttl.
