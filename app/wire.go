@@ -57,7 +57,7 @@ func newSyncer(cfg config.Config, b *backends, tel *telemetry.Telemetry, log *sl
 	b.queue = q
 	host, _ := os.Hostname()
 	return cachesync.New(cachesync.Config{
-		Interval: cfg.SyncInterval, Store: b.store, Queue: q, Local: local,
+		Interval: cfg.SyncInterval, Store: b.store, Queue: q, Local: local, Pace: pace(cfg.SyncPace),
 		Observer: tel.Metrics, Logger: log, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/cachesync"), InstanceID: fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randSuffix()),
 	})
 }
@@ -85,4 +85,12 @@ func randSuffix() string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// pace maps SYNC_PACE to cachesync.Config.Pace (0 there means the default).
+func pace(p float64) float64 {
+	if p == 0 {
+		return -1 // no rest: flush backlogs at full speed
+	}
+	return p
 }

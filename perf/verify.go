@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -41,6 +42,7 @@ var errItemsFailed = errors.New("verify: some checklist items failed")
 // verifyConfig sizes every workload of the checklist.
 type verifyConfig struct {
 	target, admin, adminToken string
+	only                      map[string]bool // with target: the items to run; nil = all
 	out                       string
 	logLevel                  string
 	quick                     bool
@@ -109,6 +111,7 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 		rateScale  = fs.Float64("rate-scale", 1, "multiply every request rate")
 		syncUsers  = fs.Int("sync-users", 0, "users with a pending delta for sync_nonblocking (0: preset)")
 		hotUsers   = fs.Int("hot-users", 0, "hot users for startup_nonblocking (0: preset)")
+		only       = fs.String("only", "", "with --target: comma-separated item ids to run (default: all that apply)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return usageErr(err)
@@ -131,6 +134,15 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 		}
 	}
 	cfg.scale(*durScale, *rateScale)
+	if *only != "" {
+		if *target == "" {
+			return &usageError{err: errors.New("--only goes with --target")}
+		}
+		cfg.only = map[string]bool{}
+		for _, id := range strings.Split(*only, ",") {
+			cfg.only[strings.TrimSpace(id)] = true
+		}
+	}
 	if *syncUsers > 0 {
 		cfg.syncUsers = *syncUsers
 	}
@@ -259,14 +271,19 @@ func (v *verifier) local(ctx context.Context, backend *Backend) ([]Item, error) 
 func (v *verifier) external(ctx context.Context) []Item {
 	c := NewClient(v.cfg.target, v.cfg.admin, v.cfg.adminToken)
 	v.logf("against %s (admin %s); %s and %s need to start the service and are skipped", c.Target, c.Admin, idStartup, idImprovement)
-	return []Item{
-		v.guard(idWarmupAPI, warmupTitle, func(it *Item) error { return v.warmupAPI(ctx, c, it) }),
-		v.guard(idQueryAPI, queryTitle, func(it *Item) error {
-			_, err := v.queryAPI(ctx, c, it)
-			return err
-		}),
-		v.guard(idSync, syncTitle, func(it *Item) error { return v.syncItem(ctx, c, it) }),
+	var items []Item
+	run := func(id, title string, f func(it *Item) error) {
+		if v.cfg.only == nil || v.cfg.only[id] {
+			items = append(items, v.guard(id, title, f))
+		}
 	}
+	run(idWarmupAPI, warmupTitle, func(it *Item) error { return v.warmupAPI(ctx, c, it) })
+	run(idQueryAPI, queryTitle, func(it *Item) error {
+		_, err := v.queryAPI(ctx, c, it)
+		return err
+	})
+	run(idSync, syncTitle, func(it *Item) error { return v.syncItem(ctx, c, it) })
+	return items
 }
 
 // guard runs one item; an error while setting it up fails the item (with

@@ -333,7 +333,7 @@ func TestFailingLedgerKeepsDeltasAndRetriesSameKey(t *testing.T) {
 			s := newSyncer(t, Config{Store: l, Queue: q, Observer: obs, Interval: time.Millisecond})
 
 			// While the ledger fails, the batch stays claimed (nothing lost).
-			if _, err := s.pass(context.Background()); !errors.Is(err, domain.ErrUnavailable) {
+			if _, err := s.pass(context.Background(), false); !errors.Is(err, domain.ErrUnavailable) {
 				t.Fatalf("pass with a failing ledger: err = %v, want ErrUnavailable", err)
 			}
 			if q.open() != 1 {
@@ -440,7 +440,7 @@ func TestLocalDeltas(t *testing.T) {
 		// The queue is down: local deltas must not wait for it.
 		s := newSyncer(t, Config{Store: l, Queue: downQueue{}, Local: loc, InstanceID: "a"})
 		for range 4 {
-			if _, err := s.pass(context.Background()); err == nil {
+			if _, err := s.pass(context.Background(), false); err == nil {
 				t.Fatal("pass with the queue down: want error")
 			}
 		}

@@ -45,6 +45,9 @@ type Config struct {
 	CacheTTL             time.Duration `env:"CACHE_TTL" envDefault:"24h"`
 
 	SyncInterval     time.Duration `env:"SYNC_INTERVAL" envDefault:"1s"`
+	// SyncPace: after each batch of a backlog the sync rests this many times
+	// as long as the batch took (0: flush a backlog at full speed).
+	SyncPace float64 `env:"SYNC_PACE" envDefault:"1"`
 	UsageFailureMode string        `env:"USAGE_FAILURE_MODE" envDefault:"open"`
 
 	ThresholdTotal      time.Duration `env:"THRESHOLD_TOTAL" envDefault:"3s"`
@@ -162,6 +165,9 @@ func (c *Config) validate() error {
 		if p.d <= 0 {
 			return &Error{Var: p.name, Msg: fmt.Sprintf("must be a positive duration, got %s", p.d)}
 		}
+	}
+	if c.SyncPace < 0 || c.SyncPace > 100 {
+		return &Error{Var: "SYNC_PACE", Msg: fmt.Sprintf("must be between 0 and 100, got %g", c.SyncPace)}
 	}
 	if c.SystemWarmupDelay < 0 {
 		return &Error{Var: "SYSTEM_WARMUP_DELAY", Msg: "must not be negative"}
@@ -292,6 +298,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("WARMUP_STRATEGY", c.WarmupStrategy),
 		slog.Duration("CACHE_TTL", c.CacheTTL),
 		slog.Duration("SYNC_INTERVAL", c.SyncInterval),
+		slog.Float64("SYNC_PACE", c.SyncPace),
 		slog.String("USAGE_FAILURE_MODE", c.UsageFailureMode),
 		slog.Duration("THRESHOLD_TOTAL", c.ThresholdTotal),
 		slog.Duration("THRESHOLD_AUTH", c.ThresholdAuth),

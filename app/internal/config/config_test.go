@@ -45,6 +45,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"ADMIN_ADDR", "127.0.0.1:99999"},
 		{"SYNC_INTERVAL", "-1s"},
 		{"SYNC_INTERVAL", "soon"},
+		{"SYNC_PACE", "-1"},
 		{"DB_TIMEOUT", "0s"},
 		{"SYSTEM_WARMUP_DELAY", "-5ms"},
 		{"WARMUP_WORKERS", "0"},

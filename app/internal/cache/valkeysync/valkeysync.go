@@ -169,6 +169,14 @@ type member struct {
 	score string
 }
 
+// claimChunk is how many users' claim scripts go in one pipeline. Valkey
+// runs one connection's pipelined commands back to back (about a read
+// buffer's worth, ~100 scripts, before it serves anyone else), so a big
+// claim pipeline makes every request's command wait behind it: small
+// pipelines bound that wait to a few scripts (tens of µs) at the cost of
+// more round trips for the sync, which is not latency-sensitive.
+const claimChunk = 16
+
 // Claim takes up to limit dirty users into a new sealed batch owned by owner.
 func (q *Queue) Claim(ctx context.Context, owner string, limit int) (cachesync.Batch, error) {
 	if err := ctx.Err(); err != nil {
@@ -177,7 +185,10 @@ func (q *Queue) Claim(ctx context.Context, owner string, limit int) (cachesync.B
 	// Once begun, a claim runs to its end (bounded by OpTimeout) even if the
 	// caller is cancelled (shutdown): a claim cut short leaves its batch
 	// stuck until the lease expires.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.opTimeout)
+	// The claim is sent in small pipelines (claimChunk users), so it adds
+	// round trips but lengthens the budget accordingly.
+	budget := q.opTimeout * time.Duration(1+limit/(claimChunk*8))
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
 	defer cancel()
 	now := q.now()
 	id := newBatchID(now)
@@ -201,15 +212,18 @@ func (q *Queue) Claim(ctx context.Context, owner string, limit int) (cachesync.B
 	}
 	deltas := make([]domain.UsageDelta, 0, len(users))
 	var claimErr error
-	for i, res := range q.scripts.claim.ExecMulti(ctx, q.client, execs...) {
-		kv, err := res.AsStrSlice()
-		if err != nil {
-			claimErr = cmpErr(claimErr, wrapErr("claim: move pending", err))
-			continue
-		}
-		deltas, err = appendDeltas(deltas, users[i].id, kv)
-		if err != nil {
-			claimErr = cmpErr(claimErr, fmt.Errorf("valkey claim: %w", err))
+	for start := 0; start < len(execs); start += claimChunk {
+		end := min(start+claimChunk, len(execs))
+		for i, res := range q.scripts.claim.ExecMulti(ctx, q.client, execs[start:end]...) {
+			kv, err := res.AsStrSlice()
+			if err != nil {
+				claimErr = cmpErr(claimErr, wrapErr("claim: move pending", err))
+				continue
+			}
+			deltas, err = appendDeltas(deltas, users[start+i].id, kv)
+			if err != nil {
+				claimErr = cmpErr(claimErr, fmt.Errorf("valkey claim: %w", err))
+			}
 		}
 	}
 	if claimErr != nil {

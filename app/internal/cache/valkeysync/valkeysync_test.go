@@ -598,7 +598,7 @@ func BenchmarkSync50k(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		s := e.syncer(b, e.queue(nil), fmt.Sprintf("bench%d", i), cachesync.DefaultBatchSize)
+		s := e.syncer(b, e.queue(nil), fmt.Sprintf("bench%d", i), cachesync.DefaultFlushBatchSize)
 		b.StartTimer()
 		start := time.Now()
 		flush(b, s)

@@ -1,0 +1,71 @@
+package cachesync
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/warmpath/warmpath/app/internal/domain"
+)
+
+// slowLedger takes at least `took` per batch and records when each began.
+type slowLedger struct {
+	*fakeLedger
+	took   time.Duration
+	mu     sync.Mutex
+	starts []time.Time
+	sizes  []int
+}
+
+func (l *slowLedger) ApplyUsageBatch(ctx context.Context, b domain.UsageBatch) (bool, error) {
+	l.mu.Lock()
+	l.starts = append(l.starts, time.Now())
+	l.sizes = append(l.sizes, len(b.Deltas))
+	l.mu.Unlock()
+	time.Sleep(l.took)
+	return l.fakeLedger.ApplyUsageBatch(ctx, b)
+}
+
+func TestLoopPacesBacklogFlushDoesNot(t *testing.T) {
+	pending := func() map[int64]int64 { // the fake queue consumes its map
+		m := map[int64]int64{}
+		for u := int64(1); u <= 9; u++ {
+			m[u] = 1
+		}
+		return m
+	}
+	const took = 20 * time.Millisecond
+
+	// The loop: batches of 3, each followed by a rest of at least Pace × its
+	// duration before the next one.
+	l := &slowLedger{fakeLedger: newFakeLedger(), took: took}
+	s := newSyncer(t, Config{Interval: time.Hour, Store: l, Queue: newFakeQueue(pending()), BatchSize: 3, FlushBatchSize: 9, Pace: 2})
+	if _, err := s.pass(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]int{3, 3, 3}, l.sizes); d != "" {
+		t.Fatalf("loop batch sizes (-want +got):\n%s", d)
+	}
+	for i := 1; i < len(l.starts); i++ {
+		if gap := l.starts[i].Sub(l.starts[i-1]); gap < took+2*took {
+			t.Fatalf("batch %d began %s after the previous one; want ≥ %s (its duration + the rest)", i, gap, 3*took)
+		}
+	}
+
+	// Flush: one big batch, no rest.
+	l2 := &slowLedger{fakeLedger: newFakeLedger(), took: took}
+	s2 := newSyncer(t, Config{Interval: time.Hour, Store: l2, Queue: newFakeQueue(pending()), BatchSize: 3, FlushBatchSize: 9, Pace: 2})
+	if err := s2.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]int{9}, l2.sizes); d != "" {
+		t.Fatalf("flush batch sizes (-want +got):\n%s", d)
+	}
+	got, _ := l2.snapshot()
+	if len(got) != 9 {
+		t.Fatalf("flushed %d users, want 9", len(got))
+	}
+}
