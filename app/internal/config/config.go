@@ -44,11 +44,11 @@ type Config struct {
 	WarmupStrategy       string        `env:"WARMUP_STRATEGY" envDefault:"async"`
 	CacheTTL             time.Duration `env:"CACHE_TTL" envDefault:"24h"`
 
-	SyncInterval     time.Duration `env:"SYNC_INTERVAL" envDefault:"1s"`
+	SyncInterval time.Duration `env:"SYNC_INTERVAL" envDefault:"1s"`
 	// SyncPace: after each batch of a backlog the sync rests this many times
 	// as long as the batch took (0: flush a backlog at full speed).
-	SyncPace float64 `env:"SYNC_PACE" envDefault:"1"`
-	UsageFailureMode string        `env:"USAGE_FAILURE_MODE" envDefault:"open"`
+	SyncPace         float64 `env:"SYNC_PACE" envDefault:"1"`
+	UsageFailureMode string  `env:"USAGE_FAILURE_MODE" envDefault:"open"`
 
 	ThresholdTotal      time.Duration `env:"THRESHOLD_TOTAL" envDefault:"3s"`
 	ThresholdAuth       time.Duration `env:"THRESHOLD_AUTH" envDefault:"500ms"`
