@@ -5,6 +5,7 @@
 //	go run ./perf load    provision users and run one constant-rate attack
 //	go run ./perf verify  build and start the service, run the checklist,
 //	                      write perf/out/verify.json and perf/out/verify.html
+//	go run ./perf sink    an OTLP/HTTP endpoint that discards (overhead runs)
 package main
 
 import (
@@ -36,6 +37,7 @@ const usageText = `usage: perf <command> [flags]
   floor   serve a bare Fiber handler on POST /api/hasNotEngine-ultra-fast (the floor)
   load    provision users and run one constant-rate attack (or --max)
   verify  run the validation checklist; writes perf/out/verify.{json,html}
+  sink    accept and discard OTLP/HTTP exports (telemetry-overhead runs)
 
 Run "perf <command> -h" for the flags of a command.`
 
@@ -64,6 +66,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runLoad(ctx, rest, getenv, stdout, stderr)
 	case "verify":
 		return runVerify(ctx, rest, getenv, stdout, stderr)
+	case "sink":
+		return runSink(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usageText)
 		return nil
