@@ -38,6 +38,7 @@ const usageText = `usage: perf <command> [flags]
   load    provision users and run one constant-rate attack (or --max)
   verify  run the validation checklist; writes perf/out/verify.{json,html}
   sink    accept and discard OTLP/HTTP exports (telemetry-overhead runs)
+  bigwarm time the warmup of users with a large item set (default 100,000)
 
 Run "perf <command> -h" for the flags of a command.`
 
@@ -68,6 +69,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runVerify(ctx, rest, getenv, stdout, stderr)
 	case "sink":
 		return runSink(ctx, rest, stdout, stderr)
+	case "bigwarm":
+		return runBigWarm(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usageText)
 		return nil
