@@ -65,4 +65,3 @@ func runBigWarm(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	return nil
 }
-
