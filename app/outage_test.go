@@ -340,3 +340,37 @@ func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 		t.Fatalf("last batch: %+v", *last.LastBatch)
 	}
 }
+
+// A metered request whose query fails (Postgres down for a cold user) is not
+// counted: its unit is given back, in Valkey and in Postgres after the sync.
+func TestSyncFailedQueryIsNotCounted(t *testing.T) {
+	env, px, direct := syPGEnv(t)
+	env["WARMUP_STRATEGY"] = "off" // items stay cold: every query needs Postgres
+	in := start(t, env)
+	u := in.newUser(t, "free", nil)
+	if r := in.query(t, u.token, "a"); r.status != 200 {
+		t.Fatalf("first query: %d %s", r.status, r.raw)
+	}
+	px.Stop()
+	for range 3 {
+		if r := in.query(t, u.token, "a"); r.status != 503 {
+			t.Fatalf("cold query with Postgres cut: want 503, got %d %s", r.status, r.raw)
+		}
+	}
+	syRestart(t, px)
+	var used any
+	eventually(t, 15*time.Second, "a query after Postgres is restored", func() bool {
+		r := in.query(t, u.token, "a")
+		if r.status == 200 {
+			used = r.body["usage"].(map[string]any)["used"]
+		}
+		return r.status == 200
+	})
+	if used != 2.0 {
+		t.Fatalf("used = %v after 1 ok, 3 failed and 1 ok query; want 2", used)
+	}
+	syDrain(t, in.admin, 15*time.Second)
+	if got := syPGTotal(t, direct); got != 2 {
+		t.Fatalf("Postgres total = %d, want 2 (failed queries are refunded)", got)
+	}
+}

@@ -139,6 +139,10 @@ func (s *Server) handleQuery(c *fiber.Ctx) error {
 	})
 	st.b.DB += res.DB
 	if err != nil {
+		// Only successful metered requests count: give the unit back.
+		if rerr := s.cfg.Usage.Refund(context.WithoutCancel(ctx), p, dec); rerr != nil {
+			s.log.WarnContext(ctx, "usage refund failed; a failed request stays counted", "user_id", p.UserID, "err", rerr.Error())
+		}
 		return err
 	}
 	return c.JSON(queryResponse{

@@ -21,6 +21,8 @@ import (
 type Counter interface {
 	CheckAndCount(ctx context.Context, userID int64, periodStart time.Time, limit int64, ttl time.Duration) (domain.UsageResult, error)
 	SeedUsage(ctx context.Context, userID int64, periodStart time.Time, persisted int64, ttl time.Duration) error
+	// Refund takes back one counted request (its work failed).
+	Refund(ctx context.Context, userID int64, periodStart time.Time) error
 }
 
 // Ledger is the system of record's view of usage.
@@ -100,6 +102,23 @@ func (s *Service) Check(ctx context.Context, p domain.Principal) (Decision, erro
 	// counts, so a later outage starts from the system of record afresh.
 	s.cfg.Local.resetIfUsed()
 	return decide(res, limit, reset, now, false), nil
+}
+
+// Refund gives back the unit an allowed Decision counted, when the work it
+// paid for failed: only successful metered requests are counted.
+func (s *Service) Refund(ctx context.Context, p domain.Principal, d Decision) error {
+	if !d.Allowed {
+		return nil
+	}
+	start, _ := p.Plan.Period.Window(d.ResetAt.Add(-time.Nanosecond))
+	if d.Degraded {
+		s.cfg.Local.refund(p.UserID, start)
+		return nil
+	}
+	if err := s.cfg.Counter.Refund(ctx, p.UserID, start); err != nil {
+		return fmt.Errorf("refund usage: %w", err)
+	}
+	return nil
 }
 
 func (s *Service) seedAndRetry(ctx context.Context, userID int64, start time.Time, limit int64, ttl time.Duration) (domain.UsageResult, error) {
@@ -206,6 +225,15 @@ func (l *Local) checkAndCount(userID int64, start time.Time, base, limit int64) 
 	l.counts[k]++
 	l.pending[k]++
 	return domain.UsageResult{Outcome: domain.UsageAllowed, Used: used + 1}
+}
+
+// refund takes back one request counted here.
+func (l *Local) refund(userID int64, start time.Time) {
+	k := localKey{userID, start}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.counts[k]--
+	l.pending[k]--
 }
 
 // Drain returns and forgets the deltas counted in process since the last

@@ -51,6 +51,16 @@ func (f *fakeCounter) SeedUsage(_ context.Context, u int64, _ time.Time, persist
 	return nil
 }
 
+func (f *fakeCounter) Refund(_ context.Context, u int64, _ time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return domain.ErrUnavailable
+	}
+	f.counts[u]--
+	return nil
+}
+
 type fakeLedger struct {
 	used int64
 	err  error
@@ -144,5 +154,32 @@ func TestLocalForgottenWhenCounterIsBack(t *testing.T) {
 	d, _ := s.Check(context.Background(), principal(5))
 	if !d.Allowed || d.Used != 1 {
 		t.Fatalf("second outage must start from the ledger's count: %+v", d)
+	}
+}
+
+func TestRefundGivesTheUnitBack(t *testing.T) {
+	c := newFakeCounter()
+	s := New(Config{Counter: c, Ledger: fakeLedger{used: 0}, Now: func() time.Time { return now }})
+	d, err := s.Check(context.Background(), principal(5))
+	if err != nil || !d.Allowed || d.Used != 1 {
+		t.Fatalf("check: %+v %v", d, err)
+	}
+	if err := s.Refund(context.Background(), principal(5), d); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.Check(context.Background(), principal(5)); d.Used != 1 {
+		t.Fatalf("after a refund the next request is the first again: %+v", d)
+	}
+
+	// In process (fail open) too.
+	c.down = true
+	local := NewLocal()
+	open := New(Config{Counter: c, Ledger: fakeLedger{used: 0}, FailOpen: true, Local: local, Now: func() time.Time { return now }})
+	d, _ = open.Check(context.Background(), principal(5))
+	if err := open.Refund(context.Background(), principal(5), d); err != nil {
+		t.Fatal(err)
+	}
+	if got := local.Drain(); len(got) != 1 || got[0].Delta != 0 {
+		t.Fatalf("in-process refund: %+v", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -33,6 +34,9 @@ func (c *Cache) Principal(ctx context.Context, hash domain.TokenHash) (p domain.
 		return domain.Principal{}, false, nil
 	case err != nil:
 		return domain.Principal{}, false, wrapErr("get principal", err)
+	}
+	if string(b) == tombstone {
+		return domain.Principal{RevokedAt: &revokedSentinel}, true, nil
 	}
 	if p, ok := c.principals.get(b); ok {
 		return p, true, nil
@@ -71,7 +75,20 @@ func (pm *principalMemo) put(b []byte, p domain.Principal) {
 	pm.mu.Unlock()
 }
 
-// PutPrincipal caches the principal of a token hash for ttl.
+// tombstone is what a revoked token's key holds, for tombstoneTTL: lookups
+// answer "revoked" without a round trip to Postgres, and PutPrincipal never
+// overwrites it.
+const (
+	tombstone    = "revoked"
+	tombstoneTTL = 72 * time.Hour // longer than any principal TTL in flight
+)
+
+// revokedSentinel is the RevokedAt of a tombstone's principal (the store has
+// the real time; the cache only needs to say "revoked").
+var revokedSentinel = time.Unix(0, 0).UTC()
+
+// PutPrincipal caches the principal of a token hash for ttl, unless the token
+// was revoked meanwhile (see putPrincipalLua).
 func (c *Cache) PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, ttl time.Duration) error {
 	b, err := json.Marshal(p)
 	if err != nil {
@@ -79,19 +96,22 @@ func (c *Cache) PutPrincipal(ctx context.Context, hash domain.TokenHash, p domai
 	}
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	cmd := c.client.B().Set().Key(c.tokenKey(hash)).Value(string(b)).PxMilliseconds(ttlMillis(ttl)).Build()
-	if err := c.client.Do(ctx, cmd).Error(); err != nil {
+	err = c.scripts.putPrincipal.Exec(ctx, c.client, []string{c.tokenKey(hash)},
+		[]string{string(b), strconv.FormatInt(ttlMillis(ttl), 10), tombstone}).Error()
+	if err != nil {
 		return wrapErr("put principal", err)
 	}
 	return nil
 }
 
-// DropPrincipal removes the principal of a token hash (revocation). Valkey's
-// tracking then pushes an invalidation to every client that cached it.
+// DropPrincipal marks a token hash revoked (a tombstone, not a delete, so a
+// lookup racing the revocation cannot put the principal back). Valkey's
+// tracking pushes an invalidation to every client that cached the key.
 func (c *Cache) DropPrincipal(ctx context.Context, hash domain.TokenHash) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	if err := c.client.Do(ctx, c.client.B().Del().Key(c.tokenKey(hash)).Build()).Error(); err != nil {
+	cmd := c.client.B().Set().Key(c.tokenKey(hash)).Value(tombstone).PxMilliseconds(tombstoneTTL.Milliseconds()).Build()
+	if err := c.client.Do(ctx, cmd).Error(); err != nil {
 		return wrapErr("drop principal", err)
 	}
 	return nil

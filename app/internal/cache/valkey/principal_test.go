@@ -45,8 +45,35 @@ func TestPrincipalRoundTrip(t *testing.T) {
 		if err := c.DropPrincipal(ctx, hash); err != nil {
 			t.Fatal(err)
 		}
-		waitPrincipal(t, c, hash, false, time.Now())
+		waitRevoked(t, c, hash, time.Now())
+		// A lookup that read the token before it was revoked must not put it
+		// back (it would be accepted again until the TTL).
+		if err := c.PutPrincipal(ctx, hash, want, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if p, found, err := c.Principal(ctx, hash); err != nil || !found || p.RevokedAt == nil {
+			t.Fatalf("after a racing put: %+v found=%v err=%v; want still revoked", p, found, err)
+		}
 	})
+}
+
+// waitRevoked polls c until the principal reads as revoked, failing when that
+// takes longer than the local-cache bound (MaxLocalTTL) from since.
+func waitRevoked(t *testing.T, c *valkey.Cache, hash domain.TokenHash, since time.Time) {
+	t.Helper()
+	for {
+		p, found, err := c.Principal(t.Context(), hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if found && p.RevokedAt != nil {
+			return
+		}
+		if time.Since(since) > valkey.MaxLocalTTL {
+			t.Fatalf("not revoked %v after the change: %+v found=%v", time.Since(since), p, found)
+		}
+		time.Sleep(time.Millisecond) // polling interval, not synchronisation
+	}
 }
 
 // countingClient records what DoCache served from the local cache.
@@ -107,7 +134,7 @@ func TestPrincipalRevocationAcrossClients(t *testing.T) {
 	if err := b.DropPrincipal(ctx, hash); err != nil {
 		t.Fatal(err)
 	}
-	waitPrincipal(t, a, hash, false, time.Now())
+	waitRevoked(t, a, hash, time.Now())
 }
 
 // waitPrincipal polls c until the principal's presence is wantFound, failing

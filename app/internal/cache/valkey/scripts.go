@@ -157,6 +157,26 @@ return 1
 // scripts holds the Lua scripts of one Cache. valkey-go's Lua runs EVALSHA and
 // falls back to EVAL on NOSCRIPT. None is retryable: a retried
 // CheckAndCount could count twice.
+// putPrincipalLua caches a principal unless the key holds the revocation
+// tombstone: a lookup that read the token from Postgres just before it was
+// revoked must not put it back (it would be accepted again until the TTL).
+// KEYS: token key. ARGV: principal JSON, ttl ms, tombstone. Returns 1 when set.
+const putPrincipalLua = `
+if redis.call('GET', KEYS[1]) == ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`
+
+// refundLua gives back one counted request whose query then failed: the
+// counter and the pending delta go down by one (the delta may go negative if
+// a sync batch already took the +1; Postgres then receives the -1).
+// KEYS: counter, pending. ARGV: period field.
+const refundLua = `
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
+redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+return 1
+`
+
 type scripts struct {
 	// checkAndCountSHA is for pipelining the count with Config.AfterCount,
 	// which valkey.Lua cannot do.
@@ -164,6 +184,7 @@ type scripts struct {
 	checkAndCount, seedUsage            *valkey.Lua
 	hasNot                              *valkey.Lua
 	applyItems, invalidateItems, finish *valkey.Lua
+	putPrincipal, refund                *valkey.Lua
 }
 
 func newScripts() scripts {
@@ -176,9 +197,11 @@ func newScripts() scripts {
 		applyItems:       valkey.NewLuaScript(applyItemsLua),
 		invalidateItems:  valkey.NewLuaScript(invalidateItemsLua),
 		finish:           valkey.NewLuaScript(finishLoadLua),
+		putPrincipal:     valkey.NewLuaScript(putPrincipalLua),
+		refund:           valkey.NewLuaScript(refundLua),
 	}
 }
 
 func (scripts) sources() []string {
-	return []string{checkAndCountLua, seedUsageLua, hasNotLua, applyItemsLua, invalidateItemsLua, finishLoadLua}
+	return []string{checkAndCountLua, seedUsageLua, hasNotLua, applyItemsLua, invalidateItemsLua, finishLoadLua, putPrincipalLua, refundLua}
 }

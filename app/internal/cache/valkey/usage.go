@@ -89,6 +89,25 @@ func (c *Cache) SeedUsage(ctx context.Context, userID int64, periodStart time.Ti
 	return nil
 }
 
+// Refund gives back one request counted by CheckAndCount whose work then
+// failed: the counter and the pending delta go down by one, and the user is
+// marked dirty again so the sync carries the -1 to Postgres.
+func (c *Cache) Refund(ctx context.Context, userID int64, periodStart time.Time) error {
+	ctx, cancel := c.opCtx(ctx)
+	defer cancel()
+	period := PeriodField(periodStart)
+	keys := []string{c.Key(userID, "use", period), c.Key(userID, "pending")}
+	if err := c.scripts.refund.Exec(ctx, c.client, keys, []string{period}).Error(); err != nil {
+		return wrapErr("refund usage", err)
+	}
+	if c.afterCount != nil {
+		if err := c.client.Do(ctx, c.afterCount(c.client, userID)).Error(); err != nil {
+			return wrapErr("refund usage: mark dirty", err)
+		}
+	}
+	return nil
+}
+
 // Usage returns the user's cached count for the period; found is false when
 // the counter is not cached.
 func (c *Cache) Usage(ctx context.Context, userID int64, periodStart time.Time) (used int64, found bool, err error) {
