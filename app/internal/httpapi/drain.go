@@ -48,13 +48,20 @@ func (t *connTracker) track(c net.Conn, st fasthttp.ConnState) {
 			t.m[c] = ci
 		}
 		ci.state, ci.since = st, time.Now()
+		if st == fasthttp.StateIdle {
+			// The response has been written: only now is the request done
+			// (the handler returned earlier, before fasthttp wrote it).
+			ci.busy = false
+		}
 	}
 }
 
-func (t *connTracker) setBusy(c net.Conn, busy bool) {
+// setBusy marks c as carrying a request; fasthttp's next idle (or closed)
+// state clears it, after the response is written.
+func (t *connTracker) setBusy(c net.Conn) {
 	t.mu.Lock()
 	if ci := t.m[c]; ci != nil {
-		ci.busy = busy
+		ci.busy = true
 	}
 	t.mu.Unlock()
 }

@@ -93,9 +93,7 @@ func (hc headerCarrier) Keys() []string      { return []string{"traceparent", "t
 // the error shape, Server-Timing, CORS, metrics and the [PERF] line.
 func (s *Server) observe(c *fiber.Ctx) (err error) {
 	st := &reqState{start: time.Now()}
-	conn := c.Context().Conn()
-	s.conns.setBusy(conn, true)
-	defer s.conns.setBusy(conn, false)
+	s.conns.setBusy(c.Context().Conn())
 	if in := c.Request().Header.Peek(fiber.HeaderXRequestID); validInboundID(in) {
 		st.id = string(in)
 	} else {
