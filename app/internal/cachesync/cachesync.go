@@ -320,9 +320,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-s.trigger:
 		}
-		_, err := s.pass(ctx, true)
+		drained, err := s.pass(ctx, true)
 		s.refreshStats(ctx)
 		wait := s.cfg.Interval
+		if err == nil && !drained {
+			// A backlog: the pass stopped after an interval's work so that
+			// stats, lease renewals and takeovers stay current; go on now.
+			wait = 0
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			backoff = s.nextBackoff(backoff)
@@ -431,7 +436,13 @@ func (s *Syncer) pass(ctx context.Context, paced bool) (drained bool, err error)
 		}
 	}
 
+	passStart := time.Now()
 	for len(s.held) < maxHeld {
+		if paced && time.Since(passStart) >= s.cfg.Interval {
+			// Long backlog: hand back to Run (see there) instead of
+			// holding the loop for the whole drain.
+			return false, errors.Join(localErr, firstErr)
+		}
 		if err := ctx.Err(); err != nil {
 			return false, errors.Join(localErr, firstErr, err)
 		}

@@ -69,3 +69,23 @@ func TestLoopPacesBacklogFlushDoesNot(t *testing.T) {
 		t.Fatalf("flushed %d users, want 9", len(got))
 	}
 }
+
+// A paced pass hands back to Run after an interval's work during a long
+// backlog, so stats, renewals and takeovers keep running.
+func TestPacedPassYieldsAfterAnInterval(t *testing.T) {
+	m := map[int64]int64{}
+	for u := int64(1); u <= 9; u++ {
+		m[u] = 1
+	}
+	l := &slowLedger{fakeLedger: newFakeLedger(), took: 5 * time.Millisecond}
+	s := newSyncer(t, Config{Interval: time.Millisecond, Store: l, Queue: newFakeQueue(m), BatchSize: 3, Pace: -1})
+	drained, err := s.pass(context.Background(), true)
+	if err != nil || drained {
+		t.Fatalf("pass = drained %v, %v; want a partial pass", drained, err)
+	}
+	if len(l.sizes) != 1 {
+		t.Fatalf("batches in the first pass = %d, want 1", len(l.sizes))
+	}
+	runSyncer(t, s) // Run goes on at once and drains the rest
+	eventually(t, "the backlog drained", func() bool { got, _ := l.snapshot(); return len(got) == 9 })
+}
