@@ -136,6 +136,20 @@ func (m *Manager) confirmLock(ctx context.Context, userID int64, token string) (
 		// login (here or elsewhere) took over, or the lock expired.
 		running := runningSystemToken + rest
 		ok, err := m.cfg.Locks.Swap(ctx, userID, token, running, m.cfg.LockTTL)
+		if err == nil && !ok {
+			// Either a login took the lock over (Acquire fails: skip), or the
+			// queued lock expired while the job waited (nobody holds it:
+			// take it and run).
+			ok, err = m.cfg.Locks.Acquire(ctx, userID, running, m.cfg.LockTTL)
+			if ok && err == nil {
+				// A login may have taken over, finished and released the lock:
+				// a fresh user is not warmed again.
+				if st, found, serr := m.cfg.Status.Get(ctx, userID); serr == nil && found && m.fresh(ctx, userID, st, m.cfg.Now()) {
+					m.release(context.WithoutCancel(ctx), userID, running)
+					return false, nil
+				}
+			}
+		}
 		if ok {
 			m.mu.Lock()
 			if e := m.inflight[userID]; e != nil && e.token == token {

@@ -613,6 +613,8 @@ func TestLoginTakesOverSystemJobQueuedElsewhere(t *testing.T) {
 	a, b := newRig(), newRig()
 	a.state, b.state = shared, shared
 	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	// One Valkey: B sees the set A warmed.
+	b.cfg.Items, b.cfg.Usage, b.cfg.Sessions = a.cfg.Items, a.cfg.Usage, a.cfg.Sessions
 	tok := a.store.addUser(1, "pro", 3)
 	b.store.addUser(1, "pro", 3)
 	b.store.addUser(2, "pro", 3)
@@ -676,5 +678,35 @@ func TestLoginDoesNotTakeOverRunningSystemJob(t *testing.T) {
 	b.obs.next(t)
 	if n := a.store.loadCount(1); n != 0 {
 		t.Fatalf("A loaded %d times; want 0", n)
+	}
+}
+
+// A system job whose queued lock expired while it waited still runs (nobody
+// else took the user).
+func TestQueuedSystemJobRunsAfterItsLockExpired(t *testing.T) {
+	r := newRig()
+	r.store.addUser(1, "pro", 2)
+	r.store.addUser(2, "pro", 2)
+	release := r.store.gate(1)
+	m := r.manager(t)
+	ctx := context.Background()
+	m.Start(ctx)
+	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
+		t.Fatal(err)
+	}
+	waitStarted(t, r.store) // the only worker is busy with user 1
+	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
+		t.Fatal(err)
+	}
+	r.state.mu.Lock()
+	delete(r.state.locks, 2) // user 2's queued lock expires
+	r.state.mu.Unlock()
+	release()
+	r.obs.next(t)
+	if rec := r.obs.next(t); rec.result != "ready" {
+		t.Fatalf("user 2's job = %+v; want it run and ready", rec)
+	}
+	if n := r.store.loadCount(2); n != 1 {
+		t.Fatalf("user 2 loaded %d times; want 1", n)
 	}
 }
