@@ -179,14 +179,18 @@ func (m *Manager) drop(ctx context.Context, e *entry) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	id := e.job.UserID
-	var err error
-	if e.prev != nil {
-		err = m.cfg.Status.Put(ctx, id, *e.prev, m.finalTTL())
-	} else {
-		err = m.cfg.Status.Delete(ctx, id)
-	}
-	if err != nil {
-		m.cfg.Logger.WarnContext(ctx, "warmup: restore status of dropped job", "user_id", id, "error", err)
+	// Restore the status only while this instance still holds the user's
+	// lock: if a login elsewhere took the job over (or the lock expired and
+	// someone else warmed the user), the status is theirs now.
+	if held, err := m.cfg.Locks.Extend(ctx, id, e.token, m.cfg.LockTTL); err == nil && held {
+		if e.prev != nil {
+			err = m.cfg.Status.Put(ctx, id, *e.prev, m.finalTTL())
+		} else {
+			err = m.cfg.Status.Delete(ctx, id)
+		}
+		if err != nil {
+			m.cfg.Logger.WarnContext(ctx, "warmup: restore status of dropped job", "user_id", id, "error", err)
+		}
 	}
 	if _, err := m.cfg.Locks.Release(ctx, id, e.token); err != nil {
 		m.cfg.Logger.WarnContext(ctx, "warmup: release lock of dropped job", "user_id", id, "error", err)
