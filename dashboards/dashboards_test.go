@@ -291,13 +291,18 @@ func TestExprProblemsCatchesDrift(t *testing.T) {
 	}
 }
 
-// promtool returns the path of promtool or fails the test with how to get it.
+// promtool returns the path of promtool. Without it the test is skipped on a
+// developer's machine and fails in CI (CI=true; .ci/run installs it).
 func promtool(t *testing.T) string {
 	t.Helper()
 	path, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Fatal("promtool is not on PATH: install the Debian package `prometheus` " +
-			"(apt-get install -y prometheus) or put Prometheus' promtool on PATH")
+		const how = "promtool is not on PATH: install the Debian package `prometheus` " +
+			"(apt-get install -y prometheus) or put Prometheus' promtool on PATH"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(how)
+		}
+		t.Skip(how)
 	}
 	return path
 }

@@ -344,8 +344,12 @@ func TestComposeGrafanaWiring(t *testing.T) {
 func TestPrometheusConfig(t *testing.T) {
 	bin, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Fatal("promtool is not on PATH: install the Debian package `prometheus` " +
-			"(apt-get install -y prometheus) or put Prometheus' promtool on PATH")
+		const how = "promtool is not on PATH: install the Debian package `prometheus` " +
+			"(apt-get install -y prometheus) or put Prometheus' promtool on PATH"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(how) // .ci/run installs it
+		}
+		t.Skip(how)
 	}
 	dir := t.TempDir()
 	copyFile(t, "prometheus/prometheus.yml", filepath.Join(dir, "prometheus.yml"))
