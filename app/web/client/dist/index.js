@@ -104,12 +104,23 @@ function parseRetryAfter(v) {
     const at = Date.parse(v);
     return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - Date.now()) / 1000));
 }
-/** A fresh Idempotency-Key: a UUID, or 128 random bits in hex where randomUUID is missing (insecure browser contexts). */
+/**
+ * A fresh Idempotency-Key: a UUID, or else 128 random bits in hex from
+ * crypto.getRandomValues (browsers leave randomUUID out of insecure
+ * contexts, e.g. plain http on a LAN address), or, without Web Crypto at
+ * all (Node.js 18), from Math.random: a key only has to be unique per user.
+ */
 function newKey() {
     const c = globalThis.crypto;
-    if (typeof c.randomUUID == "function")
+    if (typeof c?.randomUUID == "function")
         return c.randomUUID();
-    return Array.from(c.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+    const bytes = new Uint8Array(16);
+    if (c?.getRandomValues)
+        c.getRandomValues(bytes);
+    else
+        for (let i = 0; i < 16; i++)
+            bytes[i] = Math.random() * 256;
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 // The client ------------------------------------------------------------
 /**

@@ -192,7 +192,7 @@ describe("requests", () => {
     assert.notEqual(seen[0][1]?.constructor?.name, "WarmpathClient");
   });
 
-  it("falls back to crypto.getRandomValues where randomUUID is missing", async (t) => {
+  it("falls back to crypto.getRandomValues where randomUUID is missing, and to Math.random without Web Crypto", async (t) => {
     const real = globalThis.crypto;
     try {
       Object.defineProperty(globalThis, "crypto", {
@@ -207,6 +207,11 @@ describe("requests", () => {
       const f = fakeFetch(() => queryOK());
       await createClient({ token: "t", fetch: f }).query(["a"]);
       assert.match(f.calls[0].headers.get("idempotency-key"), /^[0-9a-f]{32}$/);
+      // Without Web Crypto at all (Node.js 18): still a key, never a throw.
+      Object.defineProperty(globalThis, "crypto", { configurable: true, value: undefined });
+      await createClient({ token: "t", fetch: f }).query(["a"]);
+      assert.match(f.calls[1].headers.get("idempotency-key"), /^[0-9a-f]{32}$/);
+      assert.notEqual(f.calls[1].headers.get("idempotency-key"), f.calls[0].headers.get("idempotency-key"));
     } finally {
       Object.defineProperty(globalThis, "crypto", { configurable: true, value: real });
     }
