@@ -15,6 +15,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/httpapi"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
+	"github.com/warmpath/warmpath/app/web"
 )
 
 // version is set at build time (-ldflags "-X main.version=…").
@@ -91,9 +92,14 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	if err := b.store.UpsertPlans(ctx, cfg.Plans); err != nil {
 		return fmt.Errorf("load plans: %w", err)
 	}
+	var demo []httpapi.DemoUser // GET /demo/users: embedded store on a loopback listener only
 	if cfg.EmbeddedStore() {
-		if err := createDemoUsers(ctx, cfg, b.store, stdout); err != nil {
+		users, err := createDemoUsers(ctx, cfg, b.store, stdout)
+		if err != nil {
 			return err
+		}
+		if httpapi.IsLoopback(pubLn.Addr()) {
+			demo = users
 		}
 	}
 	if b.pg != nil {
@@ -116,6 +122,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 		Logger: log, TracerProvider: tel.TracerProvider, MeterProvider: tel.MeterProvider, Metrics: tel.Metrics,
 		Auth: authn, Usage: newUsage(cfg, b, tel, local), Engine: eng, Warmup: wm,
 		Strategy: cfg.WarmupStrategy, Checks: checks(b), CORSOrigins: cfg.CORSOrigins,
+		Web: web.Files, DemoUsers: demo,
 	})
 	if err != nil {
 		return err

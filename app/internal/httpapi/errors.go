@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"math"
 	"net/http"
@@ -8,8 +9,12 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
+	"github.com/warmpath/warmpath/app/internal/telemetry"
 )
 
 // status is the one place where error codes become HTTP statuses.
@@ -81,6 +86,29 @@ func fromFiber(err error) *apperr.Error {
 		}
 	}
 	return apperr.Wrap(err, apperr.Internal, "an internal error occurred")
+}
+
+// errorHandler is Fiber's ErrorHandler. observe answers every error of the
+// handler chain itself; what reaches here was raised by fasthttp/Fiber before
+// any middleware ran (the 1 MiB body limit, a malformed request, headers too
+// large), so it gets here what observe gives every other response: an id,
+// CORS, Server-Timing and the request-duration metric.
+func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
+	if _, ok := c.Locals(stateKey).(*reqState); ok {
+		return writeError(c, err)
+	}
+	start := time.Now()
+	s.cors(c)
+	werr := writeError(c, err)
+	total := time.Since(start)
+	c.Set("Server-Timing", telemetry.ServerTiming(telemetry.Breakdown{Total: total}))
+	method := stableMethod(c.Method())
+	s.reqDuration.Record(context.Background(), total.Seconds(), metric.WithAttributeSet(attribute.NewSet(
+		semconv.HTTPRequestMethodKey.String(method),
+		semconv.HTTPRoute("unmatched"),
+		semconv.HTTPResponseStatusCode(c.Response().StatusCode()),
+	)))
+	return werr
 }
 
 // writeError writes err in the JSON error shape, with Retry-After when the

@@ -176,35 +176,49 @@ func stableMethod(m string) string {
 	return strings.Clone(m)
 }
 
-// cors answers for allowed origins only; Timing-Allow-Origin lets browsers
-// read the Server-Timing breakdown.
+// corsExpose are the response headers a browser page may read: the timing
+// breakdown, the quota, when to retry, the id to quote, and replays.
+const corsExpose = "Server-Timing, RateLimit, RateLimit-Policy, Retry-After, X-Request-Id, Idempotent-Replayed"
+
+// cors sets the CORS headers for allowed origins only, on every answer
+// (errors included: a page must be able to read a 429's Retry-After).
+// Timing-Allow-Origin lets it read the Server-Timing breakdown too. With "*"
+// the answer is "*" and never carries credentials (the API needs none: the
+// token travels in Authorization, not in a cookie).
 func (s *Server) cors(c *fiber.Ctx) {
-	origin := c.Get(fiber.HeaderOrigin)
-	if origin == "" || !s.allowOrigin(origin) {
+	if !s.corsAny && len(s.corsExact) == 0 {
 		return
 	}
-	c.Set(fiber.HeaderAccessControlAllowOrigin, origin)
-	c.Set("Timing-Allow-Origin", origin)
-	c.Set(fiber.HeaderVary, "Origin")
-	c.Set(fiber.HeaderAccessControlExposeHeaders, "Server-Timing, X-Request-Id, RateLimit, RateLimit-Policy, Retry-After")
+	origin := c.Get(fiber.HeaderOrigin)
+	allow := "*"
+	if !s.corsAny {
+		// The answer depends on Origin: caches must key on it.
+		c.Vary(fiber.HeaderOrigin)
+		if origin == "" || !s.corsExact[origin] {
+			return
+		}
+		allow = origin
+	} else if origin == "" {
+		return
+	}
+	h := &c.Response().Header
+	h.Set(fiber.HeaderAccessControlAllowOrigin, allow)
+	h.Set(fiber.HeaderTimingAllowOrigin, allow)
+	h.Set(fiber.HeaderAccessControlExposeHeaders, corsExpose)
 }
 
 func (s *Server) allowOrigin(origin string) bool {
-	for _, o := range s.cfg.CORSOrigins {
-		if o == "*" || o == origin {
-			return true
-		}
-	}
-	return false
+	return origin != "" && (s.corsAny || s.corsExact[origin])
 }
 
-// preflight answers CORS preflight requests.
+// preflight answers CORS preflight requests: the methods of the API and the
+// request headers a page sends (the token, JSON, idempotency, tracing).
 func (s *Server) preflight(c *fiber.Ctx) error {
 	if !s.allowOrigin(c.Get(fiber.HeaderOrigin)) {
 		return apperr.New(apperr.Forbidden, "origin not allowed")
 	}
 	c.Set(fiber.HeaderAccessControlAllowMethods, "GET, POST, OPTIONS")
-	c.Set(fiber.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, X-Request-Id, traceparent, tracestate")
+	c.Set(fiber.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Idempotency-Key, X-Request-Id, traceparent, tracestate")
 	c.Set(fiber.HeaderAccessControlMaxAge, "600")
 	return c.SendStatus(fiber.StatusNoContent)
 }

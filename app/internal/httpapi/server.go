@@ -6,6 +6,7 @@ package httpapi
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"time"
 
@@ -51,8 +52,16 @@ type Config struct {
 	Warmup         Warmup
 	Strategy       string // async | inline | off
 	Checks         []Check
-	CORSOrigins    []string
+	CORSOrigins    []string // exact origins; "*" allows any (answered "*", never with credentials)
 	CheckTimeout   time.Duration
+	// Web holds the frontend (app/web's Files): index.html, app.js,
+	// style.css, openapi.json and client/dist/index.js, served at /,
+	// /assets/{app.js,style.css,client.js} and /openapi.json. nil: no such
+	// routes.
+	Web fs.FS
+	// DemoUsers are answered at GET /demo/users; nil: no such route. The
+	// caller passes them only in embedded mode on a loopback listener.
+	DemoUsers []DemoUser
 }
 
 // Server is the public API.
@@ -65,6 +74,9 @@ type Server struct {
 	reqDuration metric.Float64Histogram
 	firstQuery  *firstQueries
 	conns       *connTracker
+	assets      map[string]*asset // nil without Config.Web
+	corsAny     bool              // CORS_ORIGINS has "*"
+	corsExact   map[string]bool
 }
 
 // NewServer returns the public API.
@@ -87,6 +99,19 @@ func NewServer(cfg Config) (*Public, error) {
 		reqDuration: reqDuration,
 		firstQuery:  newFirstQueries(),
 		conns:       newConnTracker(),
+		corsExact:   map[string]bool{},
+	}
+	for _, o := range cfg.CORSOrigins {
+		if o == "*" {
+			s.corsAny = true
+		} else if o != "" {
+			s.corsExact[o] = true
+		}
+	}
+	if cfg.Web != nil {
+		if s.assets, err = loadAssets(cfg.Web); err != nil {
+			return nil, err
+		}
 	}
 	app := fiber.New(fiber.Config{
 		BodyLimit:             MaxBodyBytes,
@@ -94,7 +119,7 @@ func NewServer(cfg Config) (*Public, error) {
 		ReadTimeout:           10 * time.Second,
 		WriteTimeout:          10 * time.Second,
 		IdleTimeout:           60 * time.Second,
-		ErrorHandler:          writeError,
+		ErrorHandler:          s.errorHandler,
 		AppName:               "warmpath",
 	})
 	s.routes(app)
