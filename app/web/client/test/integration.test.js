@@ -1,10 +1,11 @@
 // Integration tests of the built client (dist/) against a real warmpath,
 // built from this repository and started on the embedded default.
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 
 import { createClient, WarmpathError } from "../dist/index.js";
-import { createUser, metric, sleep, startWarmpath } from "./warmpath.js";
+import { corsOrigin, createUser, metric, sleep, startWarmpath } from "./warmpath.js";
 
 /** @type {Awaited<ReturnType<typeof startWarmpath>>} */
 let w;
@@ -197,5 +198,46 @@ describe("against a real warmpath", () => {
       firstQueries + 1,
       'counted as the first query after a login warmup, with warmup="ready"',
     );
+  });
+
+  it("the server serves this build at /assets/client.js, importable as an ES module on its own", async () => {
+    const res = await fetch(`${w.baseUrl}/assets/client.js`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /javascript/);
+    const served = Buffer.from(await res.arrayBuffer());
+    const built = await readFile(new URL("../dist/index.js", import.meta.url));
+    assert.ok(served.equals(built), "/assets/client.js is dist/index.js (rebuild the binary after npm run build)");
+    // A data: URL module can import nothing relative: it loads only if self-contained.
+    const mod = await import(`data:text/javascript;base64,${served.toString("base64")}`);
+    assert.equal(typeof mod.createClient, "function");
+  });
+
+  it("CORS lets a page on another origin send what the client sends and read what it reads", async () => {
+    const pre = await fetch(`${w.baseUrl}/api/hasNotEngine-ultra-fast`, {
+      method: "OPTIONS",
+      headers: {
+        origin: corsOrigin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type,idempotency-key",
+      },
+    });
+    assert.ok(pre.status >= 200 && pre.status < 300, `preflight ${pre.status}`);
+    assert.equal(pre.headers.get("access-control-allow-origin"), corsOrigin);
+    const allowed = (pre.headers.get("access-control-allow-headers") ?? "").toLowerCase();
+    for (const h of ["authorization", "content-type", "idempotency-key"]) assert.ok(allowed.includes(h), `preflight allows ${h}: ${allowed}`);
+
+    const { user } = await newClient();
+    const res = await fetch(`${w.baseUrl}/api/hasNotEngine-ultra-fast`, {
+      method: "POST",
+      headers: { origin: corsOrigin, authorization: `Bearer ${user.token}`, "content-type": "application/json" },
+      body: JSON.stringify({ items: ["a"] }),
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("access-control-allow-origin"), corsOrigin);
+    assert.equal(res.headers.get("timing-allow-origin"), corsOrigin);
+    const exposed = (res.headers.get("access-control-expose-headers") ?? "").toLowerCase();
+    for (const h of ["server-timing", "ratelimit", "ratelimit-policy", "retry-after", "x-request-id", "idempotent-replayed"]) {
+      assert.ok(exposed.split(/\s*,\s*/).includes(h), `exposes ${h}: ${exposed}`);
+    }
   });
 });

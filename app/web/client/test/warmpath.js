@@ -9,6 +9,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
+/** The origin the test server allows through CORS (a page on another origin). */
+export const corsOrigin = "http://app.example.test";
+
 /** The repository root: app/web/client/test → four levels up. */
 export const repoRoot = fileURLToPath(new URL("../../../../", import.meta.url));
 
@@ -31,6 +34,7 @@ export async function startWarmpath() {
     ADMIN_ADDR: "127.0.0.1:0",
     LOG_LEVEL: "warn",
     SYSTEM_WARMUP_DELAY: "10ms",
+    CORS_ORIGINS: corsOrigin,
   };
   delete env.DATABASE_URL; // CI sets these for the Go tests; these tests use the embedded default
   delete env.VALKEY_URL;
