@@ -240,4 +240,18 @@ describe("against a real warmpath", () => {
       assert.ok(exposed.split(/\s*,\s*/).includes(h), `exposes ${h}: ${exposed}`);
     }
   });
+
+  it("a retry with the same Idempotency-Key is replayed and not counted again (once the server implements it)", async (t) => {
+    const { client } = await newClient();
+    const first = await client.query(["a", "b"]);
+    const again = await client.query(["a", "b"], { idempotencyKey: first.meta.idempotencyKey });
+    if (!again.meta.replayed) {
+      // DESIGN.md's Idempotency section; the server does not answer
+      // Idempotent-Replayed yet. Reported as TODO rather than failing.
+      t.todo("the server does not replay Idempotency-Key repeats yet");
+      return;
+    }
+    assert.equal(again.usage.used, first.usage.used, "a replay is not counted");
+    assert.deepEqual(again.missing, first.missing);
+  });
 });
