@@ -25,7 +25,12 @@ export async function startWarmpath() {
   let bin = process.env.WARMPATH_BIN;
   if (!bin) {
     bin = join(dir, "warmpath");
-    await promisify(execFile)("go", ["build", "-o", bin, "./app"], { cwd: repoRoot, maxBuffer: 16 << 20 });
+    try {
+      await promisify(execFile)("go", ["build", "-o", bin, "./app"], { cwd: repoRoot, maxBuffer: 16 << 20 });
+    } catch (e) {
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    }
   }
 
   const env = {
