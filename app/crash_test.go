@@ -412,11 +412,12 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 }
 
 // TestBinaryEmbeddedDefault runs the built binary with an empty environment
-// (bar PATH, HOME and port-0 listeners): it prints demo tokens and answers a
-// query with one.
+// (bar PATH, HOME and port-0 listeners) outside the repository: it prints
+// demo tokens, answers a query with one, and the "next" block's curl works as
+// printed.
 func TestBinaryEmbeddedDefault(t *testing.T) {
 	bin := syBinary(t)
-	p := syStartProc(t, bin, "..", map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
+	p := syStartProc(t, bin, t.TempDir(), map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
 	m := regexp.MustCompile(`demo user alice\s+plan=free\s+id=\d+ token=(wp_\S+)`).FindStringSubmatch(p.stdout.String())
 	if m == nil {
 		t.Fatalf("no demo token printed:\n%s", p.stdout.String())
@@ -427,6 +428,29 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 	}
 	if d := cmp.Diff([]any{"https://example.com/zzz"}, r.body["missing"]); d != "" {
 		t.Fatalf("missing (-want +got):\n%s", d)
+	}
+
+	// The "next" block: the demo page, a curl that works as printed, admin.
+	out := p.stdout.String()
+	for _, want := range []string{"demo page   " + p.base + "/", "API         " + p.base + "/openapi.json", "admin       " + p.admin + "/admin/warmup"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("start-up output lacks %q:\n%s", want, out)
+		}
+	}
+	c := regexp.MustCompile(`try it +curl -s -X POST (\S+) -H 'Authorization: Bearer (\S+)' -H 'Content-Type: application/json' -d '(.+)'\n`).FindStringSubmatch(out)
+	if c == nil {
+		t.Fatalf("no curl to try in the start-up output:\n%s", out)
+	}
+	var body any
+	if err := json.Unmarshal([]byte(c[3]), &body); err != nil {
+		t.Fatalf("printed curl body %q: %v", c[3], err)
+	}
+	got := call(t, "POST", c[1], c[2], body)
+	if got.status != 200 {
+		t.Fatalf("printed curl: %d %s", got.status, got.raw)
+	}
+	if d := cmp.Diff([]any{"an-item-you-do-not-have"}, got.body["missing"]); d != "" {
+		t.Errorf("printed curl's answer (-want +got):\n%s", d)
 	}
 	if !strings.Contains(p.stderr.String(), "NOT persisted") {
 		t.Errorf("embedded mode must say loudly that nothing is persisted")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -323,3 +324,15 @@ func TestLivezAndReadyz(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// A DEMO_USERS_FILE that is named but cannot be read stops the start (exit 2,
+// naming the variable) instead of silently creating other users.
+func TestMissingDemoUsersFileExitsTwo(t *testing.T) {
+	env := map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "DEMO_USERS_FILE": filepath.Join(t.TempDir(), "nope.json")}
+	var out, errOut syncBuffer
+	err := run(context.Background(), []string{"warmpath"}, func(k string) string { return env[k] }, &out, &errOut)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "DEMO_USERS_FILE") {
+		t.Fatalf("want exit 2 naming DEMO_USERS_FILE, got %v", err)
+	}
+}

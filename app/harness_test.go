@@ -83,7 +83,6 @@ func startWith(t *testing.T, env map[string]string, opts options) *instance {
 		"LOG_LEVEL":           "warn",
 		"SYSTEM_WARMUP_DELAY": "10ms",
 		"SHUTDOWN_TIMEOUT":    "5s",
-		"DEMO_USERS_FILE":     "../testdata/demo_users.json",
 	}
 	if lvl := os.Getenv("WARMPATH_TEST_LOGS"); lvl != "" {
 		full["LOG_LEVEL"] = lvl

@@ -49,6 +49,9 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	if err != nil {
 		return err
 	}
+	// Closed on every early return; a second Close after a drain is harmless.
+	defer pubLn.Close()
+	defer admLn.Close()
 
 	tel, err := telemetry.New(ctx, telemetry.Config{
 		ServiceName: "warmpath", ServiceVersion: version, Getenv: getenv, Logger: log, SpanExporter: opts.spanExporter,
@@ -82,8 +85,6 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	b, err := openBackends(ctx, cfg, tel, log)
 	defer b.close()
 	if err != nil {
-		pubLn.Close()
-		admLn.Close()
 		return err
 	}
 	if len(b.embedded) > 0 {
@@ -92,14 +93,14 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	if err := b.store.UpsertPlans(ctx, cfg.Plans); err != nil {
 		return fmt.Errorf("load plans: %w", err)
 	}
-	var demo []httpapi.DemoUser // GET /demo/users: embedded store on a loopback listener only
+	var demoSet demo
+	var demoRoute []httpapi.DemoUser // GET /demo/users: embedded store on a loopback listener only
 	if cfg.EmbeddedStore() {
-		users, err := createDemoUsers(ctx, cfg, b.store, stdout)
-		if err != nil {
-			return err
+		if demoSet, err = createDemoUsers(ctx, cfg.DemoUsersFile, b.store, stdout); err != nil {
+			return &exitError{code: 2, err: err}
 		}
 		if httpapi.IsLoopback(pubLn.Addr()) {
-			demo = users
+			demoRoute = demoSet.users
 		}
 	}
 	if b.pg != nil {
@@ -122,7 +123,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 		Logger: log, TracerProvider: tel.TracerProvider, MeterProvider: tel.MeterProvider, Metrics: tel.Metrics,
 		Auth: authn, Usage: newUsage(cfg, b, tel, local), Engine: eng, Warmup: wm,
 		Strategy: cfg.WarmupStrategy, Checks: checks(b), CORSOrigins: cfg.CORSOrigins,
-		Web: web.Files, DemoUsers: demo,
+		Web: web.Files, DemoUsers: demoRoute,
 	})
 	if err != nil {
 		return err
@@ -141,6 +142,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	go serveAdmin(admSrv, admLn, errc)
 	fmt.Fprintf(stdout, "warmpath: serving http://%s admin http://%s (pid %d, started in %s)\n",
 		pubLn.Addr(), admLn.Addr(), os.Getpid(), time.Since(started).Round(time.Microsecond))
+	printNext(stdout, pubLn.Addr(), admLn.Addr(), demoSet, len(b.embedded) > 0, demoRoute != nil)
 
 	// Background work starts after the listeners: nothing here delays serving.
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))

@@ -2,21 +2,18 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/exaring/otelpgx"
 
 	vk "github.com/valkey-io/valkey-go"
 	"github.com/valkey-io/valkey-go/valkeyotel"
-	"github.com/warmpath/warmpath/app/internal/auth"
 	noopmetric "go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/warmpath/warmpath/app/internal/cache/valkey"
@@ -127,47 +124,6 @@ func openBackends(ctx context.Context, cfg config.Config, tel *telemetry.Telemet
 	b.cache = c
 	b.closers = append(b.closers, c.Close)
 	return b, nil
-}
-
-// demoUser is one entry of testdata/demo_users.json.
-type demoUser struct {
-	Name  string   `json:"name"`
-	Plan  string   `json:"plan"`
-	Items []string `json:"items"`
-}
-
-// createDemoUsers provisions the demo users of the embedded default and
-// prints their tokens, so a frontend developer can call the API at once. It
-// returns them, tokens included, for GET /demo/users.
-func createDemoUsers(ctx context.Context, cfg config.Config, st store.Store, stdout io.Writer) ([]httpapi.DemoUser, error) {
-	users := []demoUser{{Name: "alice", Plan: "free"}, {Name: "bob", Plan: "pro"}}
-	if raw, err := os.ReadFile(cfg.DemoUsersFile); err == nil {
-		if err := json.Unmarshal(raw, &users); err != nil {
-			return nil, fmt.Errorf("demo users %s: %w", cfg.DemoUsersFile, err)
-		}
-	}
-	created := make([]httpapi.DemoUser, 0, len(users))
-	for _, du := range users {
-		u, err := st.CreateUser(ctx, du.Name, du.Plan, nil)
-		if err != nil {
-			return nil, fmt.Errorf("demo user %s: %w", du.Name, err)
-		}
-		text, hash, err := auth.NewToken()
-		if err != nil {
-			return nil, err
-		}
-		if _, err := st.CreateToken(ctx, u.ID, hash, nil); err != nil {
-			return nil, fmt.Errorf("demo token %s: %w", du.Name, err)
-		}
-		if len(du.Items) > 0 {
-			if _, err := st.UpdateItems(ctx, u.ID, du.Items, nil, 1<<40); err != nil {
-				return nil, fmt.Errorf("demo items %s: %w", du.Name, err)
-			}
-		}
-		fmt.Fprintf(stdout, "warmpath: demo user %-8s plan=%-5s id=%d token=%s\n", du.Name, du.Plan, u.ID, text)
-		created = append(created, httpapi.DemoUser{ID: u.ID, Name: du.Name, Plan: du.Plan, Token: text})
-	}
-	return created, nil
 }
 
 // listen opens both listeners first, so the ports are bound (and printed)

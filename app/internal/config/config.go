@@ -62,7 +62,7 @@ type Config struct {
 
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	CORSOrigins     []string      `env:"CORS_ORIGINS" envSeparator:","`
-	DemoUsersFile   string        `env:"DEMO_USERS_FILE" envDefault:"testdata/demo_users.json"`
+	DemoUsersFile   string        `env:"DEMO_USERS_FILE"` // empty: the demo users embedded in the binary
 
 	// Plans is "name:quota/period:maxItems,…".
 	Plans []domain.Plan `env:"PLANS" envDefault:"free:1000/day:10000,pro:1000000/month:1000000"`
