@@ -123,6 +123,7 @@ func startWith(t *testing.T, env map[string]string, opts options) *instance {
 	for {
 		if m := servingRE.FindStringSubmatch(inst.stdout.String()); m != nil {
 			inst.base, inst.admin = "http://"+m[1], "http://"+m[2]
+			checkPublicAPI(t, m[1]) // every answer of this listener through client is checked against openapi.json
 			break
 		}
 		select {
@@ -172,7 +173,11 @@ func (r reply) errCode() string {
 	return ""
 }
 
-var client = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 512}}
+// client is what end-to-end tests call the service with. Its transport
+// validates every answer of a public listener (status, documented headers,
+// body) against openapi.json and fails the test that started the instance
+// on a mismatch (see apiValidator in openapi_test.go).
+var client = &http.Client{Timeout: 20 * time.Second, Transport: apiValidator{base: &http.Transport{MaxIdleConnsPerHost: 512}}}
 
 // call sends a request; body may be nil, a []byte (sent as is) or a value
 // (sent as JSON).
