@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -415,4 +416,25 @@ func containsFold(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestFrontendRoutesNotMetered: the page, its assets, the document and the
+// demo users produce no [PERF] line and no phase metrics, while an API call
+// does (so the check can fail).
+func TestFrontendRoutesNotMetered(t *testing.T) {
+	in := start(t, map[string]string{"LOG_LEVEL": "info"})
+	before := in.metric(t, "warmpath_phase_duration_seconds_count")
+	for _, path := range []string{"/", "/assets/app.js", "/assets/style.css", "/assets/client.js", "/openapi.json", "/demo/users", "/assets/nope.js"} {
+		call(t, "GET", in.base+path, "", nil)
+	}
+	if after := in.metric(t, "warmpath_phase_duration_seconds_count"); after != before {
+		t.Errorf("frontend routes recorded phase metrics: %v → %v", before, after)
+	}
+	if logs := in.stderr.String(); strings.Contains(logs, "[PERF]") {
+		t.Fatalf("frontend routes logged [PERF] lines:\n%s", tail(logs, 2000))
+	}
+	call(t, "GET", in.base+"/api/user/warmup", "", nil)
+	eventually(t, 5*time.Second, "a [PERF] line and phase metrics for an API call", func() bool {
+		return strings.Contains(in.stderr.String(), "[PERF]") && in.metric(t, "warmpath_phase_duration_seconds_count") > before
+	})
 }
