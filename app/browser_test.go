@@ -468,3 +468,36 @@ func TestBrowserCrossOrigin(t *testing.T) {
 	}
 	problems.check(t)
 }
+
+func TestBrowserDemoPageBadToken(t *testing.T) {
+	chromiumPath(t)
+	inst := start(t, nil)
+	ctx := newTab(t, 60*time.Second)
+	// The page's warmup calls are answered 401: that is the test.
+	problems := watchPage(t, ctx, func(url string, status int64) bool {
+		return status == 401 && strings.HasSuffix(url, "/api/user/warmup")
+	})
+	within(t, ctx, 15*time.Second, "open the page", chromedp.Navigate(inst.base+"/"))
+	poll[bool](t, ctx, 10*time.Second, "page ready", `document.body.dataset.ready === "1"`)
+	// Paste a token and press Enter, as a keyboard user would.
+	within(t, ctx, 10*time.Second, "sign in with a bad token",
+		chromedp.SendKeys(chromedp.ID("token"), "wp_"+strings.Repeat("A", 43)+kb.Enter),
+	)
+	shown := poll[string](t, ctx, 10*time.Second, "the error", `document.getElementById("error").hidden ? "" : document.getElementById("error").textContent`)
+	if !strings.Contains(shown, "_token (HTTP 401)") || !strings.Contains(shown, "Request id: ") {
+		t.Errorf("error shown %q, want the code, the status and the request id", shown)
+	}
+	if v := eval[string](t, ctx, 5*time.Second, `document.getElementById("token").value`); v != "" {
+		t.Errorf("token input still holds %q after sign-in", v)
+	}
+	// The token is refused: back to the sign-in form.
+	if eval[bool](t, ctx, 5*time.Second, `document.getElementById("token-form").hidden`) {
+		t.Error("the sign-in form is still hidden after the token was refused")
+	}
+	status := eval[string](t, ctx, 5*time.Second, `document.getElementById("warm-status").textContent`)
+	if !strings.Contains(status, "Could not read the warmup status") {
+		t.Errorf("warmup status %q, want that it could not be read", status)
+	}
+	t.Logf("shown: %s | %s", shown, status)
+	problems.check(t)
+}

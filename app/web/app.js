@@ -41,7 +41,9 @@ const setText = (e, s) => {
 function showError(e) {
   const box = $("error");
   const code = e?.code ?? "error";
-  let s = code + (e?.status ? ` (HTTP ${e.status})` : "") + ": " + (e?.message ?? String(e));
+  let msg = String(e?.message ?? e);
+  if (!/[.!?]$/.test(msg)) msg += ".";
+  let s = code + (e?.status ? ` (HTTP ${e.status})` : "") + ": " + msg;
   if (e?.retryAfter != null) s += ` Retry after ${e.retryAfter} s.`;
   if (e?.requestId) s += ` Request id: ${e.requestId}`;
   box.textContent = s;
@@ -118,6 +120,11 @@ async function pollWarmup(my) {
       s = await client.warmupStatus();
     } catch (e) {
       if (my !== session) return;
+      // 401: the token is not one (unknown, expired, revoked): back to sign-in.
+      if (e.status === 401) {
+        signOut();
+        $("token").focus();
+      }
       showError(e);
       setText($("warm-status"), `Could not read the warmup status (${e.code}).`);
       return;
