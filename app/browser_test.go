@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"html/template"
 	"net"
@@ -290,9 +291,9 @@ func TestBrowserDemoPage(t *testing.T) {
 		t.Errorf("warmup shows %d parts, want session, usage and items", parts)
 	}
 
-	// One item alice has (testdata/demo_users.json) and one she has not;
+	// One item alice has (her first in demo_users.json) and one she has not;
 	// sent with Ctrl+Enter from the textarea, as a keyboard user would.
-	known, fresh := "https://example.com/a", "https://example.com/new-"+randHex(4)
+	known, fresh := demoItem(t, "alice"), "https://example.com/new-"+randHex(4)
 	query := func(items ...string) {
 		t.Helper()
 		n := eval[int](t, ctx, 5*time.Second, `document.querySelectorAll("#compare tbody tr").length`)
@@ -355,6 +356,30 @@ func TestBrowserDemoPage(t *testing.T) {
 	}
 	t.Logf("screenshot: %s (%d bytes)", shot, len(png))
 	problems.check(t)
+}
+
+// demoItem is the first item of the named demo user (app/demo_users.json,
+// what the embedded default creates).
+func demoItem(t *testing.T, name string) string {
+	t.Helper()
+	raw, err := os.ReadFile("demo_users.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var users []struct {
+		Name  string   `json:"name"`
+		Items []string `json:"items"`
+	}
+	if err := json.Unmarshal(raw, &users); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range users {
+		if u.Name == name && len(u.Items) > 0 {
+			return u.Items[0]
+		}
+	}
+	t.Fatalf("demo_users.json has no user %s with items", name)
+	return ""
 }
 
 // checkBreakdown asserts the answer's time bar came from the browser's
