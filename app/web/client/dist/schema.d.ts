@@ -108,7 +108,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** This document */
+        /**
+         * This document
+         * @description The embedded document, the same that `app/web/openapi.json` holds. Served with an ETag and `Cache-Control: no-cache`.
+         */
         get: operations["openapi"];
         put?: never;
         post?: never;
@@ -127,7 +130,7 @@ export interface paths {
         };
         /**
          * The demo page
-         * @description Sign in with a token, warm up, query, see where the time went. Embedded in the binary.
+         * @description Sign in with a token, warm up, query, see where the time went. Embedded in the binary. Served with an ETag and `Cache-Control: no-cache`.
          */
         get: operations["demoPage"];
         put?: never;
@@ -145,7 +148,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A static asset of the demo page (`app.js`, `style.css`, `client.js` — the TypeScript client's build) */
+        /**
+         * A static asset of the demo page (`app.js`, `style.css`, `client.js` — the TypeScript client's build)
+         * @description `text/javascript` or `text/css` (`; charset=utf-8`), with an ETag and `Cache-Control: no-cache`. Any other name is a 404.
+         */
         get: operations["asset"];
         put?: never;
         post?: never;
@@ -222,7 +228,11 @@ export interface components {
         /** @enum {string} */
         WarmupState: "idle" | "queued" | "running" | "ready" | "failed";
         WarmupPart: {
-            state: components["schemas"]["WarmupState"];
+            /**
+             * @description As the warmup's state, plus `skipped`: the part had nothing to do.
+             * @enum {string}
+             */
+            state: "idle" | "queued" | "running" | "ready" | "failed" | "skipped";
             durationMs?: number;
             error?: string;
         };
@@ -423,6 +433,17 @@ export interface components {
                 };
             };
         };
+        /** @description Not modified: `If-None-Match` matched the current ETag; no body. */
+        NotModified: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                "Server-Timing": components["headers"]["Server-Timing"];
+                ETag: components["headers"]["ETag"];
+                "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
+                [name: string]: unknown;
+            };
+            content?: never;
+        };
     };
     parameters: never;
     requestBodies: never;
@@ -459,6 +480,15 @@ export interface components {
         "WWW-Authenticate": string;
         /** @description `true` when this answer is the stored answer of an earlier request with the same `Idempotency-Key`. */
         "Idempotent-Replayed": "true";
+        /**
+         * @description The entity tag of the embedded file; send it back in `If-None-Match` to get 304 while the binary is unchanged.
+         * @example "3f9a1c2b7d4e5f60718293a4"
+         */
+        ETag: string;
+        /** @description Browsers may keep the file but must revalidate it (with `If-None-Match`) before each use. */
+        "Cache-Control-Revalidate": "no-cache";
+        /** @description Never stored: the answer holds tokens. */
+        "Cache-Control-No-Store": "no-store";
     };
     pathItems: never;
 }
@@ -828,12 +858,15 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": Record<string, never>;
                 };
             };
+            304: components["responses"]["NotModified"];
         };
     };
     demoPage: {
@@ -850,12 +883,15 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
                     [name: string]: unknown;
                 };
                 content: {
                     "text/html": string;
                 };
             };
+            304: components["responses"]["NotModified"];
         };
     };
     asset: {
@@ -874,6 +910,8 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -881,6 +919,7 @@ export interface operations {
                     "text/css": string;
                 };
             };
+            304: components["responses"]["NotModified"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -898,6 +937,7 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    "Cache-Control": components["headers"]["Cache-Control-No-Store"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -916,6 +956,7 @@ export interface operations {
                     "application/json": components["schemas"]["DemoUsers"];
                 };
             };
+            404: components["responses"]["NotFound"];
         };
     };
 }

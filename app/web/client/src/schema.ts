@@ -109,7 +109,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** This document */
+        /**
+         * This document
+         * @description The embedded document, the same that `app/web/openapi.json` holds. Served with an ETag and `Cache-Control: no-cache`.
+         */
         get: operations["openapi"];
         put?: never;
         post?: never;
@@ -128,7 +131,7 @@ export interface paths {
         };
         /**
          * The demo page
-         * @description Sign in with a token, warm up, query, see where the time went. Embedded in the binary.
+         * @description Sign in with a token, warm up, query, see where the time went. Embedded in the binary. Served with an ETag and `Cache-Control: no-cache`.
          */
         get: operations["demoPage"];
         put?: never;
@@ -146,7 +149,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A static asset of the demo page (`app.js`, `style.css`, `client.js` — the TypeScript client's build) */
+        /**
+         * A static asset of the demo page (`app.js`, `style.css`, `client.js` — the TypeScript client's build)
+         * @description `text/javascript` or `text/css` (`; charset=utf-8`), with an ETag and `Cache-Control: no-cache`. Any other name is a 404.
+         */
         get: operations["asset"];
         put?: never;
         post?: never;
@@ -223,7 +229,11 @@ export interface components {
         /** @enum {string} */
         WarmupState: "idle" | "queued" | "running" | "ready" | "failed";
         WarmupPart: {
-            state: components["schemas"]["WarmupState"];
+            /**
+             * @description As the warmup's state, plus `skipped`: the part had nothing to do.
+             * @enum {string}
+             */
+            state: "idle" | "queued" | "running" | "ready" | "failed" | "skipped";
             durationMs?: number;
             error?: string;
         };
@@ -424,6 +434,17 @@ export interface components {
                 };
             };
         };
+        /** @description Not modified: `If-None-Match` matched the current ETag; no body. */
+        NotModified: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                "Server-Timing": components["headers"]["Server-Timing"];
+                ETag: components["headers"]["ETag"];
+                "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
+                [name: string]: unknown;
+            };
+            content?: never;
+        };
     };
     parameters: never;
     requestBodies: never;
@@ -460,6 +481,15 @@ export interface components {
         "WWW-Authenticate": string;
         /** @description `true` when this answer is the stored answer of an earlier request with the same `Idempotency-Key`. */
         "Idempotent-Replayed": "true";
+        /**
+         * @description The entity tag of the embedded file; send it back in `If-None-Match` to get 304 while the binary is unchanged.
+         * @example "3f9a1c2b7d4e5f60718293a4"
+         */
+        ETag: string;
+        /** @description Browsers may keep the file but must revalidate it (with `If-None-Match`) before each use. */
+        "Cache-Control-Revalidate": "no-cache";
+        /** @description Never stored: the answer holds tokens. */
+        "Cache-Control-No-Store": "no-store";
     };
     pathItems: never;
 }
@@ -829,12 +859,15 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": Record<string, never>;
                 };
             };
+            304: components["responses"]["NotModified"];
         };
     };
     demoPage: {
@@ -851,12 +884,15 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
                     [name: string]: unknown;
                 };
                 content: {
                     "text/html": string;
                 };
             };
+            304: components["responses"]["NotModified"];
         };
     };
     asset: {
@@ -875,6 +911,8 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    ETag: components["headers"]["ETag"];
+                    "Cache-Control": components["headers"]["Cache-Control-Revalidate"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -882,6 +920,7 @@ export interface operations {
                     "text/css": string;
                 };
             };
+            304: components["responses"]["NotModified"];
             404: components["responses"]["NotFound"];
         };
     };
@@ -899,6 +938,7 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    "Cache-Control": components["headers"]["Cache-Control-No-Store"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -917,6 +957,7 @@ export interface operations {
                     "application/json": components["schemas"]["DemoUsers"];
                 };
             };
+            404: components["responses"]["NotFound"];
         };
     };
 }
