@@ -98,6 +98,9 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 		return writeError(c, err)
 	}
 	start := time.Now()
+	if errors.Is(err, fiber.ErrRequestEntityTooLarge) {
+		drainRefusedBody(c)
+	}
 	s.cors(c)
 	werr := writeError(c, err)
 	total := time.Since(start)
