@@ -2,11 +2,17 @@ package deploy_test
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 )
+
+// ansi matches terminal colour codes (Task colours its output when it
+// thinks it writes to a CI log).
+var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
 
 // TestStackTasksWithoutEngine runs `task up`, `down` and `logs` where no
 // Docker engine answers (this machine has at most the client): each says so
@@ -22,13 +28,15 @@ func TestStackTasksWithoutEngine(t *testing.T) {
 			defer cancel()
 			cmd := exec.CommandContext(ctx, "go", "tool", "task", name)
 			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "NO_COLOR=1")
 			out, err := cmd.CombinedOutput()
 			if err == nil {
 				t.Fatalf("task %s exited 0 without a Docker engine:\n%s", name, out)
 			}
 			var lines []string
 			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-				if !strings.HasPrefix(l, "go: downloading") { // a cold module cache
+				l = ansi.ReplaceAllString(l, "")
+				if strings.TrimSpace(l) != "" && !strings.HasPrefix(l, "go: downloading") { // a cold module cache
 					lines = append(lines, l)
 				}
 			}
