@@ -182,18 +182,18 @@ type dash struct {
 		} `json:"list"`
 	} `json:"templating"`
 	Panels []struct {
-		ID         int                `json:"id"`
-		Type       string             `json:"type"`
-		Title       string            `json:"title"`
-		Description string            `json:"description"`
-		Datasource  *datasourceRef    `json:"datasource"`
+		ID          int            `json:"id"`
+		Type        string         `json:"type"`
+		Title       string         `json:"title"`
+		Description string         `json:"description"`
+		Datasource  *datasourceRef `json:"datasource"`
 		FieldConfig struct {
 			Defaults struct {
 				Unit string `json:"unit"`
 			} `json:"defaults"`
 		} `json:"fieldConfig"`
-		GridPos    struct{ X, W int } `json:"gridPos"`
-		Targets    []struct {
+		GridPos struct{ X, W int } `json:"gridPos"`
+		Targets []struct {
 			Expr       string         `json:"expr"`
 			Datasource *datasourceRef `json:"datasource"`
 		} `json:"targets"`
