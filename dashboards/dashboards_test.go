@@ -435,6 +435,7 @@ func TestAlertRulesAreCompleteAndTested(t *testing.T) {
 	var tests ruleTests
 	readYAML(t, "prometheus/alerts_test.yml", &tests)
 
+	sections := runbookSections(t)
 	fires, quiet := map[string]bool{}, map[string]bool{}
 	for _, tc := range tests.Tests {
 		for _, a := range tc.AlertRuleTest {
@@ -457,9 +458,16 @@ func TestAlertRulesAreCompleteAndTested(t *testing.T) {
 			if s := r.Labels["severity"]; s != "critical" && s != "warning" {
 				t.Errorf("%s: severity %q, want critical or warning", r.Alert, s)
 			}
-			if r.Annotations["summary"] == "" || !strings.Contains(r.Annotations["description"], "Runbook") {
-				t.Errorf("%s: needs a summary and a description with a runbook", r.Alert)
+			if r.Annotations["summary"] == "" || r.Annotations["description"] == "" {
+				t.Errorf("%s: needs a summary and a description", r.Alert)
 			}
+			anchor, ok := strings.CutPrefix(r.Annotations["runbook_url"], runbookBase)
+			if !ok || anchor != strings.ToLower(r.Alert) {
+				t.Errorf("%s: runbook_url %q, want %s%s", r.Alert, r.Annotations["runbook_url"], runbookBase, strings.ToLower(r.Alert))
+			} else if !sections[anchor] {
+				t.Errorf("%s: runbooks.md has no section \"## %s\"", r.Alert, r.Alert)
+			}
+			delete(sections, anchor)
 			if !fires[r.Alert] {
 				t.Errorf("%s: no test case in alerts_test.yml where it fires", r.Alert)
 			}
@@ -471,11 +479,35 @@ func TestAlertRulesAreCompleteAndTested(t *testing.T) {
 	want := []string{
 		"WarmpathSlowTotal", "WarmpathSlowAuth", "WarmpathSlowUsageCheck", "WarmpathSlowDB",
 		"WarmpathSlowPhaseSpike", "WarmupQueueSaturated", "WarmupFailures", "FirstQueryCold",
-		"UsageSyncLagging", "UsageSyncErrors", "WarmpathDown",
+		"UsageSyncLagging", "UsageSyncErrors", "UsageSyncBatchesHeld",
+		"WarmpathDown", "WarmpathValkeyDown", "WarmpathPostgresDown",
+		"WarmpathQueryAvailabilityFastBurn", "WarmpathQueryAvailabilitySlowBurn",
+		"WarmpathQueryLatencyFastBurn", "WarmpathQueryLatencySlowBurn",
 	}
 	for _, w := range want {
 		if !slices.Contains(alerts, w) {
 			t.Errorf("alerts.yml has no alert %s", w)
 		}
 	}
+	for s := range sections {
+		t.Errorf("runbooks.md has a section %q for no alert", s)
+	}
+}
+
+// runbookBase is where every alert's runbook_url points: a section of
+// dashboards/runbooks.md, by GitHub's anchor of its "## AlertName" heading.
+const runbookBase = "https://github.com/warmpath/warmpath/blob/main/dashboards/runbooks.md#"
+
+// runbookSections returns the anchors of runbooks.md's alert sections.
+func runbookSections(t *testing.T) map[string]bool {
+	t.Helper()
+	raw, err := os.ReadFile("runbooks.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^## (\w+)\s*$`).FindAllStringSubmatch(string(raw), -1) {
+		out[strings.ToLower(m[1])] = true
+	}
+	return out
 }
