@@ -16,6 +16,7 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/common"
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	"github.com/grafana/grafana-foundation-sdk/go/prometheus"
+	"github.com/grafana/grafana-foundation-sdk/go/stat"
 	"github.com/grafana/grafana-foundation-sdk/go/timeseries"
 )
 
@@ -38,9 +39,11 @@ func Generate() ([]File, error) {
 		name  string
 		build func() *dashboard.DashboardBuilder
 	}{
-		{"warmpath-request-path.json", requestPath},
-		{"warmpath-warmup-sync.json", warmupSync},
-		{"warmpath-runtime.json", runtime},
+		{"warmpath-overview.json", overview},
+		{"warmpath-request-phases.json", requestPhases},
+		{"warmpath-warmup.json", warmup},
+		{"warmpath-usage-sync.json", usageSync},
+		{"warmpath-dependencies-runtime.json", dependencies},
 	}
 	files := make([]File, 0, len(builders))
 	for _, b := range builders {
@@ -172,3 +175,68 @@ func ratio(p *timeseries.PanelBuilder) *timeseries.PanelBuilder {
 func quantile(q, bucket, filter, by string) string {
 	return fmt.Sprintf(`histogram_quantile(%s, sum by (le%s) (rate(%s{%s}[$__rate_interval])))`, q, by, bucket, filter)
 }
+
+// instant is a Prometheus instant query (for stat panels) with a legend.
+func instant(expr, legend string) *promQuery {
+	return prometheus.NewDataqueryBuilder().Datasource(ds).Expr(expr).LegendFormat(legend).Instant()
+}
+
+// st is a stat panel: one number per series, coloured green below limit
+// and red at or above it (limit nil: no colouring). lowIsBad flips it, for
+// shares and budgets where less is worse.
+func st(title, description, unit string, w, h uint32, limit *float64, lowIsBad bool, targets ...*promQuery) *stat.PanelBuilder {
+	steps := []dashboard.Threshold{{Value: nil, Color: "green"}}
+	if limit != nil {
+		steps = append(steps, dashboard.Threshold{Value: limit, Color: "red"})
+		if lowIsBad {
+			steps = []dashboard.Threshold{{Value: nil, Color: "red"}, {Value: limit, Color: "green"}}
+		}
+	}
+	p := stat.NewPanelBuilder().
+		Title(title).
+		Description(description).
+		Datasource(ds).
+		Unit(unit).
+		Span(w).
+		Height(h).
+		ColorMode(common.BigValueColorModeBackground).
+		GraphMode(common.BigValueGraphModeNone).
+		ReduceOptions(common.NewReduceDataOptionsBuilder().Calcs([]string{"lastNotNull"}).Values(false)).
+		Thresholds(dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).Steps(steps))
+	for i, t := range targets {
+		p.WithTarget(t.RefId(string(rune('A' + i))))
+	}
+	return p
+}
+
+// link is a panel link that opens url (Grafana interpolates variables).
+func link(title, url string) cog.Builder[dashboard.DashboardLink] {
+	return dashboard.NewDashboardLinkBuilder(title).Type(dashboard.DashboardLinkTypeLink).Url(url).TargetBlank(true)
+}
+
+// sumRate is sum by (by) of the per-second rate of a counter over the panel's
+// rate interval, with filter ANDed to the instance selector.
+func sumRate(metric, filter, by string) string {
+	f := sel
+	if filter != "" {
+		f += ", " + filter
+	}
+	if by == "" {
+		return fmt.Sprintf(`sum(rate(%s{%s}[$__rate_interval]))`, metric, f)
+	}
+	return fmt.Sprintf(`sum by (%s) (rate(%s{%s}[$__rate_interval]))`, by, metric, f)
+}
+
+// orZero makes expr read 0 instead of "No data" while it has no series:
+// ungrouped sums fall back to vector(0); grouped ones to zeroes of like
+// (an expression grouped by the same labels that always has series), so
+// every group shows its own 0 and no label-less stray series appears.
+func orZero(expr, like string) string {
+	if like == "" {
+		return "(" + expr + ") or vector(0)"
+	}
+	return "(" + expr + ") or (" + like + " * 0)"
+}
+
+// f64 returns a pointer to v (threshold values).
+func f64(v float64) *float64 { return &v }

@@ -29,7 +29,8 @@ const (
 // contract is the metric contract of DESIGN.md (Telemetry) as exported by
 // app/internal/telemetry (verified there by scrape tests): name → kind and
 // the labels the service sets. Dashboards and alerts may use nothing else
-// under warmpath_ and http_server_.
+// under warmpath_, http_server_ and valkey_. (Which of these the service
+// does not export yet is pendingMetrics, in live_test.go.)
 var contract = map[string]struct {
 	kind   metricKind
 	labels []string
@@ -51,6 +52,13 @@ var contract = map[string]struct {
 	"warmpath_db_pool_total_conns":         {gauge, nil},
 	"warmpath_db_pool_max_conns":           {gauge, nil},
 	"warmpath_db_pool_constructing_conns":  {gauge, nil},
+	"warmpath_auth_requests_total":         {counter, []string{"method", "result"}},
+	"warmpath_jwks_refreshes_total":        {counter, []string{"result"}},
+	"warmpath_idempotent_replays_total":    {counter, nil},
+	"warmpath_usage_reconciled_total":      {counter, []string{"outcome"}},
+	// valkey-go's own instruments (valkeyotel), beside pgx's pool gauges.
+	"valkey_command_duration_seconds": {histogram, []string{"operation"}},
+	"valkey_command_errors_total":     {counter, []string{"operation"}},
 }
 
 // targetLabels are added by Prometheus to every series; le is a histogram
@@ -74,8 +82,8 @@ func series() map[string][]string {
 }
 
 var (
-	metricRE   = regexp.MustCompile(`warmpath_\w+|http_server_\w+`)
-	selectorRE = regexp.MustCompile(`(warmpath_\w+|http_server_\w+)\{([^}]*)\}`)
+	metricRE   = regexp.MustCompile(`\b(?:warmpath_\w+|http_server_\w+|valkey_\w+)`)
+	selectorRE = regexp.MustCompile(`\b(warmpath_\w+|http_server_\w+|valkey_\w+)\{([^}]*)\}`)
 	matcherRE  = regexp.MustCompile(`(\w+)\s*(?:=~|!~|!=|=)`)
 )
 
@@ -174,12 +182,18 @@ type dash struct {
 		} `json:"list"`
 	} `json:"templating"`
 	Panels []struct {
-		ID         int                `json:"id"`
-		Type       string             `json:"type"`
-		Title      string             `json:"title"`
-		Datasource *datasourceRef     `json:"datasource"`
-		GridPos    struct{ X, W int } `json:"gridPos"`
-		Targets    []struct {
+		ID          int            `json:"id"`
+		Type        string         `json:"type"`
+		Title       string         `json:"title"`
+		Description string         `json:"description"`
+		Datasource  *datasourceRef `json:"datasource"`
+		FieldConfig struct {
+			Defaults struct {
+				Unit string `json:"unit"`
+			} `json:"defaults"`
+		} `json:"fieldConfig"`
+		GridPos struct{ X, W int } `json:"gridPos"`
+		Targets []struct {
 			Expr       string         `json:"expr"`
 			Datasource *datasourceRef `json:"datasource"`
 		} `json:"targets"`
@@ -196,7 +210,8 @@ func TestDashboardsUseOnlyContractMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantTitles := []string{"warmpath — request path", "warmpath — warmup & sync", "warmpath — runtime"}
+	wantTitles := []string{"warmpath — overview", "warmpath — request phases", "warmpath — warmup",
+		"warmpath — usage sync", "warmpath — dependencies & runtime"}
 	var titles []string
 	used := map[string]bool{}
 	for _, f := range files {
@@ -232,6 +247,10 @@ func TestDashboardsUseOnlyContractMetrics(t *testing.T) {
 			if p.Type == "row" {
 				continue
 			}
+			if p.Description == "" || p.FieldConfig.Defaults.Unit == "" {
+				t.Errorf("%s: panel %q needs a description and a unit (description %q, unit %q)",
+					f.Name, p.Title, p.Description, p.FieldConfig.Defaults.Unit)
+			}
 			if p.Datasource == nil || p.Datasource.UID != "${datasource}" {
 				t.Errorf("%s: panel %q does not use $datasource: %+v", f.Name, p.Title, p.Datasource)
 			}
@@ -243,7 +262,9 @@ func TestDashboardsUseOnlyContractMetrics(t *testing.T) {
 				if tg.Datasource == nil || tg.Datasource.UID != "${datasource}" {
 					t.Errorf("%s: a query of panel %q does not use $datasource", f.Name, p.Title)
 				}
-				if !strings.Contains(tg.Expr, "vector(") && !strings.Contains(tg.Expr, `instance=~"$instance"`) {
+				// Recording rules (warmpath:…) are service-wide SLIs.
+				if !strings.Contains(tg.Expr, "vector(") && !strings.Contains(tg.Expr, "warmpath:") &&
+					!strings.Contains(tg.Expr, `instance=~"$instance"`) {
 					t.Errorf("%s: panel %q ignores $instance: %s", f.Name, p.Title, tg.Expr)
 				}
 				for _, n := range checkExpr(t, f.Name+" panel "+p.Title, tg.Expr) {
@@ -266,6 +287,9 @@ func TestDashboardsUseOnlyContractMetrics(t *testing.T) {
 		"warmpath_warmup_queue_depth", "warmpath_warmup_jobs_total", "warmpath_warmup_duration_seconds_bucket",
 		"warmpath_usage_sync_pending_users", "warmpath_usage_sync_lag_seconds", "warmpath_usage_sync_batches_total",
 		"warmpath_db_pool_acquired_conns", "warmpath_db_pool_max_conns",
+		"warmpath_auth_requests_total", "warmpath_jwks_refreshes_total",
+		"warmpath_idempotent_replays_total", "warmpath_usage_reconciled_total",
+		"valkey_command_duration_seconds_bucket", "valkey_command_errors_total",
 	} {
 		if !used[name] {
 			t.Errorf("no dashboard panel uses %s", name)
@@ -290,6 +314,16 @@ func TestExprProblemsCatchesDrift(t *testing.T) {
 		t.Errorf("exprProblems(%s) = %v, %v; want 2 names, no problems", valid, names, problems)
 	}
 }
+
+// grafanaVars replaces the variables Grafana fills into panel queries with
+// values that suit a test Prometheus scraping every second for a few
+// seconds: windows that hold several scrapes, and every instance.
+var grafanaVars = strings.NewReplacer(
+	"$__rate_interval", "1m",
+	"$__range", "1m",
+	"$__interval", "1s",
+	"$instance", ".+",
+)
 
 // promtool returns the path of promtool. Without it the test is skipped on a
 // developer's machine and fails in CI (CI=true; .ci/run installs it).
@@ -329,7 +363,6 @@ func TestDashboardExpressionsParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	grafanaVars := strings.NewReplacer("$__rate_interval", "5m", "$instance", ".*")
 	type rule struct {
 		Record string `yaml:"record"`
 		Expr   string `yaml:"expr"`
@@ -402,6 +435,7 @@ func TestAlertRulesAreCompleteAndTested(t *testing.T) {
 	var tests ruleTests
 	readYAML(t, "prometheus/alerts_test.yml", &tests)
 
+	sections := runbookSections(t)
 	fires, quiet := map[string]bool{}, map[string]bool{}
 	for _, tc := range tests.Tests {
 		for _, a := range tc.AlertRuleTest {
@@ -424,9 +458,16 @@ func TestAlertRulesAreCompleteAndTested(t *testing.T) {
 			if s := r.Labels["severity"]; s != "critical" && s != "warning" {
 				t.Errorf("%s: severity %q, want critical or warning", r.Alert, s)
 			}
-			if r.Annotations["summary"] == "" || !strings.Contains(r.Annotations["description"], "Runbook") {
-				t.Errorf("%s: needs a summary and a description with a runbook", r.Alert)
+			if r.Annotations["summary"] == "" || r.Annotations["description"] == "" {
+				t.Errorf("%s: needs a summary and a description", r.Alert)
 			}
+			anchor, ok := strings.CutPrefix(r.Annotations["runbook_url"], runbookBase)
+			if !ok || anchor != strings.ToLower(r.Alert) {
+				t.Errorf("%s: runbook_url %q, want %s%s", r.Alert, r.Annotations["runbook_url"], runbookBase, strings.ToLower(r.Alert))
+			} else if !sections[anchor] {
+				t.Errorf("%s: runbooks.md has no section \"## %s\"", r.Alert, r.Alert)
+			}
+			delete(sections, anchor)
 			if !fires[r.Alert] {
 				t.Errorf("%s: no test case in alerts_test.yml where it fires", r.Alert)
 			}
@@ -438,11 +479,35 @@ func TestAlertRulesAreCompleteAndTested(t *testing.T) {
 	want := []string{
 		"WarmpathSlowTotal", "WarmpathSlowAuth", "WarmpathSlowUsageCheck", "WarmpathSlowDB",
 		"WarmpathSlowPhaseSpike", "WarmupQueueSaturated", "WarmupFailures", "FirstQueryCold",
-		"UsageSyncLagging", "UsageSyncErrors", "WarmpathDown",
+		"UsageSyncLagging", "UsageSyncErrors", "UsageSyncBatchesHeld",
+		"WarmpathDown", "WarmpathValkeyDown", "WarmpathPostgresDown",
+		"WarmpathQueryAvailabilityFastBurn", "WarmpathQueryAvailabilitySlowBurn",
+		"WarmpathQueryLatencyFastBurn", "WarmpathQueryLatencySlowBurn",
 	}
 	for _, w := range want {
 		if !slices.Contains(alerts, w) {
 			t.Errorf("alerts.yml has no alert %s", w)
 		}
 	}
+	for s := range sections {
+		t.Errorf("runbooks.md has a section %q for no alert", s)
+	}
+}
+
+// runbookBase is where every alert's runbook_url points: a section of
+// dashboards/runbooks.md, by GitHub's anchor of its "## AlertName" heading.
+const runbookBase = "https://github.com/warmpath/warmpath/blob/main/dashboards/runbooks.md#"
+
+// runbookSections returns the anchors of runbooks.md's alert sections.
+func runbookSections(t *testing.T) map[string]bool {
+	t.Helper()
+	raw, err := os.ReadFile("runbooks.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^## (\w+)\s*$`).FindAllStringSubmatch(string(raw), -1) {
+		out[strings.ToLower(m[1])] = true
+	}
+	return out
 }

@@ -90,20 +90,154 @@ func TestComposeServices(t *testing.T) {
 	p := loadProject(t)
 	names := p.ServiceNames()
 	sort.Strings(names)
-	for _, want := range []string{"grafana", "postgres", "prometheus", "pyroscope", "tempo", "valkey", "warmpath"} {
+	for _, want := range []string{"grafana", "otel-collector", "postgres", "prometheus", "pyroscope", "tempo", "valkey", "warmpath"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("compose.yaml has no service %s (has %v)", want, names)
 		}
 	}
-	for _, name := range []string{"warmpath", "postgres", "valkey", "prometheus", "grafana"} {
-		hc := service(t, p, name).HealthCheck
-		if hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Interval == nil {
+	for _, name := range names {
+		s := service(t, p, name)
+		if hc := s.HealthCheck; hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Interval == nil {
 			t.Errorf("%s: needs an enabled healthcheck with a test and an interval, got %+v", name, hc)
 		}
-	}
-	for _, name := range names {
-		if s := service(t, p, name); s.Image == "" || (strings.HasSuffix(s.Image, ":latest") || !strings.Contains(s.Image, ":")) {
+		if s.Image == "" || strings.HasSuffix(s.Image, ":latest") || !strings.Contains(s.Image, ":") {
 			t.Errorf("%s: image %q must be pinned to a tag", name, s.Image)
+		}
+		// An image built on an upstream one pins that one too.
+		if s.Build != nil {
+			if base := s.Build.Args["BASE"]; base != nil && (strings.HasSuffix(*base, ":latest") || !strings.Contains(*base, ":")) {
+				t.Errorf("%s: build arg BASE %q must be pinned to a tag", name, *base)
+			}
+			if _, err := os.Stat(filepath.Join(s.Build.Context, s.Build.Dockerfile)); err != nil {
+				t.Errorf("%s: build: %v", name, err)
+			}
+		}
+		for _, port := range s.Ports {
+			if port.HostIP != "127.0.0.1" {
+				t.Errorf("%s: port %d published on %q, want 127.0.0.1 only", name, port.Target, port.HostIP)
+			}
+		}
+		for _, v := range s.Volumes {
+			switch v.Type {
+			case types.VolumeTypeBind:
+				// Resolved to an absolute path: it must be in the repository.
+				if _, err := os.Stat(v.Source); err != nil {
+					t.Errorf("%s: mounts %s at %s: %v", name, v.Source, v.Target, err)
+				}
+			case types.VolumeTypeVolume:
+				if _, ok := p.Volumes[v.Source]; !ok || v.Source == "" {
+					t.Errorf("%s: volume %q at %s is not a named volume of compose.yaml", name, v.Source, v.Target)
+				}
+			default:
+				t.Errorf("%s: %s mount at %s: want bind mounts of repository files or named volumes", name, v.Type, v.Target)
+			}
+		}
+		// A probe added by deploy/probe.Dockerfile must be the one the health check runs.
+		if s.Build != nil && strings.HasSuffix(s.Build.Dockerfile, "probe.Dockerfile") && !slices.Contains(s.HealthCheck.Test, "/usr/local/bin/healthcheck") {
+			t.Errorf("%s: built with the probe but its healthcheck is %v", name, s.HealthCheck.Test)
+		}
+	}
+	for _, name := range []string{"postgres", "valkey", "prometheus", "grafana", "tempo", "pyroscope"} {
+		if len(service(t, p, name).Volumes) == 0 {
+			continue
+		}
+		hasNamed := false
+		for _, v := range service(t, p, name).Volumes {
+			hasNamed = hasNamed || v.Type == types.VolumeTypeVolume
+		}
+		if !hasNamed {
+			t.Errorf("%s: keeps its data outside a named volume", name)
+		}
+	}
+}
+
+// TestComposeCollectorWiring: warmpath → collector (OTLP/HTTP) → Tempo
+// (OTLP/gRPC), and the collector's health endpoint is what compose probes.
+func TestComposeCollectorWiring(t *testing.T) {
+	p := loadProject(t)
+	c := service(t, p, "otel-collector")
+	src := mountSource(c, "/etc/otelcol-contrib/config.yaml")
+	if src == "" {
+		t.Fatal("otel-collector: nothing mounted at /etc/otelcol-contrib/config.yaml")
+	}
+	if !slices.Contains(c.Command, "--config=/etc/otelcol-contrib/config.yaml") {
+		t.Errorf("otel-collector command %v does not load the mounted config", c.Command)
+	}
+	var cfg struct {
+		Extensions map[string]struct {
+			Endpoint string `yaml:"endpoint"`
+		} `yaml:"extensions"`
+		Receivers struct {
+			OTLP struct {
+				Protocols map[string]struct {
+					Endpoint string `yaml:"endpoint"`
+				} `yaml:"protocols"`
+			} `yaml:"otlp"`
+		} `yaml:"receivers"`
+		Exporters map[string]struct {
+			Endpoint string `yaml:"endpoint"`
+		} `yaml:"exporters"`
+		Service struct {
+			Extensions []string `yaml:"extensions"`
+			Pipelines  map[string]struct {
+				Receivers []string `yaml:"receivers"`
+				Exporters []string `yaml:"exporters"`
+			} `yaml:"pipelines"`
+		} `yaml:"service"`
+	}
+	raw, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		t.Fatalf("parse %s: %v", src, err)
+	}
+	if got := cfg.Receivers.OTLP.Protocols["http"].Endpoint; got != "0.0.0.0:4318" {
+		t.Errorf("collector OTLP/HTTP receiver on %q, want 0.0.0.0:4318", got)
+	}
+	w := service(t, p, "warmpath")
+	if e := w.Environment["OTEL_EXPORTER_OTLP_ENDPOINT"]; e == nil || *e != "http://otel-collector:4318" {
+		t.Errorf("warmpath OTEL_EXPORTER_OTLP_ENDPOINT %v, want http://otel-collector:4318", e)
+	}
+	traces, ok := cfg.Service.Pipelines["traces"]
+	if !ok || !slices.Contains(traces.Receivers, "otlp") || len(traces.Exporters) != 1 {
+		t.Fatalf("collector traces pipeline %+v: want otlp in, one exporter", traces)
+	}
+	if got := cfg.Exporters[traces.Exporters[0]].Endpoint; got != "tempo:4317" {
+		t.Errorf("collector exports traces to %q, want tempo:4317", got)
+	}
+	var tempoCfg struct {
+		Distributor struct {
+			Receivers struct {
+				OTLP struct {
+					Protocols map[string]struct {
+						Endpoint string `yaml:"endpoint"`
+					} `yaml:"protocols"`
+				} `yaml:"otlp"`
+			} `yaml:"receivers"`
+		} `yaml:"distributor"`
+	}
+	raw, err = os.ReadFile(mountSource(service(t, p, "tempo"), "/etc/tempo.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &tempoCfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := tempoCfg.Distributor.Receivers.OTLP.Protocols["grpc"].Endpoint; !strings.HasSuffix(got, ":4317") {
+		t.Errorf("tempo OTLP/gRPC receiver on %q, want :4317", got)
+	}
+	hc, ok := cfg.Extensions["health_check"]
+	if !ok || !slices.Contains(cfg.Service.Extensions, "health_check") {
+		t.Fatal("collector: health_check extension missing or not enabled")
+	}
+	_, port, _ := strings.Cut(hc.Endpoint, ":")
+	if want := "http://127.0.0.1:" + port + "/"; !slices.Contains(c.HealthCheck.Test, want) {
+		t.Errorf("collector healthcheck %v does not probe the health_check extension at %s", c.HealthCheck.Test, want)
+	}
+	for dep, svc := range map[string]types.ServiceConfig{"otel-collector": w, "tempo": c} {
+		if d, ok := svc.DependsOn[dep]; !ok || d.Condition != types.ServiceConditionHealthy {
+			t.Errorf("depends_on %s: got %+v, want service_healthy", dep, d)
 		}
 	}
 }
@@ -114,8 +248,6 @@ func TestComposeWarmpathService(t *testing.T) {
 
 	if s.Build == nil || s.Build.Dockerfile != "deploy/Dockerfile" {
 		t.Errorf("warmpath must build from deploy/Dockerfile, got %+v", s.Build)
-	} else if _, err := os.Stat(filepath.Join(s.Build.Context, s.Build.Dockerfile)); err != nil {
-		t.Errorf("build: %v", err)
 	}
 
 	known := serviceEnvNames(t)
@@ -137,7 +269,7 @@ func TestComposeWarmpathService(t *testing.T) {
 		"ADMIN_ADDR":                  "0.0.0.0:9090",
 		"DATABASE_URL":                "postgres://postgres:postgres@postgres:5432/warmpath?sslmode=disable",
 		"VALKEY_URL":                  "valkey://valkey:6379",
-		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318",
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318",
 		"PYROSCOPE_SERVER_ADDRESS":    "http://pyroscope:4040",
 	}
 	for name, want := range wantEnv {
@@ -319,6 +451,15 @@ func TestComposeGrafanaWiring(t *testing.T) {
 			Type      string `yaml:"type"`
 			URL       string `yaml:"url"`
 			IsDefault bool   `yaml:"isDefault"`
+			JSONData  struct {
+				ExemplarTraceIDDestinations []struct {
+					Name          string `yaml:"name"`
+					DatasourceUID string `yaml:"datasourceUid"`
+				} `yaml:"exemplarTraceIdDestinations"`
+				TracesToProfiles struct {
+					DatasourceUID string `yaml:"datasourceUid"`
+				} `yaml:"tracesToProfiles"`
+			} `yaml:"jsonData"`
 		} `yaml:"datasources"`
 	}
 	raw, err = os.ReadFile(filepath.Join(provSrc, "datasources", "datasources.yaml"))
@@ -336,6 +477,35 @@ func TestComposeGrafanaWiring(t *testing.T) {
 	}
 	if !defaultProm {
 		t.Errorf("no default Prometheus data source at http://prometheus:9090 (the dashboards' $datasource defaults to it): %+v", ds.Datasources)
+	}
+	byType := map[string]string{} // type → uid
+	for _, d := range ds.Datasources {
+		byType[d.Type] = d.UID
+	}
+	wantURL := map[string]string{"tempo": "http://tempo:3200", "grafana-pyroscope-datasource": "http://pyroscope:4040"}
+	for _, d := range ds.Datasources {
+		if w, ok := wantURL[d.Type]; ok && d.URL != w {
+			t.Errorf("%s data source at %q, want %s", d.Type, d.URL, w)
+		}
+		delete(wantURL, d.Type)
+		switch d.Type {
+		case "prometheus":
+			// Exemplars carry trace_id (the OTel exporter): link them to Tempo.
+			ok := false
+			for _, e := range d.JSONData.ExemplarTraceIDDestinations {
+				ok = ok || (e.Name == "trace_id" && e.DatasourceUID == byType["tempo"])
+			}
+			if !ok {
+				t.Errorf("Prometheus data source: no exemplar link trace_id → Tempo (uid %q)", byType["tempo"])
+			}
+		case "tempo":
+			if d.JSONData.TracesToProfiles.DatasourceUID == "" || d.JSONData.TracesToProfiles.DatasourceUID != byType["grafana-pyroscope-datasource"] {
+				t.Errorf("Tempo data source: tracesToProfiles %q, want the Pyroscope data source", d.JSONData.TracesToProfiles.DatasourceUID)
+			}
+		}
+	}
+	for typ := range wantURL {
+		t.Errorf("no %s data source provisioned", typ)
 	}
 }
 
