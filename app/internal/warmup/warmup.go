@@ -164,9 +164,6 @@ type Store interface {
 	User(ctx context.Context, id int64) (domain.User, error)
 	// Plans lists all plans.
 	Plans(ctx context.Context) ([]domain.Plan, error)
-	// Usage returns the persisted count of the user in the period starting
-	// at periodStart.
-	Usage(ctx context.Context, userID int64, periodStart time.Time) (int64, error)
 	// LoadItems streams the user's whole set in chunks from one consistent
 	// snapshot and returns the snapshot's version.
 	LoadItems(ctx context.Context, userID int64, chunkSize int, fn func(chunk []string) error) (version int64, err error)
@@ -175,15 +172,20 @@ type Store interface {
 	RecentlyActiveUsers(ctx context.Context, limit int) ([]int64, error)
 }
 
-// SessionCache caches token → principal. Safe for concurrent use.
+// SessionCache caches token → principal: the principal cache, the warmup
+// part "session". PutPrincipal keeps a principal at most maxTTL, less for a
+// token that expires sooner (the cache owns that lifetime rule, the same for
+// requests and warmup). Safe for concurrent use.
 type SessionCache interface {
-	PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, ttl time.Duration) error
+	PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, maxTTL time.Duration) error
 }
 
-// UsageCache holds the hot usage counters. SeedUsage installs the persisted
-// count of a period unless a counter already exists. Safe for concurrent use.
-type UsageCache interface {
-	SeedUsage(ctx context.Context, userID int64, periodStart time.Time, persisted int64, ttl time.Duration) error
+// UsageSeeder seeds the hot usage counter of the user's current period from
+// the system of record unless a counter already exists: the same Seed the
+// request path uses on a cold counter (usage.Service satisfies it). Safe for
+// concurrent use.
+type UsageSeeder interface {
+	Seed(ctx context.Context, userID int64, period domain.Period) error
 }
 
 // ItemLoad installs one snapshot of a user's item set: Add chunks, then
@@ -298,7 +300,7 @@ type Config struct {
 
 	Store    Store
 	Items    ItemCache
-	Usage    UsageCache
+	Usage    UsageSeeder
 	Sessions SessionCache
 	Status   StatusStore
 	Locks    Locker

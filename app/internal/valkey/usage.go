@@ -30,17 +30,29 @@ const (
 // request when Allowed, the current count when Denied, 0 when Cold.
 type UsageResult = domain.UsageResult
 
-// CheckAndCount checks the user's counter of the period starting at
-// periodStart against limit and, if below, counts one request: it increments
-// the counter and the pending delta of the period in one atomic step (one
-// round trip). ttl is applied to the counter when it has none.
-func (c *Cache) CheckAndCount(ctx context.Context, userID int64, periodStart time.Time, limit int64, ttl time.Duration) (UsageResult, error) {
+// counterSlack keeps a period's counter a little past the period's reset,
+// so that late syncs and clock skew never see it vanish early. Every counter
+// TTL of the tree is computed here (counterTTL), from the period's reset.
+const counterSlack = time.Hour
+
+// counterTTL is the lifetime of the counter of a period that resets at reset.
+func (c *Cache) counterTTL(reset time.Time) time.Duration {
+	return reset.Sub(c.now()) + counterSlack
+}
+
+// CheckAndCount checks the user's counter of the period [start, reset)
+// against limit and, if below, counts one request: it increments the counter
+// and the pending delta of the period in one atomic step. In the same round
+// trip, AFTER the count, it marks the user dirty for the usage sync (see
+// SyncQueue for why after, and why a separate command). The counter gets its
+// TTL (until reset, plus slack) when it has none.
+func (c *Cache) CheckAndCount(ctx context.Context, userID int64, start, reset time.Time, limit int64) (UsageResult, error) {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	period := PeriodField(periodStart)
-	keys := []string{c.Key(userID, "use", period), c.Key(userID, "pending")}
-	args := []string{strconv.FormatInt(limit, 10), period, strconv.FormatInt(ttlMillis(ttl), 10)}
-	vals, err := c.countResult(ctx, userID, keys, args).AsIntSlice()
+	period := PeriodField(start)
+	keys := []string{c.keys.Counter(userID, start), c.keys.Pending(userID)}
+	args := []string{strconv.FormatInt(limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(reset)), 10)}
+	vals, err := c.countAndMark(ctx, userID, keys, args).AsIntSlice()
 	if err != nil {
 		return UsageResult{}, wrapErr("check and count", err)
 	}
@@ -50,39 +62,36 @@ func (c *Cache) CheckAndCount(ctx context.Context, userID int64, periodStart tim
 	return UsageResult{Outcome: Outcome(vals[0]), Used: vals[1]}, nil
 }
 
-// countResult runs the count script, pipelined with the AfterCount command
-// when there is one (same round trip, sent after the script).
-func (c *Cache) countResult(ctx context.Context, userID int64, keys, args []string) valkey.ValkeyResult {
-	if c.afterCount == nil {
-		return c.scripts.checkAndCount.Exec(ctx, c.client, keys, args)
-	}
+// countAndMark runs the count script and, pipelined after it, the dirty
+// mark. The mark runs for every count, whatever the outcome: marking a user
+// with nothing pending is harmless (it is claimed empty and dropped).
+func (c *Cache) countAndMark(ctx context.Context, userID int64, keys, args []string) valkey.ValkeyResult {
 	b := c.client.B()
 	res := c.client.DoMulti(ctx,
 		b.Evalsha().Sha1(c.scripts.checkAndCountSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(),
-		c.afterCount(c.client, userID))
+		c.markDirtyCmd(userID))
 	if ve, ok := valkey.IsValkeyErr(res[0].Error()); ok && ve.IsNoScript() {
 		// The script cache was flushed (or never loaded): nothing ran, so
-		// send the source. The follow-up runs twice, which it must tolerate.
+		// send the source. The mark runs twice, which it tolerates (NX).
 		res = c.client.DoMulti(ctx,
 			b.Eval().Script(checkAndCountLua).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(),
-			c.afterCount(c.client, userID))
+			c.markDirtyCmd(userID))
 	}
-	// res[1] (the follow-up) is deliberately not checked: when the count ran,
+	// res[1] (the mark) is deliberately not checked: when the count ran,
 	// reporting an error would make the caller treat a counted request as
-	// failed; valkeysync's Sweep repairs a missing dirty mark.
+	// failed; SyncQueue.Sweep repairs a missing mark.
 	return res[0]
 }
 
-// SeedUsage creates the user's counter of the period as persisted (the count
-// in Postgres) plus the deltas not yet synced (pending, and in flight in a
-// sync batch), with ttl. A counter that already exists wins: seeding never
-// lowers a live count nor adds twice.
-func (c *Cache) SeedUsage(ctx context.Context, userID int64, periodStart time.Time, persisted int64, ttl time.Duration) error {
+// SeedUsage creates the user's counter of the period [start, reset) as
+// persisted (the count in Postgres) plus the deltas not yet synced (pending,
+// and in flight in a sync batch), living until reset plus slack. A counter
+// that already exists wins: seeding never lowers a live count nor adds twice.
+func (c *Cache) SeedUsage(ctx context.Context, userID int64, start, reset time.Time, persisted int64) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	period := PeriodField(periodStart)
-	keys := []string{c.Key(userID, "use", period), c.Key(userID, "pending"), c.Key(userID, "inflight")}
-	args := []string{strconv.FormatInt(persisted, 10), period, strconv.FormatInt(ttlMillis(ttl), 10)}
+	keys := []string{c.keys.Counter(userID, start), c.keys.Pending(userID), c.keys.Inflight(userID)}
+	args := []string{strconv.FormatInt(persisted, 10), PeriodField(start), strconv.FormatInt(ttlMillis(c.counterTTL(reset)), 10)}
 	if err := c.scripts.seedUsage.Exec(ctx, c.client, keys, args).Error(); err != nil {
 		return wrapErr("seed usage", err)
 	}
@@ -95,15 +104,14 @@ func (c *Cache) SeedUsage(ctx context.Context, userID int64, periodStart time.Ti
 func (c *Cache) Refund(ctx context.Context, userID int64, periodStart time.Time) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	period := PeriodField(periodStart)
-	keys := []string{c.Key(userID, "use", period), c.Key(userID, "pending")}
-	if err := c.scripts.refund.Exec(ctx, c.client, keys, []string{period}).Error(); err != nil {
+	keys := []string{c.keys.Counter(userID, periodStart), c.keys.Pending(userID)}
+	if err := c.scripts.refund.Exec(ctx, c.client, keys, []string{PeriodField(periodStart)}).Error(); err != nil {
 		return wrapErr("refund usage", err)
 	}
-	if c.afterCount != nil {
-		if err := c.client.Do(ctx, c.afterCount(c.client, userID)).Error(); err != nil {
-			return wrapErr("refund usage: mark dirty", err)
-		}
+	ctx, cancel = c.opCtx(ctx)
+	defer cancel()
+	if err := c.client.Do(ctx, c.markDirtyCmd(userID)).Error(); err != nil {
+		return wrapErr("refund usage: mark dirty", err)
 	}
 	return nil
 }
@@ -113,7 +121,7 @@ func (c *Cache) Refund(ctx context.Context, userID int64, periodStart time.Time)
 func (c *Cache) Usage(ctx context.Context, userID int64, periodStart time.Time) (used int64, found bool, err error) {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	key := c.Key(userID, "use", PeriodField(periodStart))
+	key := c.keys.Counter(userID, periodStart)
 	used, err = c.client.Do(ctx, c.client.B().Get().Key(key).Build()).AsInt64()
 	switch {
 	case errNil(err):
