@@ -39,7 +39,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -270,7 +269,7 @@ func New(cfg Config) (*Syncer, error) {
 		cfg.Wait = sleep
 	}
 	if cfg.InstanceID == "" {
-		cfg.InstanceID = "i-" + randomHex(6)
+		cfg.InstanceID = "i-" + rand.Text()[:12]
 	}
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("")
@@ -513,7 +512,7 @@ func (s *Syncer) flushLocal(ctx context.Context) error {
 		if len(deltas) == 0 {
 			return nil
 		}
-		s.local = &domain.UsageBatch{Key: "local:" + s.cfg.InstanceID + ":" + randomHex(8), Deltas: deltas}
+		s.local = &domain.UsageBatch{Key: "local:" + s.cfg.InstanceID + ":" + rand.Text()[:16], Deltas: deltas}
 	}
 	if _, err := s.apply(ctx, *s.local); err != nil {
 		return fmt.Errorf("persist in-process usage: %w", err)
@@ -654,10 +653,4 @@ func countUsers(ds []domain.UsageDelta) int {
 		seen[d.UserID] = struct{}{}
 	}
 	return len(seen)
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

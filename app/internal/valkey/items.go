@@ -99,16 +99,7 @@ func (c *Cache) InvalidateItems(ctx context.Context, userID int64, atLeastVersio
 // ItemsWarm returns the version of the user's cached set; warm is false when
 // the set is not cached.
 func (c *Cache) ItemsWarm(ctx context.Context, userID int64) (version int64, warm bool, err error) {
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
-	version, err = c.client.Do(ctx, c.client.B().Get().Key(c.keys.ItemsVersion(userID)).Build()).AsInt64()
-	switch {
-	case errNil(err):
-		return 0, false, nil
-	case err != nil:
-		return 0, false, wrapErr("items version", err)
-	}
-	return version, true, nil
+	return c.getInt(ctx, "items version", c.keys.ItemsVersion(userID))
 }
 
 // ItemsLoad loads a snapshot of a user's set into a temporary key in chunks

@@ -119,17 +119,19 @@ func (c *Cache) Refund(ctx context.Context, userID int64, periodStart time.Time)
 // Usage returns the user's cached count for the period; found is false when
 // the counter is not cached.
 func (c *Cache) Usage(ctx context.Context, userID int64, periodStart time.Time) (used int64, found bool, err error) {
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
-	key := c.keys.Counter(userID, periodStart)
-	used, err = c.client.Do(ctx, c.client.B().Get().Key(key).Build()).AsInt64()
+	return c.getInt(ctx, "get usage", c.keys.Counter(userID, periodStart))
+}
+
+// getInt reads an integer key; found is false when it does not exist.
+func (c *conn) getInt(ctx context.Context, op, key string) (n int64, found bool, err error) {
+	n, err = c.do(ctx, c.client.B().Get().Key(key).Build()).AsInt64()
 	switch {
 	case errNil(err):
 		return 0, false, nil
 	case err != nil:
-		return 0, false, wrapErr("get usage", err)
+		return 0, false, wrapErr(op, err)
 	}
-	return used, true, nil
+	return n, true, nil
 }
 
 // ttlMillis converts a TTL to whole milliseconds, at least 1 (PX 0 is an

@@ -3,8 +3,6 @@ package valkey_test
 import (
 	"context"
 	"crypto/rand"
-	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,46 +13,15 @@ import (
 
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
-// newClient connects to VALKEY_URL (skipping without it) and removes the
-// test's keys at the end.
+// newClient is a connection to VALKEY_URL (skipping without it) whose
+// prefix's keys are removed at the end.
 func newClient(t *testing.T, prefix string) valkeygo.Client {
 	t.Helper()
-	url := os.Getenv("VALKEY_URL")
-	if url == "" {
-		t.Skip("VALKEY_URL not set: skipping test against a real Valkey/Redis")
-	}
-	url = strings.Replace(url, "valkey://", "redis://", 1)
-	opt, err := valkeygo.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := valkeygo.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		var cursor uint64
-		for {
-			e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
-			if err != nil {
-				t.Errorf("cleanup scan: %v", err)
-				break
-			}
-			if len(e.Elements) > 0 {
-				c.Do(ctx, c.B().Del().Key(e.Elements...).Build())
-			}
-			if cursor = e.Cursor; cursor == 0 {
-				break
-			}
-		}
-		c.Close()
-	})
-	return c
+	return valkeytest.NewWith(t, valkey.Config{Prefix: prefix, DisableClientCache: true}).Client()
 }
 
 // newWarmState is the WarmState of a Cache on client with prefix, as the

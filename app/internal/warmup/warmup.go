@@ -324,33 +324,20 @@ type Config struct {
 }
 
 func (c Config) withDefaults() (Config, error) {
-	switch {
-	case c.Store == nil:
-		return c, errors.New("warmup: Config.Store is required")
-	case c.Items == nil:
-		return c, errors.New("warmup: Config.Items is required")
-	case c.Usage == nil:
-		return c, errors.New("warmup: Config.Usage is required")
-	case c.Sessions == nil:
-		return c, errors.New("warmup: Config.Sessions is required")
-	case c.Status == nil:
-		return c, errors.New("warmup: Config.Status is required")
-	case c.Locks == nil:
-		return c, errors.New("warmup: Config.Locks is required")
+	for _, req := range []struct {
+		name    string
+		missing bool
+	}{
+		{"Store", c.Store == nil}, {"Items", c.Items == nil}, {"Usage", c.Usage == nil},
+		{"Sessions", c.Sessions == nil}, {"Status", c.Status == nil}, {"Locks", c.Locks == nil},
+	} {
+		if req.missing {
+			return c, errors.New("warmup: Config." + req.name + " is required")
+		}
 	}
 	for _, s := range c.SystemSteps {
 		if s.Name == "" || s.Run == nil {
 			return c, fmt.Errorf("warmup: system step %q needs a name and a Run func", s.Name)
-		}
-	}
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	defD := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
 		}
 	}
 	def(&c.QueueSize, DefaultQueueSize)
@@ -360,13 +347,13 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.ChunkSize, DefaultChunkSize)
 	def(&c.ItemsAttempts, DefaultItemsAttempts)
 	def(&c.StepAttempts, DefaultStepAttempts)
-	defD(&c.TTL, DefaultTTL)
-	defD(&c.CacheTTL, DefaultCacheTTL)
-	defD(&c.LockTTL, DefaultLockTTL)
-	defD(&c.JobTimeout, DefaultJobTimeout)
-	defD(&c.StepBackoff, DefaultStepBackoff)
-	defD(&c.StepMaxBackoff, DefaultStepMaxBackoff)
-	defD(&c.PollInterval, DefaultPollInterval)
+	def(&c.TTL, DefaultTTL)
+	def(&c.CacheTTL, DefaultCacheTTL)
+	def(&c.LockTTL, DefaultLockTTL)
+	def(&c.JobTimeout, DefaultJobTimeout)
+	def(&c.StepBackoff, DefaultStepBackoff)
+	def(&c.StepMaxBackoff, DefaultStepMaxBackoff)
+	def(&c.PollInterval, DefaultPollInterval)
 	if c.HotUsers < 0 {
 		c.HotUsers = 0
 	}
@@ -383,6 +370,13 @@ func (c Config) withDefaults() (Config, error) {
 		c.Wait = wait
 	}
 	return c, nil
+}
+
+// def sets *v to d when it is not positive (a zero Config field).
+func def[T int | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // wait is the default Config.Wait.
