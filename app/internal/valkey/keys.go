@@ -28,8 +28,12 @@ func (k Keys) Prefix() string { return k.prefix }
 
 // Counter is the user's usage counter of the period starting at periodStart.
 func (k Keys) Counter(userID int64, periodStart time.Time) string {
-	return k.user(userID, "use", PeriodField(periodStart))
+	return k.counter(userID, PeriodField(periodStart))
 }
+
+// counter is Counter for a period already formatted (the hot path formats
+// it once for the key and the script's arguments).
+func (k Keys) counter(userID int64, period string) string { return k.user(userID, "use", period) }
 
 // Pending is the user's hash of deltas not yet claimed by a sync batch
 // (field: PeriodField).

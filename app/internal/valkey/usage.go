@@ -50,7 +50,7 @@ func (c *Cache) CheckAndCount(ctx context.Context, userID int64, start, reset ti
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
 	period := PeriodField(start)
-	keys := []string{c.keys.Counter(userID, start), c.keys.Pending(userID)}
+	keys := []string{c.keys.counter(userID, period), c.keys.Pending(userID)}
 	args := []string{strconv.FormatInt(limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(reset)), 10)}
 	vals, err := c.countAndMark(ctx, userID, keys, args).AsIntSlice()
 	if err != nil {
@@ -90,8 +90,9 @@ func (c *Cache) countAndMark(ctx context.Context, userID int64, keys, args []str
 func (c *Cache) SeedUsage(ctx context.Context, userID int64, start, reset time.Time, persisted int64) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	keys := []string{c.keys.Counter(userID, start), c.keys.Pending(userID), c.keys.Inflight(userID)}
-	args := []string{strconv.FormatInt(persisted, 10), PeriodField(start), strconv.FormatInt(ttlMillis(c.counterTTL(reset)), 10)}
+	period := PeriodField(start)
+	keys := []string{c.keys.counter(userID, period), c.keys.Pending(userID), c.keys.Inflight(userID)}
+	args := []string{strconv.FormatInt(persisted, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(reset)), 10)}
 	if err := c.scripts.seedUsage.Exec(ctx, c.client, keys, args).Error(); err != nil {
 		return wrapErr("seed usage", err)
 	}
@@ -104,8 +105,9 @@ func (c *Cache) SeedUsage(ctx context.Context, userID int64, start, reset time.T
 func (c *Cache) Refund(ctx context.Context, userID int64, periodStart time.Time) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	keys := []string{c.keys.Counter(userID, periodStart), c.keys.Pending(userID)}
-	if err := c.scripts.refund.Exec(ctx, c.client, keys, []string{PeriodField(periodStart)}).Error(); err != nil {
+	period := PeriodField(periodStart)
+	keys := []string{c.keys.counter(userID, period), c.keys.Pending(userID)}
+	if err := c.scripts.refund.Exec(ctx, c.client, keys, []string{period}).Error(); err != nil {
 		return wrapErr("refund usage", err)
 	}
 	ctx, cancel = c.opCtx(ctx)
