@@ -12,7 +12,8 @@ import (
 
 // Keys builds every Valkey key of warmpath from one prefix (see the package
 // comment for the scheme). It is the only place in the tree that spells a
-// key; tests and tools build theirs through it too.
+// key; tests build theirs through it too. (Cleanups that remove a whole
+// prefix match "<prefix>:*" and build no key.)
 type Keys struct{ prefix string }
 
 // NewKeys returns the key builder of prefix (DefaultPrefix when empty).
@@ -37,11 +38,17 @@ func (k Keys) counter(userID int64, period string) string { return k.user(userID
 
 // Pending is the user's hash of deltas not yet claimed by a sync batch
 // (field: PeriodField).
-func (k Keys) Pending(userID int64) string { return k.user(userID, "pending") }
+func (k Keys) Pending(userID int64) string { return k.user(userID, partPending) }
 
 // Inflight is the user's hash of deltas claimed by sync batches (field:
 // inflightField).
-func (k Keys) Inflight(userID int64) string { return k.user(userID, "inflight") }
+func (k Keys) Inflight(userID int64) string { return k.user(userID, partInflight) }
+
+// The parts of the per-user keys that Sweep recognizes (parseUser).
+const (
+	partPending  = "pending"
+	partInflight = "inflight"
+)
 
 // Items is the user's cached item set.
 func (k Keys) Items(userID int64) string { return k.user(userID, "items") }

@@ -412,9 +412,9 @@ func (q *SyncQueue) Sweep(ctx context.Context) (SweepResult, error) {
 					continue
 				}
 				switch part {
-				case "pending":
+				case partPending:
 					dirty = append(dirty, member{id: id, score: ms(q.now())})
-				case "inflight":
+				case partInflight:
 					n, err := q.sweepInflight(ctx, id)
 					if err != nil {
 						return res, err
