@@ -32,7 +32,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/warmpath/warmpath/app/internal/cachesync"
+	"github.com/warmpath/warmpath/app/internal/usagesync"
+	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
 // syBuilt is the service binary, built once per test process.
@@ -230,10 +231,10 @@ func syDriveUntilKill(t *testing.T, p *syProc, users []user, workers int, loadFo
 }
 
 // sySyncStatus reads GET /admin/sync.
-func sySyncStatus(t testing.TB, admin string) (cachesync.Status, int) {
+func sySyncStatus(t testing.TB, admin string) (usagesync.Status, int) {
 	t.Helper()
 	r := call(t, "GET", admin+"/admin/sync", "", nil)
-	var st cachesync.Status
+	var st usagesync.Status
 	if r.status == 200 {
 		if err := json.Unmarshal(r.raw, &st); err != nil {
 			t.Fatalf("decode /admin/sync: %v: %s", err, r.raw)
@@ -244,12 +245,12 @@ func sySyncStatus(t testing.TB, admin string) (cachesync.Status, int) {
 
 // syDrain forces a sync and waits until nothing is pending and no batch is
 // held for retry.
-func syDrain(t testing.TB, admin string, within time.Duration) cachesync.Status {
+func syDrain(t testing.TB, admin string, within time.Duration) usagesync.Status {
 	t.Helper()
 	if r := call(t, "POST", admin+"/admin/sync", "", nil); r.status != 202 {
 		t.Fatalf("POST /admin/sync: %d %s", r.status, r.raw)
 	}
-	var last cachesync.Status
+	var last usagesync.Status
 	eventually(t, within, "usage sync drained (nothing pending, nothing held)", func() bool {
 		st, code := sySyncStatus(t, admin)
 		last = st
@@ -310,7 +311,7 @@ func syValkeyUsage(t testing.TB, valkeyURL, prefix string, users []user) map[int
 	out := map[int64]int64{}
 	for _, u := range users {
 		for _, day := range []time.Time{now, now.AddDate(0, 0, -1)} {
-			key := prefix + ":{u:" + strconv.FormatInt(u.id, 10) + "}:use:" + day.Format("20060102")
+			key := valkey.NewKeys(prefix).Counter(u.id, day)
 			n, err := c.Do(ctx, c.B().Get().Key(key).Build()).AsInt64()
 			switch {
 			case valkeygo.IsValkeyNil(err):

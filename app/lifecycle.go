@@ -110,7 +110,8 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	local := usage.NewLocal()
 	authn := auth.New(auth.Config{Store: b.store, Cache: b.cache, Observer: tel.Metrics, CacheTTL: cfg.CacheTTL})
 	eng := newEngine(b, tel, log)
-	wm, err := newWarmup(cfg, b, tel, log)
+	us := newUsage(cfg, b, tel, local)
+	wm, err := newWarmup(cfg, b, us, tel, log)
 	if err != nil {
 		return err
 	}
@@ -121,7 +122,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 
 	app, err := httpapi.NewServer(httpapi.Config{
 		Logger: log, TracerProvider: tel.TracerProvider, MeterProvider: tel.MeterProvider, Metrics: tel.Metrics,
-		Auth: authn, Usage: newUsage(cfg, b, tel, local), Engine: eng, Warmup: wm,
+		Auth: authn, Usage: us, Engine: eng, Warmup: wm,
 		Strategy: cfg.WarmupStrategy, Checks: checks(b), CORSOrigins: cfg.CORSOrigins,
 		Web: web.Files, DemoUsers: demoRoute,
 	})

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/warmpath/warmpath/app/internal/cachesync"
+	"github.com/warmpath/warmpath/app/internal/usagesync"
 )
 
 // syNewProxy starts a toxiproxy proxy on 127.0.0.1:0 in front of the host:port
@@ -139,7 +139,7 @@ func TestSyncOutagePostgresCut(t *testing.T) {
 	px.Stop()
 	// Warm users keep being served (from Valkey) while the sync reports
 	// that it cannot reach Postgres and the deltas wait.
-	var st cachesync.Status
+	var st usagesync.Status
 	var sawPending []int64
 	deadline := time.Now().Add(15 * time.Second)
 	for round := 0; ; round++ {
@@ -155,7 +155,7 @@ func TestSyncOutagePostgresCut(t *testing.T) {
 			t.Fatalf("GET /admin/sync during Postgres cut: %d", code)
 		}
 		sawPending = append(sawPending, st.PendingUsers)
-		failing := st.HeldBatches > 0 || (st.LastBatch != nil && st.LastBatch.Result == cachesync.ResultError)
+		failing := st.HeldBatches > 0 || (st.LastBatch != nil && st.LastBatch.Result == usagesync.ResultError)
 		if round >= 5 && failing && st.PendingUsers >= int64(len(users)) && st.OldestPendingAgeSeconds > 0 {
 			break
 		}
@@ -194,7 +194,7 @@ func TestSyncOutagePostgresSlow(t *testing.T) {
 			ok++
 		}
 		st, _ := sySyncStatus(t, in.admin)
-		if lb := st.LastBatch; lb != nil && lb.Result == cachesync.ResultApplied && lb.At.After(slowSince) && ok >= 30 {
+		if lb := st.LastBatch; lb != nil && lb.Result == usagesync.ResultApplied && lb.At.After(slowSince) && ok >= 30 {
 			t.Logf("batch applied through the slow link: %+v", *lb)
 			break
 		}
@@ -323,7 +323,7 @@ func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 	}
 
 	syRemoveToxic(t, px, "slow")
-	var last cachesync.Status
+	var last usagesync.Status
 	eventually(t, 30*time.Second, "the triggered flush completes", func() bool {
 		last, _ = sySyncStatus(t, in.admin)
 		if last.HeldBatches > 0 {
@@ -336,7 +336,7 @@ func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 	if got := syPGTotal(t, direct); got != ok {
 		t.Fatalf("after the flush: postgres total %d, want %d (last batch %+v)", got, ok, last.LastBatch)
 	}
-	if last.LastBatch.Result != cachesync.ResultApplied {
+	if last.LastBatch.Result != usagesync.ResultApplied {
 		t.Fatalf("last batch: %+v", *last.LastBatch)
 	}
 }

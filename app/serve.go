@@ -16,8 +16,6 @@ import (
 	"github.com/valkey-io/valkey-go/valkeyotel"
 	noopmetric "go.opentelemetry.io/otel/metric/noop"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
-	"github.com/warmpath/warmpath/app/internal/cache/valkeysync"
 	"github.com/warmpath/warmpath/app/internal/config"
 	"github.com/warmpath/warmpath/app/internal/engine"
 	"github.com/warmpath/warmpath/app/internal/httpapi"
@@ -26,6 +24,8 @@ import (
 	"github.com/warmpath/warmpath/app/internal/store/postgres"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
+	"github.com/warmpath/warmpath/app/internal/usagesync"
+	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
 // loadConfig reads the configuration; a bad value is a usage error (exit 2).
@@ -61,7 +61,7 @@ type backends struct {
 	store    store.Store
 	pg       *postgres.Store // nil in embedded mode
 	cache    *valkey.Cache
-	queue    *valkeysync.Queue
+	queue    *valkey.SyncQueue
 	closers  []func()
 	embedded []string
 }
@@ -96,11 +96,6 @@ func openBackends(ctx context.Context, cfg config.Config, tel *telemetry.Telemet
 		b.closers = append(b.closers, pg.Close)
 	}
 	vcfg := valkey.Config{URL: cfg.ValkeyURL, Prefix: cfg.ValkeyPrefix, OpTimeout: cfg.ValkeyTimeout,
-		// Every count marks its user dirty in the same round trip, after the
-		// count, so the sync loop finds it without scanning (see valkeysync).
-		AfterCount: func(c vk.Client, userID int64) vk.Completed {
-			return valkeysync.MarkDirtyCmd(c, cfg.ValkeyPrefix, userID, time.Now())
-		},
 		// valkey-go spans under the request's spans. Span names are command
 		// names only: statements (which hold token hashes in keys) are never
 		// recorded.
@@ -122,6 +117,7 @@ func openBackends(ctx context.Context, cfg config.Config, tel *telemetry.Telemet
 		return b, fmt.Errorf("open valkey: %w", err)
 	}
 	b.cache = c
+	b.queue = c.SyncQueue(valkey.SyncQueueConfig{Lease: usagesync.DefaultLease(cfg.SyncInterval)})
 	b.closers = append(b.closers, c.Close)
 	return b, nil
 }

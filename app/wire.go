@@ -9,19 +9,19 @@ import (
 	"os"
 	"time"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkeysync"
-	"github.com/warmpath/warmpath/app/internal/cache/warmstate"
-	"github.com/warmpath/warmpath/app/internal/cachesync"
 	"github.com/warmpath/warmpath/app/internal/config"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
+	"github.com/warmpath/warmpath/app/internal/usagesync"
+	"github.com/warmpath/warmpath/app/internal/valkey"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
 // newWarmup wires the warmup manager: status and locks in Valkey (so every
-// instance agrees), data from the store into the cache.
-func newWarmup(cfg config.Config, b *backends, tel *telemetry.Telemetry, log *slog.Logger) (*warmup.Manager, error) {
-	ws := warmstate.New(b.cache.Client(), cfg.ValkeyPrefix)
+// instance agrees), data from the store into the cache; the usage counter is
+// seeded by the request path's own usage.Service.Seed.
+func newWarmup(cfg config.Config, b *backends, us *usage.Service, tel *telemetry.Telemetry, log *slog.Logger) (*warmup.Manager, error) {
+	ws := b.cache.WarmState()
 	steps := []warmup.Step{}
 	if b.pg != nil {
 		// Pool connections opened to DB_MIN_CONNS, hot statements prepared.
@@ -43,28 +43,27 @@ func newWarmup(cfg config.Config, b *backends, tel *telemetry.Telemetry, log *sl
 		TTL: cfg.WarmupTTL, CacheTTL: cfg.CacheTTL,
 		SystemDelay: cfg.SystemWarmupDelay, HotUsers: hot, SystemSteps: steps,
 		Store: b.store, Items: warmup.ItemsOf(b.cache.BeginItemsLoad, b.cache.ItemsWarm),
-		Usage: b.cache, Sessions: b.cache, Status: ws, Locks: ws,
+		Usage: us, Sessions: b.cache, Status: ws, Locks: ws,
 		Observer: tel.Metrics, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/warmup"),
 		Logger: log,
 	})
 }
 
-// newSyncer wires the write-behind loop: pending deltas claimed from Valkey,
-// applied to the store under an idempotency key, then acknowledged; plus the
-// in-process counts of fail-open mode through the same path.
-func newSyncer(cfg config.Config, b *backends, tel *telemetry.Telemetry, log *slog.Logger, local *usage.Local) (*cachesync.Syncer, error) {
-	q := valkeysync.New(b.cache.Client(), valkeysync.Config{Prefix: cfg.ValkeyPrefix, Lease: cachesync.DefaultLease(cfg.SyncInterval)})
-	b.queue = q
+// newSyncer wires the usage sync (write-behind) loop: pending deltas claimed
+// from Valkey (b.queue), applied to the store under an idempotency key, then
+// acknowledged; plus the in-process counts of fail-open mode through the
+// same path.
+func newSyncer(cfg config.Config, b *backends, tel *telemetry.Telemetry, log *slog.Logger, local *usage.Local) (*usagesync.Syncer, error) {
 	host, _ := os.Hostname()
-	return cachesync.New(cachesync.Config{
-		Interval: cfg.SyncInterval, Store: b.store, Queue: q, Local: local, Pace: pace(cfg.SyncPace),
-		Observer: tel.Metrics, Logger: log, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/cachesync"), InstanceID: fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randSuffix()),
+	return usagesync.New(usagesync.Config{
+		Interval: cfg.SyncInterval, Store: b.store, Queue: b.queue, Local: local, Pace: pace(cfg.SyncPace),
+		Observer: tel.Metrics, Logger: log, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/usagesync"), InstanceID: fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randSuffix()),
 	})
 }
 
 // sweepEvery runs the sync queue's safety net (it scans the keyspace, so it
 // runs rarely and never on the request path).
-func sweepEvery(ctx context.Context, q *valkeysync.Queue, every time.Duration, log *slog.Logger) {
+func sweepEvery(ctx context.Context, q *valkey.SyncQueue, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -87,7 +86,7 @@ func randSuffix() string {
 	return hex.EncodeToString(b)
 }
 
-// pace maps SYNC_PACE to cachesync.Config.Pace (0 there means the default).
+// pace maps SYNC_PACE to usagesync.Config.Pace (0 there means the default).
 func pace(p float64) float64 {
 	if p == 0 {
 		return -1 // no rest: flush backlogs at full speed

@@ -53,7 +53,9 @@ type Store interface {
 // concurrent use and SHOULD answer warm lookups without a network round trip.
 type Cache interface {
 	Principal(ctx context.Context, hash domain.TokenHash) (domain.Principal, bool, error)
-	PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, ttl time.Duration) error
+	// PutPrincipal keeps p at most maxTTL, and only just past its expiry
+	// for a token that expires sooner (valkey.PrincipalTTL).
+	PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, maxTTL time.Duration) error
 	DropPrincipal(ctx context.Context, hash domain.TokenHash) error
 }
 
@@ -170,14 +172,9 @@ func (a *Authenticator) lookup(ctx context.Context, hash domain.TokenHash) (doma
 		return domain.Principal{}, unavailable(err)
 	}
 	if a.cfg.Cache != nil {
-		ttl := a.cfg.CacheTTL
-		if p.ExpiresAt != nil {
-			if until := time.Until(*p.ExpiresAt); until > 0 && until < ttl {
-				ttl = until + time.Second // keep it long enough to say "expired"
-			}
-		}
-		// Best effort: a failed fill only costs the next request a store lookup.
-		_ = a.cfg.Cache.PutPrincipal(ctx, hash, p, ttl)
+		// Best effort: a failed fill only costs the next request a store
+		// lookup. The cache shortens the lifetime of an expiring token.
+		_ = a.cfg.Cache.PutPrincipal(ctx, hash, p, a.cfg.CacheTTL)
 	}
 	return p, nil
 }

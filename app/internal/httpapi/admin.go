@@ -20,8 +20,8 @@ import (
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
 	"github.com/warmpath/warmpath/app/internal/auth"
-	"github.com/warmpath/warmpath/app/internal/cachesync"
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/usagesync"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
@@ -40,7 +40,7 @@ type PrincipalCache interface {
 // Syncer is the write-behind loop as the admin API sees it.
 type Syncer interface {
 	TriggerFrom(ctx context.Context)
-	Status(ctx context.Context) (cachesync.Status, error)
+	Status(ctx context.Context) (usagesync.Status, error)
 }
 
 // AdminConfig is everything the admin API needs.

@@ -1,7 +1,7 @@
 // Package usage decides whether a metered request may run and counts it, in
 // one atomic step against the hot counter (Valkey). Postgres, the system of
-// record, receives the counts asynchronously (see cachesync); this package
-// only reads it to seed a cold counter.
+// record, receives the counts asynchronously (see usagesync); this package
+// only reads it to seed a cold counter (Seed, which warmup calls too).
 package usage
 
 import (
@@ -16,11 +16,14 @@ import (
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
 
-// Counter is the hot, shared counter. CheckAndCount MUST be atomic across
-// every instance: concurrent calls never admit more than limit.
+// Counter is the hot, shared counter of the period [start, reset); it owns
+// the counter's lifetime. CheckAndCount MUST be atomic across every
+// instance: concurrent calls never admit more than limit.
 type Counter interface {
-	CheckAndCount(ctx context.Context, userID int64, periodStart time.Time, limit int64, ttl time.Duration) (domain.UsageResult, error)
-	SeedUsage(ctx context.Context, userID int64, periodStart time.Time, persisted int64, ttl time.Duration) error
+	CheckAndCount(ctx context.Context, userID int64, start, reset time.Time, limit int64) (domain.UsageResult, error)
+	// SeedUsage installs persisted (plus what waits to be synced) unless a
+	// counter already exists.
+	SeedUsage(ctx context.Context, userID int64, start, reset time.Time, persisted int64) error
 	// Refund takes back one counted request (its work failed).
 	Refund(ctx context.Context, userID int64, periodStart time.Time) error
 }
@@ -73,21 +76,16 @@ func New(cfg Config) *Service {
 	return &Service{cfg: cfg}
 }
 
-// counterTTL keeps a period's counter a little past its reset so that late
-// syncs and clock skew never see it vanish early.
-const counterSlack = time.Hour
-
 // Check decides and, when allowed, counts one request of p.
 func (s *Service) Check(ctx context.Context, p domain.Principal) (Decision, error) {
 	now := s.cfg.Now()
 	start, reset := p.Plan.Period.Window(now)
 	limit := p.Plan.Quota
-	ttl := reset.Sub(now) + counterSlack
 
-	res, err := s.cfg.Counter.CheckAndCount(ctx, p.UserID, start, limit, ttl)
+	res, err := s.cfg.Counter.CheckAndCount(ctx, p.UserID, start, reset, limit)
 	if err == nil && res.Outcome == domain.UsageCold {
 		s.observe(ctx, "miss")
-		res, err = s.seedAndRetry(ctx, p.UserID, start, limit, ttl)
+		res, err = s.seedAndRetry(ctx, p.UserID, start, reset, limit)
 	} else if err == nil {
 		s.observe(ctx, "hit")
 	}
@@ -121,15 +119,30 @@ func (s *Service) Refund(ctx context.Context, p domain.Principal, d Decision) er
 	return nil
 }
 
-func (s *Service) seedAndRetry(ctx context.Context, userID int64, start time.Time, limit int64, ttl time.Duration) (domain.UsageResult, error) {
+// Seed installs the user's counter of the current period of period from the
+// system of record, unless a counter already exists: the cold path of Check,
+// and warmup's usage part.
+func (s *Service) Seed(ctx context.Context, userID int64, period domain.Period) error {
+	start, reset := period.Window(s.cfg.Now())
+	return s.seed(ctx, userID, start, reset)
+}
+
+func (s *Service) seed(ctx context.Context, userID int64, start, reset time.Time) error {
 	persisted, err := s.cfg.Ledger.Usage(ctx, userID, start)
 	if err != nil {
-		return domain.UsageResult{}, fmt.Errorf("seed usage: %w", err)
+		return fmt.Errorf("seed usage: load usage: %w", err)
 	}
-	if err := s.cfg.Counter.SeedUsage(ctx, userID, start, persisted, ttl); err != nil {
-		return domain.UsageResult{}, fmt.Errorf("seed usage: %w", err)
+	if err := s.cfg.Counter.SeedUsage(ctx, userID, start, reset, persisted); err != nil {
+		return fmt.Errorf("seed usage: %w", err)
 	}
-	res, err := s.cfg.Counter.CheckAndCount(ctx, userID, start, limit, ttl)
+	return nil
+}
+
+func (s *Service) seedAndRetry(ctx context.Context, userID int64, start, reset time.Time, limit int64) (domain.UsageResult, error) {
+	if err := s.seed(ctx, userID, start, reset); err != nil {
+		return domain.UsageResult{}, err
+	}
+	res, err := s.cfg.Counter.CheckAndCount(ctx, userID, start, reset, limit)
 	if err == nil && res.Outcome == domain.UsageCold {
 		// The counter vanished between seed and count (eviction, restart): the
 		// cache is not dependable right now.
@@ -139,7 +152,7 @@ func (s *Service) seedAndRetry(ctx context.Context, userID int64, start time.Tim
 }
 
 // checkLocal is the fail-open path: the base comes from the system of record
-// and the in-process count is added; cachesync persists Local's deltas.
+// and the in-process count is added; usagesync persists Local's deltas.
 func (s *Service) checkLocal(ctx context.Context, userID int64, start time.Time, limit int64, reset, now time.Time) (Decision, error) {
 	base, err := s.cfg.Local.base(ctx, s.cfg.Ledger, userID, start)
 	if err != nil {

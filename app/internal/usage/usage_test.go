@@ -23,7 +23,7 @@ func newFakeCounter() *fakeCounter {
 	return &fakeCounter{counts: map[int64]int64{}, seeded: map[int64]bool{}}
 }
 
-func (f *fakeCounter) CheckAndCount(_ context.Context, u int64, _ time.Time, limit int64, _ time.Duration) (domain.UsageResult, error) {
+func (f *fakeCounter) CheckAndCount(_ context.Context, u int64, _, _ time.Time, limit int64) (domain.UsageResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -39,7 +39,7 @@ func (f *fakeCounter) CheckAndCount(_ context.Context, u int64, _ time.Time, lim
 	return domain.UsageResult{Outcome: domain.UsageAllowed, Used: f.counts[u]}, nil
 }
 
-func (f *fakeCounter) SeedUsage(_ context.Context, u int64, _ time.Time, persisted int64, _ time.Duration) error {
+func (f *fakeCounter) SeedUsage(_ context.Context, u int64, _, _ time.Time, persisted int64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
@@ -210,13 +211,22 @@ func (c *fakeCache) PutPrincipal(_ context.Context, h domain.TokenHash, p domain
 	return nil
 }
 
-func (c *fakeCache) SeedUsage(_ context.Context, id int64, _ time.Time, persisted int64, _ time.Duration) error {
+func (c *fakeCache) SeedUsage(_ context.Context, id int64, _, _ time.Time, persisted int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.usage[id]; !ok {
 		c.usage[id] = persisted
 	}
 	return nil
+}
+
+// CheckAndCount and Refund complete usage.Counter; warmup only seeds.
+func (c *fakeCache) CheckAndCount(context.Context, int64, time.Time, time.Time, int64) (domain.UsageResult, error) {
+	return domain.UsageResult{}, fmt.Errorf("fakeCache: CheckAndCount is not used by warmup")
+}
+
+func (c *fakeCache) Refund(context.Context, int64, time.Time) error {
+	return fmt.Errorf("fakeCache: Refund is not used by warmup")
 }
 
 func (c *fakeCache) ItemsWarm(_ context.Context, id int64) (int64, bool, error) {
@@ -443,12 +453,13 @@ func newRig() *rig {
 		CacheTTL:  time.Hour,
 		Store:     r.store,
 		Items:     warmup.ItemsOf(r.cache.BeginItemsLoad, r.cache.ItemsWarm),
-		Usage:     r.cache,
-		Sessions:  r.cache,
-		Status:    r.state,
-		Locks:     r.state,
-		Observer:  r.obs,
-		Now:       r.clock.Now,
+		// The request path's Seed, on the fake cache and store.
+		Usage:    usage.New(usage.Config{Counter: r.cache, Ledger: r.store, Now: r.clock.Now}),
+		Sessions: r.cache,
+		Status:   r.state,
+		Locks:    r.state,
+		Observer: r.obs,
+		Now:      r.clock.Now,
 		// No sleeps: the system delay and backoffs return at once.
 		Wait:      func(ctx context.Context, _ time.Duration) error { return ctx.Err() },
 		ChunkSize: 3,

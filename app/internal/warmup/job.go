@@ -15,10 +15,6 @@ import (
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
 
-// counterSlack keeps a seeded usage counter a little past its period's reset,
-// as the usage package does, so late syncs never see it vanish early.
-const counterSlack = time.Hour
-
 // plansTTL bounds how long Store.Plans is cached: plans come from config and
 // change only with a restart, and a hot-user warmup would otherwise read them
 // once per user.
@@ -276,22 +272,15 @@ func (m *Manager) warmSession(ctx context.Context, job Job) (domain.Principal, e
 	if p.UserID != job.UserID {
 		return domain.Principal{}, fmt.Errorf("load principal: the token belongs to another user")
 	}
-	ttl := m.cfg.CacheTTL
-	if p.ExpiresAt != nil {
-		// Like auth: keep an expiring principal just long enough to say
-		// "expired".
-		if until := p.ExpiresAt.Sub(m.cfg.Now()); until > 0 && until < ttl {
-			ttl = until + time.Second
-		}
-	}
-	if err := m.cfg.Sessions.PutPrincipal(ctx, *job.TokenHash, p, ttl); err != nil {
+	if err := m.cfg.Sessions.PutPrincipal(ctx, *job.TokenHash, p, m.cfg.CacheTTL); err != nil {
 		return domain.Principal{}, fmt.Errorf("cache principal: %w", err)
 	}
 	return p, nil
 }
 
-// warmUsage seeds the usage counter of the current period with the persisted
-// count. plan is the principal's when known, else read from the store.
+// warmUsage seeds the usage counter of the current period (Usage.Seed, as a
+// request on a cold counter does). plan is the principal's when known, else
+// read from the store.
 func (m *Manager) warmUsage(ctx context.Context, userID int64, plan *domain.Plan) error {
 	var period domain.Period
 	if plan != nil {
@@ -307,13 +296,7 @@ func (m *Manager) warmUsage(ctx context.Context, userID int64, plan *domain.Plan
 		}
 		period = p.Period
 	}
-	now := m.cfg.Now()
-	start, reset := period.Window(now)
-	persisted, err := m.cfg.Store.Usage(ctx, userID, start)
-	if err != nil {
-		return fmt.Errorf("load usage: %w", err)
-	}
-	if err := m.cfg.Usage.SeedUsage(ctx, userID, start, persisted, reset.Sub(now)+counterSlack); err != nil {
+	if err := m.cfg.Usage.Seed(ctx, userID, period); err != nil {
 		return fmt.Errorf("seed usage counter: %w", err)
 	}
 	return nil

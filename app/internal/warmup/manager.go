@@ -398,6 +398,20 @@ func (m *Manager) admit(ctx context.Context, e *entry) (Status, error) {
 // a queue. Such a lock may be taken over by a login warmup on any instance;
 // the job swaps it for a running token (runningSystemToken) when it starts,
 // so a running job is never taken over.
+//
+// Why a lock with two kinds of token rather than a plain "who runs" lock:
+// correctness does not rest on it (the item set is installed by versioned
+// scripts, the counter by set-if-absent; a duplicate job only repeats work),
+// but three things warmup promises do. (1) Dedup at admission across
+// instances: every instance starting together enqueues the same hot users,
+// and only the lock taken at enqueue time makes the others answer "held
+// elsewhere" instead of queueing duplicates. (2) A dropped job (Stop)
+// restores the shared status only while it still holds the lock; without a
+// queued lock that needs a compare-and-set on the status instead, the same
+// machinery in another place. (3) Login before system across instances, yet
+// never a second job beside a running one: the queued token may be swapped
+// away by a login, the running one may not. A lock taken only when a job
+// starts keeps (3) but loses (1) and (2), so it stays.
 const (
 	queuedSystemToken  = "sq:"
 	runningSystemToken = "sr:"

@@ -164,9 +164,6 @@ type Store interface {
 	User(ctx context.Context, id int64) (domain.User, error)
 	// Plans lists all plans.
 	Plans(ctx context.Context) ([]domain.Plan, error)
-	// Usage returns the persisted count of the user in the period starting
-	// at periodStart.
-	Usage(ctx context.Context, userID int64, periodStart time.Time) (int64, error)
 	// LoadItems streams the user's whole set in chunks from one consistent
 	// snapshot and returns the snapshot's version.
 	LoadItems(ctx context.Context, userID int64, chunkSize int, fn func(chunk []string) error) (version int64, err error)
@@ -175,15 +172,20 @@ type Store interface {
 	RecentlyActiveUsers(ctx context.Context, limit int) ([]int64, error)
 }
 
-// SessionCache caches token → principal. Safe for concurrent use.
+// SessionCache caches token → principal: the principal cache, the warmup
+// part "session". PutPrincipal keeps a principal at most maxTTL, less for a
+// token that expires sooner (the cache owns that lifetime rule, the same for
+// requests and warmup). Safe for concurrent use.
 type SessionCache interface {
-	PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, ttl time.Duration) error
+	PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, maxTTL time.Duration) error
 }
 
-// UsageCache holds the hot usage counters. SeedUsage installs the persisted
-// count of a period unless a counter already exists. Safe for concurrent use.
-type UsageCache interface {
-	SeedUsage(ctx context.Context, userID int64, periodStart time.Time, persisted int64, ttl time.Duration) error
+// UsageSeeder seeds the hot usage counter of the user's current period from
+// the system of record unless a counter already exists: the same Seed the
+// request path uses on a cold counter (usage.Service satisfies it). Safe for
+// concurrent use.
+type UsageSeeder interface {
+	Seed(ctx context.Context, userID int64, period domain.Period) error
 }
 
 // ItemLoad installs one snapshot of a user's item set: Add chunks, then
@@ -298,7 +300,7 @@ type Config struct {
 
 	Store    Store
 	Items    ItemCache
-	Usage    UsageCache
+	Usage    UsageSeeder
 	Sessions SessionCache
 	Status   StatusStore
 	Locks    Locker
@@ -322,33 +324,20 @@ type Config struct {
 }
 
 func (c Config) withDefaults() (Config, error) {
-	switch {
-	case c.Store == nil:
-		return c, errors.New("warmup: Config.Store is required")
-	case c.Items == nil:
-		return c, errors.New("warmup: Config.Items is required")
-	case c.Usage == nil:
-		return c, errors.New("warmup: Config.Usage is required")
-	case c.Sessions == nil:
-		return c, errors.New("warmup: Config.Sessions is required")
-	case c.Status == nil:
-		return c, errors.New("warmup: Config.Status is required")
-	case c.Locks == nil:
-		return c, errors.New("warmup: Config.Locks is required")
+	for _, req := range []struct {
+		name    string
+		missing bool
+	}{
+		{"Store", c.Store == nil}, {"Items", c.Items == nil}, {"Usage", c.Usage == nil},
+		{"Sessions", c.Sessions == nil}, {"Status", c.Status == nil}, {"Locks", c.Locks == nil},
+	} {
+		if req.missing {
+			return c, errors.New("warmup: Config." + req.name + " is required")
+		}
 	}
 	for _, s := range c.SystemSteps {
 		if s.Name == "" || s.Run == nil {
 			return c, fmt.Errorf("warmup: system step %q needs a name and a Run func", s.Name)
-		}
-	}
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	defD := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
 		}
 	}
 	def(&c.QueueSize, DefaultQueueSize)
@@ -358,13 +347,13 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.ChunkSize, DefaultChunkSize)
 	def(&c.ItemsAttempts, DefaultItemsAttempts)
 	def(&c.StepAttempts, DefaultStepAttempts)
-	defD(&c.TTL, DefaultTTL)
-	defD(&c.CacheTTL, DefaultCacheTTL)
-	defD(&c.LockTTL, DefaultLockTTL)
-	defD(&c.JobTimeout, DefaultJobTimeout)
-	defD(&c.StepBackoff, DefaultStepBackoff)
-	defD(&c.StepMaxBackoff, DefaultStepMaxBackoff)
-	defD(&c.PollInterval, DefaultPollInterval)
+	def(&c.TTL, DefaultTTL)
+	def(&c.CacheTTL, DefaultCacheTTL)
+	def(&c.LockTTL, DefaultLockTTL)
+	def(&c.JobTimeout, DefaultJobTimeout)
+	def(&c.StepBackoff, DefaultStepBackoff)
+	def(&c.StepMaxBackoff, DefaultStepMaxBackoff)
+	def(&c.PollInterval, DefaultPollInterval)
 	if c.HotUsers < 0 {
 		c.HotUsers = 0
 	}
@@ -381,6 +370,13 @@ func (c Config) withDefaults() (Config, error) {
 		c.Wait = wait
 	}
 	return c, nil
+}
+
+// def sets *v to d when it is not positive (a zero Config field).
+func def[T int | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // wait is the default Config.Wait.

@@ -1,4 +1,4 @@
-package valkeysync
+package valkey
 
 import (
 	"context"
@@ -19,11 +19,10 @@ import (
 	"github.com/google/go-cmp/cmp"
 	valkey "github.com/valkey-io/valkey-go"
 
-	cachevalkey "github.com/warmpath/warmpath/app/internal/cache/valkey"
-	"github.com/warmpath/warmpath/app/internal/cachesync"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/store/memory"
 	"github.com/warmpath/warmpath/app/internal/store/pgtest"
+	"github.com/warmpath/warmpath/app/internal/usagesync"
 )
 
 var (
@@ -33,7 +32,7 @@ var (
 
 // ledger is what the tests need of a store.
 type ledger interface {
-	cachesync.Ledger
+	usagesync.Ledger
 	Usage(ctx context.Context, userID int64, periodStart time.Time) (int64, error)
 }
 
@@ -149,17 +148,29 @@ func deletePrefix(t testing.TB, c valkey.Client, prefix string) {
 	}
 }
 
+// cache is a Cache on client with the env's prefix and the clock now (nil:
+// the wall clock); the SyncQueue is made from it, as the wiring does.
+func (e *env) cache(client valkey.Client, now func() time.Time) *Cache {
+	return NewFromClient(client, Config{Prefix: e.prefix, DisableClientCache: true, OpTimeout: 5 * time.Second, Now: now})
+}
+
+func (e *env) keys() Keys { return NewKeys(e.prefix) }
+
+// markAt is the dirty mark CheckAndCount sends, made at time at.
+func (e *env) markAt(user int64, at time.Time) valkey.Completed {
+	return e.cache(e.client, func() time.Time { return at }).markDirtyCmd(user)
+}
+
 // count does what the usage path does for one allowed request: the count
-// (as cache/valkey's script: INCR counter, HINCRBY pending) and, after it in
-// the same pipeline, the dirty mark.
+// (as the count script: INCR counter, HINCRBY pending) and, after it in the
+// same pipeline, the dirty mark.
 func (e *env) count(t testing.TB, user int64, period time.Time) {
 	t.Helper()
 	ctx := context.Background()
 	p := PeriodField(period)
-	uid := strconv.FormatInt(user, 10)
 	res := e.client.DoMulti(ctx,
-		e.client.B().Hincrby().Key(e.prefix+":{u:"+uid+"}:pending").Field(p).Increment(1).Build(),
-		MarkDirtyCmd(e.client, e.prefix, user, time.Now()))
+		e.client.B().Hincrby().Key(e.keys().Pending(user)).Field(p).Increment(1).Build(),
+		e.markAt(user, time.Now()))
 	for _, r := range res {
 		if err := r.Error(); err != nil {
 			t.Fatalf("count: %v", err)
@@ -173,17 +184,17 @@ type clock struct{ off atomic.Int64 }
 func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
 func (c *clock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 
-func (e *env) queue(c *clock) *Queue {
-	cfg := Config{Prefix: e.prefix, Lease: 5 * time.Second}
+func (e *env) queue(c *clock) *SyncQueue {
+	cfg := SyncQueueConfig{Lease: 5 * time.Second}
 	if c != nil {
 		cfg.Now = c.Now
 	}
-	return New(e.client, cfg)
+	return e.cache(e.client, nil).SyncQueue(cfg)
 }
 
-func (e *env) syncer(t testing.TB, q *Queue, id string, batch int) *cachesync.Syncer {
+func (e *env) syncer(t testing.TB, q *SyncQueue, id string, batch int) *usagesync.Syncer {
 	t.Helper()
-	s, err := cachesync.New(cachesync.Config{
+	s, err := usagesync.New(usagesync.Config{
 		Interval: 5 * time.Millisecond, BatchSize: batch, Store: e.store, Queue: q,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), InstanceID: id, Now: q.now,
 		MaxBackoff: 20 * time.Millisecond,
@@ -194,7 +205,7 @@ func (e *env) syncer(t testing.TB, q *Queue, id string, batch int) *cachesync.Sy
 	return s
 }
 
-func flush(t testing.TB, s *cachesync.Syncer) {
+func flush(t testing.TB, s *usagesync.Syncer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -228,7 +239,7 @@ func (e *env) check(t testing.TB, want map[uk]int64) {
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(uk{})); diff != "" {
 		t.Errorf("ledger counts (-want +got):\n%s", diff)
 	}
-	st, err := New(e.client, Config{Prefix: e.prefix}).Stats(ctx)
+	st, err := e.cache(e.client, nil).SyncQueue(SyncQueueConfig{}).Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +281,7 @@ func TestSyncExact(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.PendingUsers != 0 || st.LastBatch == nil || st.LastBatch.Result != cachesync.ResultApplied {
+		if st.PendingUsers != 0 || st.LastBatch == nil || st.LastBatch.Result != usagesync.ResultApplied {
 			t.Errorf("status after sync = %+v", st)
 		}
 	})
@@ -367,28 +378,29 @@ func TestOwnerDiesMidClaimIsReverted(t *testing.T) {
 		q := e.queue(clk)
 		// Replay Claim's first steps only: begin, then claim half the users.
 		id := newBatchID(clk.Now())
-		if err := q.scripts.begin.Exec(ctx, e.client, []string{q.dirty, q.batches, q.recordKey(id), q.batchinfo},
+		if err := q.scripts.syncBegin.Exec(ctx, e.client, []string{q.keys.SyncDirty(), q.keys.SyncBatches(), q.keys.SyncBatch(id), q.keys.SyncBatchInfo()},
 			[]string{"100", id, "dead", ms(clk.Now()), ms(clk.Now().Add(q.lease))}).Error(); err != nil {
 			t.Fatal(err)
 		}
 		for u := int64(1); u <= 10; u++ {
-			if err := q.scripts.claim.Exec(ctx, e.client, []string{q.userKey(u, "pending"), q.userKey(u, "inflight")}, []string{id}).Error(); err != nil {
+			if err := q.scripts.syncClaim.Exec(ctx, e.client, []string{q.keys.Pending(u), q.keys.Inflight(u)}, []string{id}).Error(); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if st, _ := q.Stats(ctx); st.PendingUsers != 20 {
 			t.Errorf("pending users during the claim = %d, want 20", st.PendingUsers)
 		}
-		// The usage path's seed (cache/valkey) in this state sees pending +
-		// in-flight.
-		vc := cachevalkey.NewFromClient(e.client, cachevalkey.Config{Prefix: e.prefix, DisableClientCache: true})
-		if err := vc.SeedUsage(ctx, 3, day1, 100, time.Minute); err != nil {
+		// The usage path's seed (Cache.SeedUsage) in this state sees
+		// pending + in-flight. Its clock is in day1, so the counter lives
+		// until day1's reset.
+		vc := e.cache(e.client, func() time.Time { return day1.Add(time.Hour) })
+		if err := vc.SeedUsage(ctx, 3, day1, day1.AddDate(0, 0, 1), 100); err != nil {
 			t.Fatalf("seed: %v", err)
 		}
-		if n, err := e.client.Do(ctx, e.client.B().Get().Key(q.userKey(3, "use:"+PeriodField(day1))).Build()).AsInt64(); err != nil || n != 101 {
+		if n, err := e.client.Do(ctx, e.client.B().Get().Key(q.keys.Counter(3, day1)).Build()).AsInt64(); err != nil || n != 101 {
 			t.Errorf("seeded counter = %d, %v; want 101 (persisted 100 + 1 in flight)", n, err)
 		}
-		_ = e.client.Do(ctx, e.client.B().Del().Key(q.userKey(3, "use:"+PeriodField(day1))).Build())
+		_ = e.client.Do(ctx, e.client.B().Del().Key(q.keys.Counter(3, day1)).Build())
 
 		clk.Advance(6 * time.Second)
 		flush(t, e.syncer(t, e.queue(clk), "b", 7))
@@ -423,7 +435,7 @@ func TestCrashBetweenApplyAndAckIsNoOpOnReapply(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.LastBatch == nil || st.LastBatch.Key != b.Key || st.LastBatch.Result != cachesync.ResultDuplicate {
+		if st.LastBatch == nil || st.LastBatch.Key != b.Key || st.LastBatch.Result != usagesync.ResultDuplicate {
 			t.Errorf("last batch = %+v, want the dead owner's batch as a duplicate", st.LastBatch)
 		}
 	})
@@ -433,12 +445,12 @@ func TestConcurrentSyncersNeverDoubleCount(t *testing.T) {
 	backends(t, 200, func(t *testing.T, e *env) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var run sync.WaitGroup
-		syncers := make([]*cachesync.Syncer, 3)
+		syncers := make([]*usagesync.Syncer, 3)
 		// Hot users (20 of them) so claims race with counts of the same user.
 		for i := range syncers {
 			// Each syncer is an "instance" with its own connection, so its
 			// claims interleave with the writers' commands on the server.
-			q := New(e.newClient(t), Config{Prefix: e.prefix})
+			q := e.cache(e.newClient(t), nil).SyncQueue(SyncQueueConfig{})
 			syncers[i] = e.syncer(t, q, "s"+strconv.Itoa(i), 16)
 			run.Go(func() { _ = syncers[i].Run(ctx) })
 		}
@@ -510,7 +522,7 @@ func TestLedgerOutageKeepsDeltasClaimedThenDrains(t *testing.T) {
 		}
 		// One batch (16 users) is claimed and held; nothing more is claimed
 		// during the outage; all 40 users are still pending.
-		if st.PendingUsers != 40 || st.HeldBatches != 1 || st.LastBatch == nil || st.LastBatch.Result != cachesync.ResultError {
+		if st.PendingUsers != 40 || st.HeldBatches != 1 || st.LastBatch == nil || st.LastBatch.Result != usagesync.ResultError {
 			t.Errorf("during the outage: %+v; want 40 pending users, 1 held batch, last result error", st)
 		}
 		fl.n.Store(2) // the outage ends after two more failures
@@ -525,10 +537,10 @@ func TestSweep(t *testing.T) {
 		q := e.queue(nil)
 		// A count whose mark was lost, and an in-flight entry of a batch that
 		// no longer exists (an overtaken owner's late claim).
-		if err := e.client.Do(ctx, e.client.B().Hincrby().Key(q.userKey(1, "pending")).Field(PeriodField(day1)).Increment(4).Build()).Error(); err != nil {
+		if err := e.client.Do(ctx, e.client.B().Hincrby().Key(q.keys.Pending(1)).Field(PeriodField(day1)).Increment(4).Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.client.Do(ctx, e.client.B().Hset().Key(q.userKey(2, "inflight")).FieldValue().FieldValue("gone|"+PeriodField(day2), "3").Build()).Error(); err != nil {
+		if err := e.client.Do(ctx, e.client.B().Hset().Key(q.keys.Inflight(2)).FieldValue().FieldValue(inflightField("gone", PeriodField(day2)), "3").Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
 		res, err := q.Sweep(ctx)
@@ -543,16 +555,16 @@ func TestSweep(t *testing.T) {
 	})
 }
 
-func TestMarkDirtyCmdKeepsFirstTime(t *testing.T) {
+func TestMarkDirtyKeepsFirstTime(t *testing.T) {
 	e := miniEnv(t, 0)
 	ctx := context.Background()
 	t0 := time.UnixMilli(1_700_000_000_000)
 	for i := range 3 {
-		if err := e.client.Do(ctx, MarkDirtyCmd(e.client, e.prefix, 7, t0.Add(time.Duration(i)*time.Second))).Error(); err != nil {
+		if err := e.client.Do(ctx, e.markAt(7, t0.Add(time.Duration(i)*time.Second))).Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	score, err := e.client.Do(ctx, e.client.B().Zscore().Key(DirtyKey(e.prefix)).Member("7").Build()).AsFloat64()
+	score, err := e.client.Do(ctx, e.client.B().Zscore().Key(e.keys().SyncDirty()).Member("7").Build()).AsFloat64()
 	if err != nil || int64(score) != t0.UnixMilli() {
 		t.Errorf("dirty score = %v, %v; want the first mark's time %d", score, err, t0.UnixMilli())
 	}
@@ -588,17 +600,16 @@ func BenchmarkSync50k(b *testing.B) {
 		p := PeriodField(day)
 		cmds := make(valkey.Commands, 0, 2*users)
 		for u := int64(1); u <= users; u++ {
-			uid := strconv.FormatInt(u, 10)
 			cmds = append(cmds,
-				e.client.B().Hincrby().Key(e.prefix+":{u:"+uid+"}:pending").Field(p).Increment(1).Build(),
-				MarkDirtyCmd(e.client, e.prefix, u, time.Now()))
+				e.client.B().Hincrby().Key(e.keys().Pending(u)).Field(p).Increment(1).Build(),
+				e.markAt(u, time.Now()))
 		}
 		for _, r := range e.client.DoMulti(ctx, cmds...) {
 			if err := r.Error(); err != nil {
 				b.Fatal(err)
 			}
 		}
-		s := e.syncer(b, e.queue(nil), fmt.Sprintf("bench%d", i), cachesync.DefaultFlushBatchSize)
+		s := e.syncer(b, e.queue(nil), fmt.Sprintf("bench%d", i), usagesync.DefaultFlushBatchSize)
 		b.StartTimer()
 		start := time.Now()
 		flush(b, s)
@@ -624,7 +635,7 @@ func TestTakeoverRefusesLiveLease(t *testing.T) {
 		// Listed as expired by a racing instance, but renewed since: the
 		// takeover script itself must refuse.
 		now := clk.Now()
-		err = q.scripts.takeover.Exec(ctx, e.client, []string{q.recordKey(b.Key), q.batches, q.batchinfo},
+		err = q.scripts.syncTakeover.Exec(ctx, e.client, q.recordKeys(b.Key),
 			[]string{b.Key, ms(now), "b", ms(now.Add(q.lease))}).Error()
 		if !valkey.IsValkeyNil(err) {
 			t.Fatalf("takeover of a live batch: err = %v, want nil reply", err)

@@ -1,25 +1,57 @@
-// Package valkey is warmpath's hot-path cache on Valkey (or Redis 7), built on
-// valkey-go: the quota counter with its write-behind pending deltas, the token
-// → principal cache with server-assisted client-side caching, and each user's
-// item set with a versioned read-your-writes protocol. Every multi-step
-// operation is one Lua script, so it is atomic and costs one round trip.
+// Package valkey is warmpath's one adapter to Valkey (or Redis 7), built on
+// valkey-go. It owns the client, the key scheme, the deadline of every call,
+// the classification of errors and every Lua script, and offers three types
+// on one connection:
+//
+//   - Cache, the hot path: the quota counter with its write-behind pending
+//     deltas, the token → principal cache with server-assisted client-side
+//     caching, and each user's item set with a versioned read-your-writes
+//     protocol.
+//   - SyncQueue (Cache.SyncQueue), the Valkey side of the usage sync: the
+//     dirty index the count marks and the claim → apply → acknowledge queue
+//     package usagesync drains into Postgres.
+//   - WarmState (Cache.WarmState), warmup's shared state: each user's warmup
+//     status and the per-user warmup lock.
+//
+// Every multi-step operation on one slot is one Lua script, so it is atomic
+// and costs one round trip.
 //
 // # Key scheme
 //
-// All per-user keys carry the hash tag {u:<id>}, so every key of one user
-// lands in the same Valkey Cluster slot and the scripts work unchanged on a
-// cluster. <prefix> defaults to "wp".
+// Every key of the tree is built by Keys (keys.go) and nowhere else. Per-user
+// keys carry the hash tag {u:<id>} and the sync's own keys the tag {sync}, so
+// every script touches one Valkey Cluster slot and the scheme works
+// unchanged on a cluster. <prefix> is VALKEY_PREFIX (default "wp").
 //
 //	<prefix>:{u:<id>}:use:<YYYYMMDD>       usage counter of the period that starts that day (string int, TTL)
-//	<prefix>:{u:<id>}:pending              hash: period (YYYYMMDD) → delta not yet synced to Postgres (no TTL)
-//	<prefix>:{u:<id>}:inflight             hash: "<batch>|<period>" → delta claimed by a sync batch (owned by valkeysync; read by SeedUsage)
+//	<prefix>:{u:<id>}:pending              hash: period (YYYYMMDD) → delta not yet claimed by a sync batch (no TTL)
+//	<prefix>:{u:<id>}:inflight             hash: "<batch>|<period>" → delta claimed by that batch, not yet acknowledged
 //	<prefix>:{u:<id>}:items                set of the user's items (absent when the set is empty)
 //	<prefix>:{u:<id>}:items:v              version of the cached set; its presence means "the set is warm"
 //	<prefix>:{u:<id>}:items:floor          lowest snapshot version a load may still install
 //	<prefix>:{u:<id>}:items:load:<random>  temporary set while a snapshot is loaded in chunks
-//	<prefix>:tok:<hex sha256>              principal JSON (domain.Principal) of a token hash
+//	<prefix>:{u:<id>}:warmup               warmup status JSON (warmup.Status), with a TTL
+//	<prefix>:{u:<id>}:warmup:lock          warmup lock token, SET NX PX; released by compare-and-delete
+//	<prefix>:tok:<hex sha256>              principal JSON (domain.Principal) of a token hash, or a revocation tombstone
+//	<prefix>:{sync}:dirty                  sorted set: user id, score = unix ms when it first became dirty
+//	<prefix>:{sync}:batch:<batch>          hash: owner, state (claiming|sealed), claimedAt, users, deltas
+//	<prefix>:{sync}:batches                sorted set: batch id, score = lease deadline (unix ms)
+//	<prefix>:{sync}:batchinfo              hash: batch id → "<users>,<oldest dirty ms>" (for stats)
 //
-// Use Cache.Key to build per-user keys and PeriodField to format a period.
+// # Deadlines
+//
+// Config.OpTimeout (VALKEY_TIMEOUT) bounds every call, that is every round
+// trip (a command, a script or a pipeline), unless the caller's context ends
+// sooner. An operation of several round trips (a sync claim of a large batch,
+// a sweep of the keyspace) puts the deadline on each of them, not on the
+// whole: its length grows with its work, never the wait on one answer.
+//
+// # Errors
+//
+// Connectivity failures (network errors, timeouts, a closed client or an
+// open circuit breaker, a server that is loading or failing over) wrap
+// domain.ErrUnavailable; other server replies (a script or type error) are
+// bugs, not outages, and are wrapped as they are.
 package valkey
 
 import (
@@ -27,7 +59,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -62,11 +93,9 @@ type Config struct {
 	// DisableClientCache turns client-side caching off, for servers without
 	// CLIENT TRACKING (miniredis).
 	DisableClientCache bool
-	// AfterCount, when set, builds a command that CheckAndCount pipelines
-	// right after its count script, in the same round trip: the write-behind
-	// sync's dirty mark (valkeysync.MarkDirtyCmd). It runs for every
-	// CheckAndCount, whatever the outcome, and must be idempotent.
-	AfterCount func(client valkey.Client, userID int64) valkey.Completed
+	// Now is the clock of dirty marks, counter TTLs, principal lifetimes and
+	// sync leases; default time.Now.
+	Now func() time.Time
 	// BreakerFailures consecutive outage errors open the circuit breaker
 	// (default DefaultBreakerFailures; negative disables it); it stays open
 	// for BreakerCooldown (default DefaultBreakerCooldown), then one call
@@ -88,18 +117,27 @@ func (cfg Config) withDefaults() Config {
 	if cfg.LocalTTL <= 0 {
 		cfg.LocalTTL = DefaultLocalTTL
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return cfg
 }
 
-// Cache is warmpath's Valkey cache. It is safe for concurrent use.
+// conn is what a Cache shares with the SyncQueue and WarmState made from it:
+// one client, one key scheme, one deadline, one clock, one set of scripts.
+type conn struct {
+	client    valkey.Client
+	keys      Keys
+	opTimeout time.Duration
+	now       func() time.Time
+	scripts   *scripts
+}
+
+// Cache is warmpath's hot-path cache. It is safe for concurrent use.
 type Cache struct {
-	client      valkey.Client
-	prefix      string
-	opTimeout   time.Duration
+	conn
 	localTTL    time.Duration
 	clientCache bool
-	afterCount  func(valkey.Client, int64) valkey.Completed
-	scripts     scripts
 	// lookup serves client-side-cached reads: the same connection and
 	// breaker as client, without Wrap's instrumentation, because a local hit
 	// (nearly every call) is not a network call and a span per hit would be
@@ -161,13 +199,15 @@ func normalizeURL(u string) string {
 func NewFromClient(client valkey.Client, cfg Config) *Cache {
 	cfg = cfg.withDefaults()
 	return &Cache{
-		client:      client,
-		prefix:      cfg.Prefix,
-		opTimeout:   cfg.OpTimeout,
+		conn: conn{
+			client:    client,
+			keys:      NewKeys(cfg.Prefix),
+			opTimeout: cfg.OpTimeout,
+			now:       cfg.Now,
+			scripts:   newScripts(),
+		},
 		localTTL:    min(cfg.LocalTTL, MaxLocalTTL),
 		clientCache: !cfg.DisableClientCache,
-		afterCount:  cfg.AfterCount,
-		scripts:     newScripts(),
 		lookup:      client,
 	}
 }
@@ -188,14 +228,20 @@ func (c *Cache) Ping(ctx context.Context) error {
 	return nil
 }
 
-// LoadScripts loads every Lua script into the script cache of every node, so
-// the first request after start does not pay for a NOSCRIPT fallback.
+// LoadScripts loads every Lua script of the package (the Cache's, the
+// SyncQueue's and the WarmState's) into the script cache of every node, so
+// the first call after start does not pay for a NOSCRIPT fallback.
 func (c *Cache) LoadScripts(ctx context.Context) error {
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
 	for _, node := range c.client.Nodes() {
-		for _, src := range c.scripts.sources() {
-			if err := node.Do(ctx, node.B().ScriptLoad().Script(src).Build()).Error(); err != nil {
+		cmds := make(valkey.Commands, 0, len(allScripts))
+		for _, src := range allScripts {
+			cmds = append(cmds, node.B().ScriptLoad().Script(src).Build())
+		}
+		ctx, cancel := c.opCtx(ctx)
+		res := node.DoMulti(ctx, cmds...)
+		cancel()
+		for _, r := range res {
+			if err := r.Error(); err != nil {
 				return wrapErr("script load", err)
 			}
 		}
@@ -203,54 +249,27 @@ func (c *Cache) LoadScripts(ctx context.Context) error {
 	return nil
 }
 
-// Key returns the key of one of a user's values: Key(7, "items", "v") is
-// "<prefix>:{u:7}:items:v". The cache sync loop uses Key(id, "pending") for
-// the pending-delta hash, whose fields are PeriodField values.
-func (c *Cache) Key(userID int64, parts ...string) string {
-	n := len(c.prefix) + 24
-	for _, p := range parts {
-		n += len(p) + 1
-	}
-	b := make([]byte, 0, n)
-	b = append(b, c.prefix...)
-	b = append(b, ":{u:"...)
-	b = strconv.AppendInt(b, userID, 10)
-	b = append(b, '}')
-	for _, p := range parts {
-		b = append(b, ':')
-		b = append(b, p...)
-	}
-	return string(b)
-}
-
-// PeriodField formats the UTC start of a usage period as YYYYMMDD: the suffix
-// of the usage counter key and the field of the pending hash.
-func PeriodField(periodStart time.Time) string {
-	return periodStart.UTC().Format("20060102")
-}
+// Keys returns the key builder of the Cache's prefix.
+func (c *Cache) Keys() Keys { return c.keys }
 
 // opCtx puts the OpTimeout deadline on ctx unless ctx already ends sooner
-// (skipping the timer keeps the warm paths cheaper).
-func (c *Cache) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+// (skipping the timer keeps the warm paths cheaper). It is the deadline of
+// every call of the package (see Deadlines in the package comment).
+func (c *conn) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= c.opTimeout {
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, c.opTimeout)
 }
 
-// wrapErr names the operation and marks outages with domain.ErrUnavailable.
-func wrapErr(op string, err error) error { return WrapErr("valkey "+op, err) }
-
-// WrapErr names the operation and marks connectivity failures (network
-// errors, timeouts, a closed client or open breaker, a server that is loading
-// or failing over) with domain.ErrUnavailable. Other server replies (a script
-// or type error) are bugs, not outages, and are wrapped as they are. Every
-// package that talks to Valkey classifies errors through it.
-func WrapErr(op string, err error) error {
+// wrapErr names the operation ("valkey <op>") and classifies err (see
+// Errors in the package comment): the one error classification of the
+// package.
+func wrapErr(op string, err error) error {
 	if ve, ok := valkey.IsValkeyErr(err); ok && !transient(ve) {
-		return fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("valkey %s: %w", op, err)
 	}
-	return fmt.Errorf("%s: %w: %w", op, domain.ErrUnavailable, err)
+	return fmt.Errorf("valkey %s: %w: %w", op, domain.ErrUnavailable, err)
 }
 
 func transient(ve *valkey.ValkeyError) bool {

@@ -2,25 +2,23 @@ package valkey_test
 
 import (
 	"slices"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
 func TestCheckAndCount(t *testing.T) {
 	onEachBackend(t, func(t *testing.T, c *valkey.Cache) {
 		ctx := t.Context()
 		const user = 42
-		counter, pending := c.Key(user, "use", "20250314"), c.Key(user, "pending")
+		counter, pending := c.Keys().Counter(user, day), c.Keys().Pending(user)
 
-		got, err := c.CheckAndCount(ctx, user, day, 7, time.Hour)
+		got, err := c.CheckAndCount(ctx, user, day, reset(day), 7)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,7 +32,7 @@ func TestCheckAndCount(t *testing.T) {
 			t.Fatalf("cold check must not count pending, got %q", p)
 		}
 
-		if err := c.SeedUsage(ctx, user, day, 5, time.Hour); err != nil {
+		if err := c.SeedUsage(ctx, user, day, reset(day), 5); err != nil {
 			t.Fatal(err)
 		}
 		steps := []valkey.UsageResult{
@@ -44,7 +42,7 @@ func TestCheckAndCount(t *testing.T) {
 			{Outcome: valkey.Denied, Used: 7},
 		}
 		for i, want := range steps {
-			got, err := c.CheckAndCount(ctx, user, day, 7, time.Hour)
+			got, err := c.CheckAndCount(ctx, user, day, reset(day), 7)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -58,15 +56,15 @@ func TestCheckAndCount(t *testing.T) {
 		if p := rawHGet(t, c, pending, "20250314"); p != "2" {
 			t.Fatalf("pending = %q, want 2 (only allowed requests count)", p)
 		}
-		if ttl := rawPTTL(t, c, counter); ttl <= 0 || ttl > time.Hour.Milliseconds() {
-			t.Fatalf("counter PTTL = %d, want in (0, 1h]", ttl)
+		if ttl := rawPTTL(t, c, counter); ttl <= (counterTTL-time.Minute).Milliseconds() || ttl > counterTTL.Milliseconds() {
+			t.Fatalf("counter PTTL = %d, want in (%v - 1m, %v]: until the period's reset plus slack", ttl, counterTTL, counterTTL)
 		}
 		if ttl := rawPTTL(t, c, pending); ttl != -1 {
 			t.Fatalf("pending PTTL = %d, want -1: pending deltas must never expire", ttl)
 		}
 
 		// Another period is another counter.
-		got, err = c.CheckAndCount(ctx, user, day.AddDate(0, 0, 1), 7, time.Hour)
+		got, err = c.CheckAndCount(ctx, user, day.AddDate(0, 0, 1), reset(day.AddDate(0, 0, 1)), 7)
 		if err != nil || got.Outcome != valkey.Cold {
 			t.Fatalf("next period: got %+v, %v; want cold", got, err)
 		}
@@ -76,16 +74,16 @@ func TestCheckAndCount(t *testing.T) {
 func TestCheckAndCountReappliesMissingTTL(t *testing.T) {
 	onEachBackend(t, func(t *testing.T, c *valkey.Cache) {
 		ctx := t.Context()
-		counter := c.Key(1, "use", valkey.PeriodField(day))
+		counter := c.Keys().Counter(1, day)
 		// A counter without TTL (e.g. left by a PERSIST) gets one on the next count.
 		if err := c.Client().Do(ctx, c.Client().B().Set().Key(counter).Value("3").Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.CheckAndCount(ctx, 1, day, 10, time.Minute); err != nil {
+		if _, err := c.CheckAndCount(ctx, 1, day, reset(day), 10); err != nil {
 			t.Fatal(err)
 		}
-		if ttl := rawPTTL(t, c, counter); ttl <= 0 || ttl > time.Minute.Milliseconds() {
-			t.Fatalf("PTTL = %d, want in (0, 1m]", ttl)
+		if ttl := rawPTTL(t, c, counter); ttl <= (counterTTL-time.Minute).Milliseconds() || ttl > counterTTL.Milliseconds() {
+			t.Fatalf("PTTL = %d, want in (%v - 1m, %v]", ttl, counterTTL, counterTTL)
 		}
 	})
 }
@@ -94,29 +92,29 @@ func TestSeedUsage(t *testing.T) {
 	onEachBackend(t, func(t *testing.T, c *valkey.Cache) {
 		ctx := t.Context()
 		const user = 7
-		pending := c.Key(user, "pending")
+		pending := c.Keys().Pending(user)
 		// Three requests counted earlier are not yet in Postgres.
 		if err := c.Client().Do(ctx, c.Client().B().Hset().Key(pending).FieldValue().FieldValue(valkey.PeriodField(day), "3").Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.SeedUsage(ctx, user, day, 10, time.Hour); err != nil {
+		if err := c.SeedUsage(ctx, user, day, reset(day), 10); err != nil {
 			t.Fatal(err)
 		}
 		if used, _, _ := c.Usage(ctx, user, day); used != 13 {
 			t.Fatalf("seeded usage = %d, want persisted 10 + pending 3", used)
 		}
 		// A second seeding (another instance, or a stale Postgres read) loses.
-		if err := c.SeedUsage(ctx, user, day, 0, time.Hour); err != nil {
+		if err := c.SeedUsage(ctx, user, day, reset(day), 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.SeedUsage(ctx, user, day, 10, time.Hour); err != nil {
+		if err := c.SeedUsage(ctx, user, day, reset(day), 10); err != nil {
 			t.Fatal(err)
 		}
 		if used, _, _ := c.Usage(ctx, user, day); used != 13 {
 			t.Fatalf("usage after reseeding = %d, want 13 unchanged", used)
 		}
-		if ttl := rawPTTL(t, c, c.Key(user, "use", valkey.PeriodField(day))); ttl <= 0 {
-			t.Fatalf("seeded counter PTTL = %d, want > 0", ttl)
+		if ttl := rawPTTL(t, c, c.Keys().Counter(user, day)); ttl <= (counterTTL-time.Minute).Milliseconds() || ttl > counterTTL.Milliseconds() {
+			t.Fatalf("seeded counter PTTL = %d, want in (%v - 1m, %v]: until the period's reset plus slack", ttl, counterTTL, counterTTL)
 		}
 	})
 }
@@ -129,7 +127,7 @@ func TestCheckAndCountConcurrent(t *testing.T) {
 			workers = 400
 			limit   = 100
 		)
-		if err := c.SeedUsage(ctx, user, day, 0, time.Hour); err != nil {
+		if err := c.SeedUsage(ctx, user, day, reset(day), 0); err != nil {
 			t.Fatal(err)
 		}
 		var (
@@ -142,7 +140,7 @@ func TestCheckAndCountConcurrent(t *testing.T) {
 		for range workers {
 			wg.Go(func() {
 				<-start
-				r, err := c.CheckAndCount(ctx, user, day, limit, time.Hour)
+				r, err := c.CheckAndCount(ctx, user, day, reset(day), limit)
 				mu.Lock()
 				defer mu.Unlock()
 				switch {
@@ -168,7 +166,7 @@ func TestCheckAndCountConcurrent(t *testing.T) {
 				t.Fatalf("allowed Used values are not 1..%d: %v", limit, allowed)
 			}
 		}
-		if p := rawHGet(t, c, c.Key(user, "pending"), valkey.PeriodField(day)); p != "100" {
+		if p := rawHGet(t, c, c.Keys().Pending(user), valkey.PeriodField(day)); p != "100" {
 			t.Fatalf("pending = %q, want 100", p)
 		}
 	})
@@ -180,15 +178,15 @@ func TestSeedUsageCountsInFlightDeltas(t *testing.T) {
 		const user = 8
 		b := c.Client().B()
 		for _, cmd := range []valkeygo.Completed{
-			b.Hset().Key(c.Key(user, "pending")).FieldValue().FieldValue("20250314", "3").FieldValue("20250315", "100").Build(),
+			b.Hset().Key(c.Keys().Pending(user)).FieldValue().FieldValue("20250314", "3").FieldValue("20250315", "100").Build(),
 			// Claimed by sync batches, maybe not yet in Postgres.
-			b.Hset().Key(c.Key(user, "inflight")).FieldValue().FieldValue("b1|20250314", "2").FieldValue("b2|20250314", "4").FieldValue("b2|20250315", "50").Build(),
+			b.Hset().Key(c.Keys().Inflight(user)).FieldValue().FieldValue("b1|20250314", "2").FieldValue("b2|20250314", "4").FieldValue("b2|20250315", "50").Build(),
 		} {
 			if err := c.Client().Do(ctx, cmd).Error(); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := c.SeedUsage(ctx, user, day, 10, time.Hour); err != nil {
+		if err := c.SeedUsage(ctx, user, day, reset(day), 10); err != nil {
 			t.Fatal(err)
 		}
 		if used, _, _ := c.Usage(ctx, user, day); used != 19 {
@@ -197,30 +195,30 @@ func TestSeedUsageCountsInFlightDeltas(t *testing.T) {
 	})
 }
 
-// TestAfterCount: the follow-up command is pipelined after the count, also
-// when the script is not yet loaded (a fresh miniredis answers NOSCRIPT
-// first), and the count still happens exactly once.
-func TestAfterCount(t *testing.T) {
+// TestCountMarksDirty: every count marks its user dirty for the usage sync
+// in the same pipeline, after the count, also when the script is not yet
+// loaded (a fresh miniredis answers NOSCRIPT first, and count and mark are
+// resent), and the count still happens exactly once. The mark keeps the
+// first time (the adapter's clock) and a refund marks again.
+func TestCountMarksDirty(t *testing.T) {
 	m := miniredis.RunT(t)
-	var calls atomic.Int64
-	c, err := valkey.New(t.Context(), valkey.Config{
-		URL:                "redis://" + m.Addr(),
-		DisableClientCache: true,
-		AfterCount: func(client valkeygo.Client, userID int64) valkeygo.Completed {
-			calls.Add(1)
-			return client.B().Zadd().Key("wp:{sync}:dirty").Nx().ScoreMember().ScoreMember(1, strconv.FormatInt(userID, 10)).Build()
-		},
-	})
+	cfg := testConfig()
+	cfg.URL, cfg.DisableClientCache = "redis://"+m.Addr(), true
+	c, err := valkey.New(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	ctx := t.Context()
-	if err := c.SeedUsage(ctx, 5, day, 0, time.Hour); err != nil {
+	k := c.Keys()
+	if err := c.SeedUsage(ctx, 5, day, reset(day), 0); err != nil {
 		t.Fatal(err)
 	}
+	if n, _ := m.ZMembers(k.SyncDirty()); len(n) != 0 {
+		t.Fatalf("dirty index after a seed = %v, want empty (only counts mark)", n)
+	}
 	for i := range int64(3) {
-		r, err := c.CheckAndCount(ctx, 5, day, 2, time.Hour)
+		r, err := c.CheckAndCount(ctx, 5, day, reset(day), 2)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,16 +230,27 @@ func TestAfterCount(t *testing.T) {
 			t.Fatalf("call %d: %+v, want %+v", i, r, want)
 		}
 	}
-	// 3 calls + 1 resend after the first call's NOSCRIPT (EVAL caches the
-	// script, so later EVALSHAs succeed).
-	if n := calls.Load(); n != 4 {
-		t.Fatalf("AfterCount built %d commands, want 4", n)
-	}
-	members, err := m.ZMembers("wp:{sync}:dirty")
+	members, err := m.ZMembers(k.SyncDirty())
 	if err != nil || !slices.Equal(members, []string{"5"}) {
 		t.Fatalf("dirty index = %v, %v; want [5]", members, err)
 	}
-	if p := m.HGet("wp:{u:5}:pending", "20250314"); p != "2" {
+	if score, err := m.ZScore(k.SyncDirty(), "5"); err != nil || int64(score) != testNow.UnixMilli() {
+		t.Fatalf("dirty score = %v, %v; want the adapter clock's %d", score, err, testNow.UnixMilli())
+	}
+	if p := m.HGet(k.Pending(5), "20250314"); p != "2" {
 		t.Fatalf("pending = %q, want 2", p)
+	}
+	// A refund marks the user again (the sync must carry the -1).
+	if _, err := m.ZRem(k.SyncDirty(), "5"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refund(ctx, 5, day); err != nil {
+		t.Fatal(err)
+	}
+	if members, _ := m.ZMembers(k.SyncDirty()); !slices.Equal(members, []string{"5"}) {
+		t.Fatalf("dirty index after a refund = %v, want [5]", members)
+	}
+	if p := m.HGet(k.Pending(5), "20250314"); p != "1" {
+		t.Fatalf("pending after a refund = %q, want 1", p)
 	}
 }

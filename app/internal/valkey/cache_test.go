@@ -9,19 +9,33 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
-	"github.com/warmpath/warmpath/app/internal/cache/valkeytest"
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 )
 
-func TestKey(t *testing.T) {
+func TestKeys(t *testing.T) {
 	c := valkey.NewFromClient(nil, valkey.Config{})
+	k := c.Keys()
+	hash := domain.TokenHash{0xab, 0x01}
 	tests := []struct {
 		got, want string
 	}{
-		{c.Key(7), "wp:{u:7}"},
-		{c.Key(7, "items", "v"), "wp:{u:7}:items:v"},
-		{c.Key(-1, "use", valkey.PeriodField(time.Date(2025, 3, 14, 0, 0, 0, 0, time.UTC))), "wp:{u:-1}:use:20250314"},
+		{k.Pending(7), "wp:{u:7}:pending"},
+		{k.Inflight(7), "wp:{u:7}:inflight"},
+		{k.Items(7), "wp:{u:7}:items"},
+		{k.ItemsVersion(7), "wp:{u:7}:items:v"},
+		{k.ItemsFloor(7), "wp:{u:7}:items:floor"},
+		{k.ItemsLoad(7, "x"), "wp:{u:7}:items:load:x"},
+		{k.WarmupStatus(7), "wp:{u:7}:warmup"},
+		{k.WarmupLock(7), "wp:{u:7}:warmup:lock"},
+		{k.Counter(-1, time.Date(2025, 3, 14, 0, 0, 0, 0, time.UTC)), "wp:{u:-1}:use:20250314"},
+		{k.Token(hash), "wp:tok:ab01" + strings.Repeat("00", 30)},
+		{k.SyncDirty(), "wp:{sync}:dirty"},
+		{k.SyncBatches(), "wp:{sync}:batches"},
+		{k.SyncBatchInfo(), "wp:{sync}:batchinfo"},
+		{k.SyncBatch("b1"), "wp:{sync}:batch:b1"},
+		{valkey.NewKeys("p").Pending(1), "p:{u:1}:pending"},
 		// A period start given in another zone is still the UTC day.
 		{valkey.PeriodField(time.Date(2025, 3, 14, 1, 0, 0, 0, time.FixedZone("CET", 3600))), "20250314"},
 	}
@@ -84,7 +98,7 @@ func TestUnavailable(t *testing.T) {
 		defer c.Close()
 		m.Close()
 		ctx := t.Context()
-		_, err = c.CheckAndCount(ctx, 1, day, 10, time.Hour)
+		_, err = c.CheckAndCount(ctx, 1, day, reset(day), 10)
 		if !errors.Is(err, domain.ErrUnavailable) {
 			t.Fatalf("CheckAndCount err = %v, want ErrUnavailable", err)
 		}
@@ -100,10 +114,10 @@ func TestUnavailable(t *testing.T) {
 	t.Run("server error is not unavailability", func(t *testing.T) {
 		c := valkeytest.NewMiniredis(t)
 		// A counter that is not a number makes the script fail: a bug, not an outage.
-		if err := c.Client().Do(t.Context(), c.Client().B().Set().Key(c.Key(1, "use", valkey.PeriodField(day))).Value("x").Build()).Error(); err != nil {
+		if err := c.Client().Do(t.Context(), c.Client().B().Set().Key(c.Keys().Counter(1, day)).Value("x").Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
-		_, err := c.CheckAndCount(t.Context(), 1, day, 10, time.Hour)
+		_, err := c.CheckAndCount(t.Context(), 1, day, reset(day), 10)
 		if err == nil || errors.Is(err, domain.ErrUnavailable) {
 			t.Fatalf("err = %v, want a non-ErrUnavailable error", err)
 		}
@@ -116,15 +130,15 @@ func TestStartEmbedded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	c, err := valkey.New(t.Context(), valkey.Config{URL: url, DisableClientCache: true})
+	c, err := valkey.New(t.Context(), valkey.Config{URL: url, DisableClientCache: true, Now: testConfig().Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.SeedUsage(t.Context(), 1, day, 0, time.Hour); err != nil {
+	if err := c.SeedUsage(t.Context(), 1, day, reset(day), 0); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.CheckAndCount(t.Context(), 1, day, 1, time.Hour); err != nil || r.Outcome != valkey.Allowed {
+	if r, err := c.CheckAndCount(t.Context(), 1, day, reset(day), 1); err != nil || r.Outcome != valkey.Allowed {
 		t.Fatalf("CheckAndCount = %+v, %v", r, err)
 	}
 }

@@ -10,9 +10,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
-	"github.com/warmpath/warmpath/app/internal/cache/valkeytest"
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 )
 
 func testPrincipal() domain.Principal {

@@ -1,82 +1,55 @@
-package warmstate_test
+package valkey_test
 
 import (
 	"context"
 	"crypto/rand"
-	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
-	valkey "github.com/valkey-io/valkey-go"
+	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/warmpath/warmpath/app/internal/cache/warmstate"
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
-// newClient connects to VALKEY_URL (skipping without it) and removes the
-// test's keys at the end.
-func newClient(t *testing.T, prefix string) valkey.Client {
+// newClient is a connection to VALKEY_URL (skipping without it) whose
+// prefix's keys are removed at the end.
+func newClient(t *testing.T, prefix string) valkeygo.Client {
 	t.Helper()
-	url := os.Getenv("VALKEY_URL")
-	if url == "" {
-		t.Skip("VALKEY_URL not set: skipping test against a real Valkey/Redis")
-	}
-	url = strings.Replace(url, "valkey://", "redis://", 1)
-	opt, err := valkey.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := valkey.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		var cursor uint64
-		for {
-			e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
-			if err != nil {
-				t.Errorf("cleanup scan: %v", err)
-				break
-			}
-			if len(e.Elements) > 0 {
-				c.Do(ctx, c.B().Del().Key(e.Elements...).Build())
-			}
-			if cursor = e.Cursor; cursor == 0 {
-				break
-			}
-		}
-		c.Close()
-	})
-	return c
+	return valkeytest.NewWith(t, valkey.Config{Prefix: prefix, DisableClientCache: true}).Client()
+}
+
+// newWarmState is the WarmState of a Cache on client with prefix, as the
+// wiring makes it.
+func newWarmState(client valkeygo.Client, prefix string) *valkey.WarmState {
+	return valkey.NewFromClient(client, valkey.Config{Prefix: prefix, DisableClientCache: true}).WarmState()
 }
 
 func newPrefix() string { return "wptest-warmstate-" + rand.Text()[:10] }
 
 func TestLockExclusiveAndOwnedRelease(t *testing.T) {
 	prefix := newPrefix()
-	testLockExclusive(t, warmstate.New(newClient(t, prefix), prefix), warmstate.New(newClient(t, prefix), prefix))
+	testLockExclusive(t, newWarmState(newClient(t, prefix), prefix), newWarmState(newClient(t, prefix), prefix))
 }
 
 // TestEmbedded runs the lock and status semantics on miniredis, the
 // embedded default, so they hold without VALKEY_URL too.
 func TestEmbedded(t *testing.T) {
 	mr := miniredis.RunT(t)
-	newMini := func() valkey.Client {
-		c, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true})
+	newMini := func() valkeygo.Client {
+		c, err := valkeygo.NewClient(valkeygo.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(c.Close)
 		return c
 	}
-	a, b := warmstate.New(newMini(), "wp"), warmstate.New(newMini(), "wp")
+	a, b := newWarmState(newMini(), "wp"), newWarmState(newMini(), "wp")
 	testLockExclusive(t, a, b)
 	ctx := context.Background()
 	st := warmup.Status{State: warmup.StateReady, Parts: map[string]warmup.PartStatus{warmup.PartItems: {State: warmup.StateReady}}}
@@ -90,12 +63,12 @@ func TestEmbedded(t *testing.T) {
 	if diff := cmp.Diff(st, got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
-	if !mr.Exists("wp:{u:9}:warmup") || !mr.Exists("wp:{u:1}:warmup:lock") {
+	if k := valkey.NewKeys("wp"); !mr.Exists(k.WarmupStatus(9)) || !mr.Exists(k.WarmupLock(1)) {
 		t.Errorf("keys = %v; want the documented scheme", mr.Keys())
 	}
 }
 
-func testLockExclusive(t *testing.T, a, b *warmstate.Store) {
+func testLockExclusive(t *testing.T, a, b *valkey.WarmState) {
 	t.Helper()
 	ctx := context.Background()
 
@@ -135,22 +108,23 @@ func testLockExclusive(t *testing.T, a, b *warmstate.Store) {
 func TestLockKeyAndExpiry(t *testing.T) {
 	prefix := newPrefix()
 	c := newClient(t, prefix)
-	s := warmstate.New(c, prefix)
+	s := newWarmState(c, prefix)
 	ctx := context.Background()
-	if got, want := s.LockKey(7), prefix+":{u:7}:warmup:lock"; got != want {
+	k := valkey.NewKeys(prefix)
+	if got, want := k.WarmupLock(7), prefix+":{u:7}:warmup:lock"; got != want {
 		t.Fatalf("lock key = %q; want %q", got, want)
 	}
 	if ok, err := s.Acquire(ctx, 7, "A", 200*time.Millisecond); err != nil || !ok {
 		t.Fatalf("acquire = %v, %v", ok, err)
 	}
-	pttl, err := c.Do(ctx, c.B().Pttl().Key(s.LockKey(7)).Build()).AsInt64()
+	pttl, err := c.Do(ctx, c.B().Pttl().Key(k.WarmupLock(7)).Build()).AsInt64()
 	if err != nil || pttl <= 0 || pttl > 200 {
 		t.Fatalf("lock PTTL = %d, %v; want in (0, 200] ms", pttl, err)
 	}
 	if ok, _ := s.Extend(ctx, 7, "A", 10*time.Second); !ok {
 		t.Fatal("extend by the owner failed")
 	}
-	if pttl, _ := c.Do(ctx, c.B().Pttl().Key(s.LockKey(7)).Build()).AsInt64(); pttl <= 200 {
+	if pttl, _ := c.Do(ctx, c.B().Pttl().Key(k.WarmupLock(7)).Build()).AsInt64(); pttl <= 200 {
 		t.Fatalf("PTTL after extend = %d; want > 200 ms", pttl)
 	}
 	if ok, _ := s.Extend(ctx, 7, "A", 50*time.Millisecond); !ok {
@@ -179,7 +153,7 @@ func TestLockKeyAndExpiry(t *testing.T) {
 func TestStatusRoundTrip(t *testing.T) {
 	prefix := newPrefix()
 	c := newClient(t, prefix)
-	s := warmstate.New(c, prefix)
+	s := newWarmState(c, prefix)
 	ctx := context.Background()
 
 	if _, found, err := s.Get(ctx, 3); err != nil || found {
@@ -207,7 +181,7 @@ func TestStatusRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
-	if pttl, _ := c.Do(ctx, c.B().Pttl().Key(prefix+":{u:3}:warmup").Build()).AsInt64(); pttl <= 0 || pttl > 60000 {
+	if pttl, _ := c.Do(ctx, c.B().Pttl().Key(valkey.NewKeys(prefix).WarmupStatus(3)).Build()).AsInt64(); pttl <= 0 || pttl > 60000 {
 		t.Errorf("status PTTL = %d; want in (0, 60000] ms", pttl)
 	}
 	if err := s.Delete(ctx, 3); err != nil {
@@ -227,8 +201,8 @@ func TestTwoManagersShareStatusAndLock(t *testing.T) {
 	storeA, storeB := &gatedStore{gate: release, started: make(chan struct{}, 10)}, &gatedStore{started: make(chan struct{}, 10)}
 	doneA, doneB := make(chan string, 10), make(chan string, 10)
 	warm := &warmSet{m: map[int64]bool{}}
-	ma := newManager(t, warmstate.New(newClient(t, prefix), prefix), storeA, warm, doneA)
-	mb := newManager(t, warmstate.New(newClient(t, prefix), prefix), storeB, warm, doneB)
+	ma := newManager(t, newWarmState(newClient(t, prefix), prefix), storeA, warm, doneA)
+	mb := newManager(t, newWarmState(newClient(t, prefix), prefix), storeB, warm, doneB)
 	ma.Start(ctx)
 	mb.Start(ctx)
 
@@ -273,7 +247,7 @@ func TestTwoManagersShareStatusAndLock(t *testing.T) {
 	}
 }
 
-func newManager(t *testing.T, s *warmstate.Store, store *gatedStore, warm *warmSet, done chan string) *warmup.Manager {
+func newManager(t *testing.T, s *valkey.WarmState, store *gatedStore, warm *warmSet, done chan string) *warmup.Manager {
 	t.Helper()
 	c := &memCache{warm: warm}
 	m, err := warmup.New(warmup.Config{
@@ -361,7 +335,7 @@ type memCache struct{ warm *warmSet }
 func (c *memCache) PutPrincipal(context.Context, domain.TokenHash, domain.Principal, time.Duration) error {
 	return nil
 }
-func (c *memCache) SeedUsage(context.Context, int64, time.Time, int64, time.Duration) error {
+func (c *memCache) Seed(context.Context, int64, domain.Period) error {
 	return nil
 }
 func (c *memCache) ItemsWarm(_ context.Context, id int64) (int64, bool, error) {
@@ -383,7 +357,7 @@ func (l *memLoad) Abort(context.Context) error { return nil }
 
 func TestLockSwapIsCompareAndSwap(t *testing.T) {
 	prefix := newPrefix()
-	s := warmstate.New(newClient(t, prefix), prefix)
+	s := newWarmState(newClient(t, prefix), prefix)
 	ctx := context.Background()
 	if _, held, err := s.Holder(ctx, 9); err != nil || held {
 		t.Fatalf("holder of a free lock = %v, %v", held, err)

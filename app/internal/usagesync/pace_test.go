@@ -1,4 +1,4 @@
-package cachesync
+package usagesync
 
 import (
 	"context"
@@ -11,9 +11,37 @@ import (
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
 
-// slowLedger takes at least `took` per batch and records when each began.
+// fakeClock is a manual clock: it moves only when a test (or a fake that
+// "takes time") advances it, so pacing is checked without sleeping.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// Wait is a Config.Wait that passes d on the clock at once.
+func (c *fakeClock) Wait(ctx context.Context, d time.Duration) error {
+	c.Advance(d)
+	return ctx.Err()
+}
+
+// slowLedger takes `took` of the clock per batch and records when each began.
 type slowLedger struct {
 	*fakeLedger
+	clock  *fakeClock
 	took   time.Duration
 	mu     sync.Mutex
 	starts []time.Time
@@ -22,10 +50,10 @@ type slowLedger struct {
 
 func (l *slowLedger) ApplyUsageBatch(ctx context.Context, b domain.UsageBatch) (bool, error) {
 	l.mu.Lock()
-	l.starts = append(l.starts, time.Now())
+	l.starts = append(l.starts, l.clock.Now())
 	l.sizes = append(l.sizes, len(b.Deltas))
 	l.mu.Unlock()
-	time.Sleep(l.took)
+	l.clock.Advance(l.took)
 	return l.fakeLedger.ApplyUsageBatch(ctx, b)
 }
 
@@ -41,8 +69,10 @@ func TestLoopPacesBacklogFlushDoesNot(t *testing.T) {
 
 	// The loop: batches of 3, each followed by a rest of at least Pace × its
 	// duration before the next one.
-	l := &slowLedger{fakeLedger: newFakeLedger(), took: took}
-	s := newSyncer(t, Config{Interval: time.Hour, Store: l, Queue: newFakeQueue(pending()), BatchSize: 3, FlushBatchSize: 9, Pace: 2})
+	clk := newFakeClock()
+	l := &slowLedger{fakeLedger: newFakeLedger(), clock: clk, took: took}
+	s := newSyncer(t, Config{Interval: time.Hour, Store: l, Queue: newFakeQueue(pending()), BatchSize: 3, FlushBatchSize: 9, Pace: 2,
+		Now: clk.Now, Wait: clk.Wait})
 	if _, err := s.pass(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -56,13 +86,19 @@ func TestLoopPacesBacklogFlushDoesNot(t *testing.T) {
 	}
 
 	// Flush: one big batch, no rest.
-	l2 := &slowLedger{fakeLedger: newFakeLedger(), took: took}
-	s2 := newSyncer(t, Config{Interval: time.Hour, Store: l2, Queue: newFakeQueue(pending()), BatchSize: 3, FlushBatchSize: 9, Pace: 2})
+	clk2 := newFakeClock()
+	var rests int
+	l2 := &slowLedger{fakeLedger: newFakeLedger(), clock: clk2, took: took}
+	s2 := newSyncer(t, Config{Interval: time.Hour, Store: l2, Queue: newFakeQueue(pending()), BatchSize: 3, FlushBatchSize: 9, Pace: 2,
+		Now: clk2.Now, Wait: func(ctx context.Context, d time.Duration) error { rests++; return clk2.Wait(ctx, d) }})
 	if err := s2.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff([]int{9}, l2.sizes); d != "" {
 		t.Fatalf("flush batch sizes (-want +got):\n%s", d)
+	}
+	if rests != 0 {
+		t.Fatalf("flush rested %d times, want never", rests)
 	}
 	got, _ := l2.snapshot()
 	if len(got) != 9 {
@@ -77,8 +113,10 @@ func TestPacedPassYieldsAfterAnInterval(t *testing.T) {
 	for u := int64(1); u <= 9; u++ {
 		m[u] = 1
 	}
-	l := &slowLedger{fakeLedger: newFakeLedger(), took: 5 * time.Millisecond}
-	s := newSyncer(t, Config{Interval: time.Millisecond, Store: l, Queue: newFakeQueue(m), BatchSize: 3, Pace: -1})
+	clk := newFakeClock()
+	l := &slowLedger{fakeLedger: newFakeLedger(), clock: clk, took: 5 * time.Millisecond}
+	s := newSyncer(t, Config{Interval: time.Millisecond, Store: l, Queue: newFakeQueue(m), BatchSize: 3, Pace: -1,
+		Now: clk.Now, Wait: clk.Wait})
 	drained, err := s.pass(context.Background(), true)
 	if err != nil || drained {
 		t.Fatalf("pass = drained %v, %v; want a partial pass", drained, err)

@@ -6,8 +6,8 @@ import (
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
-	"github.com/warmpath/warmpath/app/internal/cache/valkeytest"
+	"github.com/warmpath/warmpath/app/internal/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 )
 
 // onEachBackend runs f against the real server (when VALKEY_URL is set) and
@@ -18,8 +18,8 @@ func onEachBackend(t *testing.T, f func(t *testing.T, c *valkey.Cache)) {
 		name string
 		open func(testing.TB) *valkey.Cache
 	}{
-		{"valkey", valkeytest.New},
-		{"miniredis", valkeytest.NewMiniredis},
+		{"valkey", func(t testing.TB) *valkey.Cache { return valkeytest.NewWith(t, testConfig()) }},
+		{"miniredis", func(t testing.TB) *valkey.Cache { return valkeytest.NewMiniredisWith(t, testConfig()) }},
 	}
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
@@ -29,8 +29,23 @@ func onEachBackend(t *testing.T, f func(t *testing.T, c *valkey.Cache)) {
 	}
 }
 
-// day is a fixed period start; the cache never looks at the clock.
-var day = time.Date(2025, 3, 14, 0, 0, 0, 0, time.UTC)
+// day is a fixed period start (of a daily period), and testNow the test
+// caches' clock: 12 h into that day. A counter of day therefore lives
+// counterTTL: the 12 h until its reset plus the adapter's hour of slack.
+var (
+	day     = time.Date(2025, 3, 14, 0, 0, 0, 0, time.UTC)
+	testNow = day.Add(12 * time.Hour)
+)
+
+const counterTTL = 13 * time.Hour
+
+// reset is the reset of the daily period that starts at start.
+func reset(start time.Time) time.Time { return start.AddDate(0, 0, 1) }
+
+// testConfig is the config of the test caches: the clock pinned at testNow.
+func testConfig() valkey.Config {
+	return valkey.Config{Now: func() time.Time { return testNow }}
+}
 
 // rawGet returns the string at key, "" when absent.
 func rawGet(t *testing.T, c *valkey.Cache, key string) string {

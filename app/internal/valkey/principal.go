@@ -2,7 +2,6 @@ package valkey
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -22,7 +21,7 @@ import (
 func (c *Cache) Principal(ctx context.Context, hash domain.TokenHash) (p domain.Principal, found bool, err error) {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	key := c.tokenKey(hash)
+	key := c.keys.Token(hash)
 	var b []byte
 	if c.clientCache {
 		b, err = c.lookup.DoCache(ctx, c.lookup.B().Get().Key(key).Cache(), c.localTTL).AsBytes()
@@ -87,16 +86,30 @@ const (
 // the real time; the cache only needs to say "revoked").
 var revokedSentinel = time.Unix(0, 0).UTC()
 
-// PutPrincipal caches the principal of a token hash for ttl, unless the token
-// was revoked meanwhile (see putPrincipalLua).
-func (c *Cache) PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, ttl time.Duration) error {
+// PrincipalTTL is how long a principal may stay in the shared cache: maxTTL
+// (CACHE_TTL), or, for a token that expires sooner, just long enough past its
+// expiry to answer "expired" from the cache. It is the one lifetime rule of
+// cached principals (PutPrincipal applies it).
+func PrincipalTTL(p domain.Principal, maxTTL time.Duration, now time.Time) time.Duration {
+	if p.ExpiresAt != nil {
+		if until := p.ExpiresAt.Sub(now); until > 0 && until < maxTTL {
+			return until + time.Second
+		}
+	}
+	return maxTTL
+}
+
+// PutPrincipal caches the principal of a token hash for PrincipalTTL(p,
+// maxTTL, now), unless the token was revoked meanwhile (see putPrincipalLua).
+func (c *Cache) PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, maxTTL time.Duration) error {
+	ttl := PrincipalTTL(p, maxTTL, c.now())
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("valkey put principal: encode: %w", err)
 	}
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	err = c.scripts.putPrincipal.Exec(ctx, c.client, []string{c.tokenKey(hash)},
+	err = c.scripts.putPrincipal.Exec(ctx, c.client, []string{c.keys.Token(hash)},
 		[]string{string(b), strconv.FormatInt(ttlMillis(ttl), 10), tombstone}).Error()
 	if err != nil {
 		return wrapErr("put principal", err)
@@ -110,18 +123,9 @@ func (c *Cache) PutPrincipal(ctx context.Context, hash domain.TokenHash, p domai
 func (c *Cache) DropPrincipal(ctx context.Context, hash domain.TokenHash) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	cmd := c.client.B().Set().Key(c.tokenKey(hash)).Value(tombstone).PxMilliseconds(tombstoneTTL.Milliseconds()).Build()
+	cmd := c.client.B().Set().Key(c.keys.Token(hash)).Value(tombstone).PxMilliseconds(tombstoneTTL.Milliseconds()).Build()
 	if err := c.client.Do(ctx, cmd).Error(); err != nil {
 		return wrapErr("drop principal", err)
 	}
 	return nil
-}
-
-func (c *Cache) tokenKey(hash domain.TokenHash) string {
-	const tok = ":tok:"
-	b := make([]byte, len(c.prefix)+len(tok)+hex.EncodedLen(len(hash)))
-	n := copy(b, c.prefix)
-	n += copy(b[n:], tok)
-	hex.Encode(b[n:], hash[:])
-	return string(b)
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
 // New returns a Cache on the server at VALKEY_URL with client-side caching on
@@ -44,9 +44,17 @@ func NewWith(t testing.TB, cfg valkey.Config) *valkey.Cache {
 // caching off: miniredis has no CLIENT TRACKING). TTLs run on the wall clock.
 func NewMiniredis(t testing.TB) *valkey.Cache {
 	t.Helper()
+	return NewMiniredisWith(t, valkey.Config{})
+}
+
+// NewMiniredisWith is NewMiniredis with a config; URL, Prefix and
+// DisableClientCache are set by NewMiniredisWith.
+func NewMiniredisWith(t testing.TB, cfg valkey.Config) *valkey.Cache {
+	t.Helper()
 	m := miniredis.RunT(t)
 	m.ClockTTL(true)
-	return open(t, valkey.Config{URL: "redis://" + m.Addr(), Prefix: Prefix(), DisableClientCache: true})
+	cfg.URL, cfg.Prefix, cfg.DisableClientCache = "redis://"+m.Addr(), Prefix(), true
+	return open(t, cfg)
 }
 
 // Prefix returns a random key prefix for one test.

@@ -99,41 +99,39 @@ type breakerClient struct {
 }
 
 func (c breakerClient) Do(ctx context.Context, cmd valkey.Completed) valkey.ValkeyResult {
-	ok, probe := c.b.allow()
-	if !ok {
-		return valkey.NewErrorResult(ErrBreakerOpen)
-	}
-	r := c.Client.Do(ctx, cmd)
-	c.b.record(r.Error(), probe)
-	return r
+	return c.one(func() valkey.ValkeyResult { return c.Client.Do(ctx, cmd) })
 }
 
 func (c breakerClient) DoCache(ctx context.Context, cmd valkey.Cacheable, ttl time.Duration) valkey.ValkeyResult {
+	return c.one(func() valkey.ValkeyResult { return c.Client.DoCache(ctx, cmd, ttl) })
+}
+
+func (c breakerClient) DoMulti(ctx context.Context, cmds ...valkey.Completed) []valkey.ValkeyResult {
+	return c.multi(len(cmds), func() []valkey.ValkeyResult { return c.Client.DoMulti(ctx, cmds...) })
+}
+
+func (c breakerClient) DoMultiCache(ctx context.Context, multi ...valkey.CacheableTTL) []valkey.ValkeyResult {
+	return c.multi(len(multi), func() []valkey.ValkeyResult { return c.Client.DoMultiCache(ctx, multi...) })
+}
+
+// one runs a single call through the breaker.
+func (c breakerClient) one(call func() valkey.ValkeyResult) valkey.ValkeyResult {
 	ok, probe := c.b.allow()
 	if !ok {
 		return valkey.NewErrorResult(ErrBreakerOpen)
 	}
-	r := c.Client.DoCache(ctx, cmd, ttl)
+	r := call()
 	c.b.record(r.Error(), probe)
 	return r
 }
 
-func (c breakerClient) DoMulti(ctx context.Context, cmds ...valkey.Completed) []valkey.ValkeyResult {
+// multi runs a pipeline of n commands through the breaker.
+func (c breakerClient) multi(n int, call func() []valkey.ValkeyResult) []valkey.ValkeyResult {
 	ok, probe := c.b.allow()
 	if !ok {
-		return failAll(len(cmds))
+		return failAll(n)
 	}
-	rs := c.Client.DoMulti(ctx, cmds...)
-	c.b.record(firstErr(rs), probe)
-	return rs
-}
-
-func (c breakerClient) DoMultiCache(ctx context.Context, multi ...valkey.CacheableTTL) []valkey.ValkeyResult {
-	ok, probe := c.b.allow()
-	if !ok {
-		return failAll(len(multi))
-	}
-	rs := c.Client.DoMultiCache(ctx, multi...)
+	rs := call()
 	c.b.record(firstErr(rs), probe)
 	return rs
 }

@@ -1,11 +1,11 @@
-// Package cachesync is warmpath's write-behind usage sync: a loop that moves
+// Package usagesync is warmpath's write-behind usage sync: a loop that moves
 // the usage deltas counted in the hot cache (Valkey) to the system of record
 // (Postgres) in batches, exactly once, through crashes, restarts, outages and
 // several instances syncing at the same time.
 //
 // # Protocol: claim → apply → acknowledge
 //
-// The queue (Pending; package valkeysync implements it on Valkey) hands out
+// The queue (Pending; valkey.SyncQueue implements it on Valkey) hands out
 // batches. Claiming a batch moves the deltas of up to BatchSize dirty users
 // out of their pending hashes into in-flight entries tagged with the batch
 // key, and records the batch (owner, lease, deltas). The Syncer then applies
@@ -33,13 +33,12 @@
 //
 // Requests never wait for any of this: the loop runs on its own goroutine and
 // Trigger only signals it.
-package cachesync
+package usagesync
 
 import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -148,9 +147,8 @@ type Config struct {
 	Interval time.Duration
 	// BatchSize is the number of users per batch of the background loop;
 	// default DefaultBatchSize. Small batches keep each Valkey script and
-	// Postgres transaction short, so requests never queue behind one (a
-	// forced sync of 50,000 users measured 4.3× query p99 with 5,000-user
-	// batches, about 1.3× with 100 and pacing).
+	// Postgres transaction short, so requests never queue behind one (the
+	// perf lab's sync_nonblocking item measures it).
 	BatchSize int
 	// FlushBatchSize is the batch size of Flush (shutdown), which wants
 	// throughput; default BatchSize when that is set, else
@@ -166,8 +164,12 @@ type Config struct {
 	Observer Observer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// Now defaults to time.Now.
+	// Now defaults to time.Now. It is the clock of batch timings, the lag
+	// gauge and pacing.
 	Now func() time.Time
+	// Wait waits d or until ctx ends (ctx.Err() then): the rest between paced
+	// batches. Default a timer; injectable, with Now, so tests never sleep.
+	Wait func(ctx context.Context, d time.Duration) error
 	// InstanceID names this process as a batch owner; default a random id.
 	InstanceID string
 	// Pace makes the loop rest after each batch of a backlog for Pace times
@@ -235,17 +237,17 @@ type Syncer struct {
 }
 
 // DefaultPace is the default Config.Pace: a backlog is flushed at half of
-// full speed, which keeps query p99 nearly flat on a small machine while a
-// 50,000-user backlog still drains in a few seconds.
+// full speed (a rest as long as each batch), so requests keep most of the
+// machine while a backlog drains.
 const DefaultPace = 1.0
 
 // New returns a Syncer; it does nothing until Run or Flush.
 func New(cfg Config) (*Syncer, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("cachesync: Store is required")
+		return nil, errors.New("usagesync: Store is required")
 	}
 	if cfg.Queue == nil {
-		return nil, errors.New("cachesync: Queue is required")
+		return nil, errors.New("usagesync: Queue is required")
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
@@ -263,8 +265,11 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Wait == nil {
+		cfg.Wait = sleep
+	}
 	if cfg.InstanceID == "" {
-		cfg.InstanceID = "i-" + randomHex(6)
+		cfg.InstanceID = "i-" + rand.Text()[:12]
 	}
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("")
@@ -277,7 +282,7 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	s := &Syncer{
 		cfg:     cfg,
-		log:     cfg.Logger.With("component", "cachesync", "instance", cfg.InstanceID),
+		log:     cfg.Logger.With("component", "usagesync", "instance", cfg.InstanceID),
 		trigger: make(chan struct{}, 1),
 	}
 	if cfg.Observer != nil {
@@ -436,9 +441,9 @@ func (s *Syncer) pass(ctx context.Context, paced bool) (drained bool, err error)
 		}
 	}
 
-	passStart := time.Now()
+	passStart := s.cfg.Now()
 	for len(s.held) < maxHeld {
-		if paced && time.Since(passStart) >= s.cfg.Interval {
+		if paced && s.cfg.Now().Sub(passStart) >= s.cfg.Interval {
 			// Long backlog: hand back to Run (see there) instead of
 			// holding the loop for the whole drain.
 			return false, errors.Join(localErr, firstErr)
@@ -446,7 +451,7 @@ func (s *Syncer) pass(ctx context.Context, paced bool) (drained bool, err error)
 		if err := ctx.Err(); err != nil {
 			return false, errors.Join(localErr, firstErr, err)
 		}
-		started := time.Now()
+		started := s.cfg.Now()
 		size := s.cfg.BatchSize
 		if !paced {
 			size = s.cfg.FlushBatchSize
@@ -461,7 +466,7 @@ func (s *Syncer) pass(ctx context.Context, paced bool) (drained bool, err error)
 		err = s.applyAndAck(ctx, b)
 		if paced && err == nil && b.Users == size && s.cfg.Pace > 0 {
 			// A backlog: rest before the next batch (see Config.Pace).
-			if werr := sleep(ctx, time.Duration(float64(time.Since(started))*s.cfg.Pace)); werr != nil {
+			if werr := s.cfg.Wait(ctx, time.Duration(float64(s.cfg.Now().Sub(started))*s.cfg.Pace)); werr != nil {
 				return false, errors.Join(localErr, firstErr, werr)
 			}
 		}
@@ -507,7 +512,7 @@ func (s *Syncer) flushLocal(ctx context.Context) error {
 		if len(deltas) == 0 {
 			return nil
 		}
-		s.local = &domain.UsageBatch{Key: "local:" + s.cfg.InstanceID + ":" + randomHex(8), Deltas: deltas}
+		s.local = &domain.UsageBatch{Key: "local:" + s.cfg.InstanceID + ":" + rand.Text()[:16], Deltas: deltas}
 	}
 	if _, err := s.apply(ctx, *s.local); err != nil {
 		return fmt.Errorf("persist in-process usage: %w", err)
@@ -576,7 +581,7 @@ func (s *Syncer) apply(ctx context.Context, b domain.UsageBatch) (bool, error) {
 	return applied, nil
 }
 
-// sleep waits for d or until ctx is done.
+// sleep is the default Config.Wait: it waits for d or until ctx is done.
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -648,10 +653,4 @@ func countUsers(ds []domain.UsageDelta) int {
 		seen[d.UserID] = struct{}{}
 	}
 	return len(seen)
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

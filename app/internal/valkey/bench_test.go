@@ -8,21 +8,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
-	"github.com/warmpath/warmpath/app/internal/cache/valkeytest"
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/valkey"
+	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 )
 
 // BenchmarkCheckAndCount: one quota check + count, one round trip (EVALSHA).
 func BenchmarkCheckAndCount(b *testing.B) {
-	c := valkeytest.New(b)
+	c := valkeytest.NewWith(b, testConfig())
 	ctx := b.Context()
-	if err := c.SeedUsage(ctx, 1, day, 0, time.Hour); err != nil {
+	if err := c.SeedUsage(ctx, 1, day, reset(day), 0); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		r, err := c.CheckAndCount(ctx, 1, day, math.MaxInt64, time.Hour)
+		r, err := c.CheckAndCount(ctx, 1, day, reset(day), math.MaxInt64)
 		if err != nil || r.Outcome != valkey.Allowed {
 			b.Fatalf("%+v, %v", r, err)
 		}
@@ -52,7 +52,7 @@ func BenchmarkPrincipalWarm(b *testing.B) {
 
 // BenchmarkHasNot: 1,000 items (half present) against a warm 100k-item set.
 func BenchmarkHasNot(b *testing.B) {
-	c := valkeytest.New(b)
+	c := valkeytest.NewWith(b, testConfig())
 	ctx := b.Context()
 	set := make([]string, 100_000)
 	for i := range set {

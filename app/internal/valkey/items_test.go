@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/warmpath/warmpath/app/internal/cache/valkey"
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
 // load installs a snapshot of version v in chunks of 2 (to exercise Add).
@@ -38,7 +38,7 @@ func mustWarm(t *testing.T, c *valkey.Cache, user int64, wantVersion int64, want
 	if !warm || v != wantVersion {
 		t.Fatalf("ItemsWarm = %d, %v; want %d, true", v, warm, wantVersion)
 	}
-	got := rawMembers(t, c, c.Key(user, "items"))
+	got := rawMembers(t, c, c.Keys().Items(user))
 	if diff := cmp.Diff(wantItems, got, cmpopts.SortSlices(func(a, b string) bool { return a < b }), cmpopts.EquateEmpty()); diff != "" {
 		t.Fatalf("cached set (-want +got):\n%s", diff)
 	}
@@ -49,7 +49,7 @@ func mustCold(t *testing.T, c *valkey.Cache, user int64) {
 	if v, warm, err := c.ItemsWarm(t.Context(), user); err != nil || warm {
 		t.Fatalf("ItemsWarm = %d, %v, %v; want cold", v, warm, err)
 	}
-	if m := rawMembers(t, c, c.Key(user, "items")); len(m) != 0 {
+	if m := rawMembers(t, c, c.Keys().Items(user)); len(m) != 0 {
 		t.Fatalf("cold set still holds %v", m)
 	}
 }
@@ -111,7 +111,7 @@ func TestApplyItems(t *testing.T) {
 		if err := load(t, c, user, 5, []string{"a", "b"}); err != nil {
 			t.Fatal(err)
 		}
-		itemsKey := c.Key(user, "items")
+		itemsKey := c.Keys().Items(user)
 		ttlBefore := rawPTTL(t, c, itemsKey)
 
 		// In order: applied, TTL kept.
@@ -119,7 +119,7 @@ func TestApplyItems(t *testing.T) {
 			t.Fatal(err)
 		}
 		mustWarm(t, c, user, 6, "b", "c", "d")
-		if ttl := rawPTTL(t, c, c.Key(user, "items", "v")); ttl <= 0 || ttl > ttlBefore {
+		if ttl := rawPTTL(t, c, c.Keys().ItemsVersion(user)); ttl <= 0 || ttl > ttlBefore {
 			t.Fatalf("items:v PTTL = %d, want kept (0, %d]", ttl, ttlBefore)
 		}
 		if ttl := rawPTTL(t, c, itemsKey); ttl <= 0 || ttl > ttlBefore {
@@ -153,7 +153,7 @@ func TestApplyItems(t *testing.T) {
 			t.Fatal(err)
 		}
 		mustCold(t, c, user)
-		if f := rawGet(t, c, c.Key(user, "items", "floor")); f != "10" {
+		if f := rawGet(t, c, c.Keys().ItemsFloor(user)); f != "10" {
 			t.Fatalf("floor = %q, want 10", f)
 		}
 		// The late 9 while cold: floor stays at the max.
@@ -161,7 +161,7 @@ func TestApplyItems(t *testing.T) {
 			t.Fatal(err)
 		}
 		mustCold(t, c, user)
-		if f := rawGet(t, c, c.Key(user, "items", "floor")); f != "10" {
+		if f := rawGet(t, c, c.Keys().ItemsFloor(user)); f != "10" {
 			t.Fatalf("floor = %q, want 10", f)
 		}
 		if err := load(t, c, user, 9, []string{"e", "g"}); !errors.Is(err, domain.ErrStaleSnapshot) {
@@ -303,7 +303,7 @@ func TestItemsLoad(t *testing.T) {
 				}
 			}
 			mustWarm(t, c, user, 3, "a", "v2", "v3")
-			rawDel(t, c, c.Key(user, "items"), c.Key(user, "items", "v")) // the cached set's TTL runs out
+			rawDel(t, c, c.Keys().Items(user), c.Keys().ItemsVersion(user)) // the cached set's TTL runs out
 			if err := l.Finish(ctx, 1, time.Hour); !errors.Is(err, domain.ErrStaleSnapshot) {
 				t.Fatalf("Finish(1) after version 3 was cached: %v, want ErrStaleSnapshot", err)
 			}
@@ -329,7 +329,7 @@ func TestItemsLoad(t *testing.T) {
 				t.Fatal(err)
 			}
 			mustWarm(t, c, user, 6, "b")
-			if ttl := rawPTTL(t, c, c.Key(user, "items", "floor")); ttl <= 0 {
+			if ttl := rawPTTL(t, c, c.Keys().ItemsFloor(user)); ttl <= 0 {
 				t.Fatalf("floor PTTL = %d, want > 0", ttl)
 			}
 		})
@@ -338,7 +338,7 @@ func TestItemsLoad(t *testing.T) {
 
 func tempKeys(t *testing.T, c *valkey.Cache, user int64) []string {
 	t.Helper()
-	keys, err := c.Client().Do(t.Context(), c.Client().B().Keys().Pattern(c.Key(user, "items", "load", "*")).Build()).AsStrSlice()
+	keys, err := c.Client().Do(t.Context(), c.Client().B().Keys().Pattern(c.Keys().ItemsLoad(user, "*")).Build()).AsStrSlice()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,8 +408,8 @@ func itemsRace(t *testing.T, c *valkey.Cache, writers int) {
 		b := c.Client().B()
 		res := c.Client().DoMulti(ctx,
 			b.Multi().Build(),
-			b.Get().Key(c.Key(user, "items", "v")).Build(),
-			b.Smembers().Key(c.Key(user, "items")).Build(),
+			b.Get().Key(c.Keys().ItemsVersion(user)).Build(),
+			b.Smembers().Key(c.Keys().Items(user)).Build(),
 			b.Exec().Build())
 		out, err := res[3].ToArray()
 		if err != nil {

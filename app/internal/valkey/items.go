@@ -31,7 +31,7 @@ const (
 func (c *Cache) HasNot(ctx context.Context, userID int64, items []string) (missing []string, warm bool, err error) {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	keys := []string{c.Key(userID, "items"), c.Key(userID, "items", "v")}
+	keys := []string{c.keys.Items(userID), c.keys.ItemsVersion(userID)}
 	// Duplicates go to the server as they are (SMISMEMBER answers each);
 	// deduplicating the usually short missing list here is cheaper than
 	// deduplicating the whole input.
@@ -72,7 +72,7 @@ func (c *Cache) HasNot(ctx context.Context, userID int64, items []string) (missi
 func (c *Cache) ApplyItems(ctx context.Context, userID int64, version int64, add, remove []string) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	keys := []string{c.Key(userID, "items"), c.Key(userID, "items", "v"), c.Key(userID, "items", "floor")}
+	keys := []string{c.keys.Items(userID), c.keys.ItemsVersion(userID), c.keys.ItemsFloor(userID)}
 	args := make([]string, 0, 3+len(add)+len(remove))
 	args = append(args, strconv.FormatInt(version, 10), strconv.Itoa(len(add)), strconv.FormatInt(floorTTL.Milliseconds(), 10))
 	args = append(args, add...)
@@ -88,7 +88,7 @@ func (c *Cache) ApplyItems(ctx context.Context, userID int64, version int64, add
 func (c *Cache) InvalidateItems(ctx context.Context, userID int64, atLeastVersion int64) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	keys := []string{c.Key(userID, "items"), c.Key(userID, "items", "v"), c.Key(userID, "items", "floor")}
+	keys := []string{c.keys.Items(userID), c.keys.ItemsVersion(userID), c.keys.ItemsFloor(userID)}
 	args := []string{strconv.FormatInt(atLeastVersion, 10), strconv.FormatInt(floorTTL.Milliseconds(), 10)}
 	if err := c.scripts.invalidateItems.Exec(ctx, c.client, keys, args).Error(); err != nil {
 		return wrapErr("invalidate items", err)
@@ -99,16 +99,7 @@ func (c *Cache) InvalidateItems(ctx context.Context, userID int64, atLeastVersio
 // ItemsWarm returns the version of the user's cached set; warm is false when
 // the set is not cached.
 func (c *Cache) ItemsWarm(ctx context.Context, userID int64) (version int64, warm bool, err error) {
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
-	version, err = c.client.Do(ctx, c.client.B().Get().Key(c.Key(userID, "items", "v")).Build()).AsInt64()
-	switch {
-	case errNil(err):
-		return 0, false, nil
-	case err != nil:
-		return 0, false, wrapErr("items version", err)
-	}
-	return version, true, nil
+	return c.getInt(ctx, "items version", c.keys.ItemsVersion(userID))
 }
 
 // ItemsLoad loads a snapshot of a user's set into a temporary key in chunks
@@ -127,10 +118,10 @@ func (c *Cache) BeginItemsLoad(userID int64) *ItemsLoad {
 	return &ItemsLoad{
 		c:      c,
 		userID: userID,
-		temp:   c.Key(userID, "items", "load", rand.Text()),
-		items:  c.Key(userID, "items"),
-		ver:    c.Key(userID, "items", "v"),
-		floor:  c.Key(userID, "items", "floor"),
+		temp:   c.keys.ItemsLoad(userID, rand.Text()),
+		items:  c.keys.Items(userID),
+		ver:    c.keys.ItemsVersion(userID),
+		floor:  c.keys.ItemsFloor(userID),
 	}
 }
 

@@ -1,0 +1,385 @@
+package valkey
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+
+	valkey "github.com/valkey-io/valkey-go"
+)
+
+// checkAndCountLua returns {outcome, used}; the outcome codes equal the
+// Outcome values.
+//
+// KEYS: counter, pending. ARGV: limit, period field, ttl ms.
+const checkAndCountLua = `
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {3, 0} end
+cur = tonumber(cur)
+if cur >= tonumber(ARGV[1]) then return {2, cur} end
+local n = redis.call('INCR', KEYS[1])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return {1, n}
+`
+
+// seedUsageLua creates the counter as persisted + the period's deltas not yet
+// in Postgres (pending, plus in-flight entries claimed by a sync batch), only
+// if it does not exist: a live counter (counted by this or another instance)
+// is always more current than a Postgres read.
+//
+// KEYS: counter, pending, inflight. ARGV: persisted, period field, ttl ms.
+const seedUsageLua = inflightLuaLib + `
+local p = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+local kv = redis.call('HGETALL', KEYS[3])
+for i = 1, #kv, 2 do
+  if inflight_of_period(kv[i], ARGV[2]) then p = p + tonumber(kv[i + 1]) end
+end
+local v = tonumber(ARGV[1]) + p
+if redis.call('SET', KEYS[1], string.format('%d', v), 'NX', 'PX', ARGV[3]) then return 1 end
+return 0
+`
+
+// The item-set scripts share one invariant: items:floor is at least every
+// version ever applied, invalidated or installed (it is bumped on each, and
+// its TTL refreshed), and a load may install snapshot v0 only if v0 >= floor.
+// Bumping the floor on the incremental path too matters: when items:v expires
+// by TTL, the floor still remembers the newest version, so a load that read an
+// older snapshot before the expiry cannot install it afterwards.
+const itemsLuaLib = `
+local function bump_floor(fkey, v, ttl)
+  local f = tonumber(redis.call('GET', fkey) or '0')
+  if v > f then
+    redis.call('SET', fkey, string.format('%d', v), 'PX', ttl)
+  else
+    redis.call('PEXPIRE', fkey, ttl)
+  end
+end
+local function each(cmd, key, from, to)
+  local i = from
+  while i <= to do
+    local j = math.min(i + 999, to)
+    redis.call(cmd, key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
+`
+
+// hasNotLua returns {} when the set is cold, else {1, i...} with the 0-based
+// ARGV indexes of the items not in the set, ascending.
+//
+// KEYS: items, items:v. ARGV: items.
+const hasNotLua = `
+if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
+local out = {1}
+local n = #ARGV
+local i = 1
+while i <= n do
+  local j = math.min(i + 999, n)
+  local r = redis.call('SMISMEMBER', KEYS[1], unpack(ARGV, i, j))
+  for k = 1, #r do
+    if r[k] == 0 then out[#out + 1] = i + k - 2 end
+  end
+  i = j + 1
+end
+return out
+`
+
+// applyItemsLua returns 1 (applied), 0 (already included) or 2 (gap or cold:
+// the set was dropped and the floor raised).
+//
+// KEYS: items, items:v, items:floor. ARGV: version, #add, floor ttl ms,
+// add..., remove...
+const applyItemsLua = itemsLuaLib + `
+local ver = tonumber(ARGV[1])
+local last_add = 3 + tonumber(ARGV[2])
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  cur = tonumber(cur)
+  if cur >= ver then return 0 end
+  if cur == ver - 1 then
+    each('SADD', KEYS[1], 4, last_add)
+    each('SREM', KEYS[1], last_add + 1, #ARGV)
+    redis.call('SET', KEYS[2], ARGV[1], 'KEEPTTL')
+    -- SADD may have (re)created an empty set without a TTL: give it v's.
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+    bump_floor(KEYS[3], ver, ARGV[3])
+    return 1
+  end
+end
+redis.call('UNLINK', KEYS[1], KEYS[2])
+bump_floor(KEYS[3], ver, ARGV[3])
+return 2
+`
+
+// KEYS: items, items:v, items:floor. ARGV: version, floor ttl ms.
+const invalidateItemsLua = itemsLuaLib + `
+redis.call('UNLINK', KEYS[1], KEYS[2])
+bump_floor(KEYS[3], tonumber(ARGV[1]), ARGV[2])
+return 1
+`
+
+// finishLoadLua returns 1 (installed), 0 (the same or a newer version is
+// already installed), -1 (stale: below the floor) or -2 (the temp set
+// expired).
+//
+// KEYS: temp, items, items:v, items:floor. ARGV: version, ttl ms, "1" when
+// the load added members, floor ttl ms.
+const finishLoadLua = itemsLuaLib + `
+local ver = tonumber(ARGV[1])
+local cur = redis.call('GET', KEYS[3])
+if cur and tonumber(cur) >= ver then
+  redis.call('UNLINK', KEYS[1])
+  return 0
+end
+local f = tonumber(redis.call('GET', KEYS[4]) or '0')
+if ver < f then
+  redis.call('UNLINK', KEYS[1])
+  return -1
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- UNLINK first: RENAME would free a large old set synchronously.
+  redis.call('UNLINK', KEYS[2])
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+elseif ARGV[3] == '1' then
+  return -2
+else
+  redis.call('UNLINK', KEYS[2])
+end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+bump_floor(KEYS[4], ver, ARGV[4])
+return 1
+`
+
+// putPrincipalLua caches a principal unless the key holds the revocation
+// tombstone: a lookup that read the token from Postgres just before it was
+// revoked must not put it back (it would be accepted again until the TTL).
+// KEYS: token key. ARGV: principal JSON, ttl ms, tombstone. Returns 1 when set.
+const putPrincipalLua = `
+if redis.call('GET', KEYS[1]) == ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`
+
+// refundLua gives back one counted request whose query then failed: the
+// counter and the pending delta go down by one (the delta may go negative if
+// a sync batch already took the +1; Postgres then receives the -1).
+// KEYS: counter, pending. ARGV: period field.
+const refundLua = `
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
+redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+return 1
+`
+
+// # Usage sync (SyncQueue)
+//
+// Every sync script touches keys of ONE slot: per-user scripts only {u:<id>} keys,
+// batch scripts only {sync} keys. Cross-slot steps are ordered so that a
+// crash between them is recoverable (see the package comment).
+
+// beginLua takes the oldest dirty users out of the index and records the
+// batch that claims them, atomically: a user leaves the index only when a
+// batch record names it, so a crash right after cannot orphan its pending
+// deltas (the record's takeover re-marks it).
+//
+// KEYS: dirty, batches, record, batchinfo. ARGV: max, batch id, owner, now ms,
+// lease-until ms. Returns {id, score, id, score, ...}, oldest first.
+const beginLua = `
+local r = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+if #r == 0 then return r end
+local ids = {}
+for i = 1, #r, 2 do ids[#ids + 1] = r[i] end
+for i = 1, #ids, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
+end
+redis.call('HSET', KEYS[3], 'owner', ARGV[3], 'state', 'claiming', 'claimedAt', ARGV[4],
+  'users', table.concat(r, ','))
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[2], #ids .. ',' .. r[2])
+return r
+`
+
+// claimUserLua moves a user's pending deltas into in-flight entries of the
+// batch (field "<batch>|<period>") and returns them {period, delta, ...}.
+// Atomic per user: a request counted concurrently lands either in this batch
+// or in the next pending hash, never in both, never in neither.
+//
+// KEYS: pending, inflight. ARGV: batch id.
+const claimUserLua = inflightLuaLib + `
+local kv = redis.call('HGETALL', KEYS[1])
+if #kv == 0 then return kv end
+local out = {}
+for i = 1, #kv, 2 do
+  if tonumber(kv[i + 1]) ~= 0 then
+    redis.call('HINCRBY', KEYS[2], inflight_field(ARGV[1], kv[i]), kv[i + 1])
+    out[#out + 1] = kv[i]
+    out[#out + 1] = kv[i + 1]
+  end
+end
+redis.call('DEL', KEYS[1])
+return out
+`
+
+// revertUserLua moves a user's in-flight entries of a batch that was never
+// sealed (so never applied) back to pending. Returns how many moved.
+//
+// KEYS: pending, inflight. ARGV: batch id.
+const revertUserLua = inflightLuaLib + `
+local kv = redis.call('HGETALL', KEYS[2])
+local n = 0
+for i = 1, #kv, 2 do
+  local k = kv[i]
+  local period = inflight_of_batch(k, ARGV[1])
+  if period then
+    redis.call('HINCRBY', KEYS[1], period, kv[i + 1])
+    redis.call('HDEL', KEYS[2], k)
+    n = n + 1
+  end
+end
+return n
+`
+
+// sealLua freezes a claimed batch: its deltas are stored in the record and,
+// from now on, any taker applies exactly these under the batch key. Only the
+// owner may seal, and only once; 0 means the batch was taken over while it
+// was being claimed (the caller must revert its claims and not apply).
+//
+// KEYS: record, batches. ARGV: owner, batch id, lease-until ms, deltas.
+const sealLua = `
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'claiming' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'sealed', 'deltas', ARGV[4])
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+return 1
+`
+
+// renewLua extends the owner's lease; 0 when the batch is not the owner's
+// (anymore).
+//
+// KEYS: record, batches. ARGV: owner, batch id, lease-until ms.
+const renewLua = `
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+return 1
+`
+
+// takeoverLua makes owner the owner of a batch whose lease has expired and
+// returns {state, users, deltas}, or nil when the lease is live again or the
+// batch is gone. Atomic, so two instances never take the same expiry.
+//
+// KEYS: record, batches, batchinfo. ARGV: batch id, now ms, owner, lease-until ms.
+const takeoverLua = `
+local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not s then return false end
+if tonumber(s) > tonumber(ARGV[2]) then return false end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return false
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[1])
+local v = redis.call('HMGET', KEYS[1], 'state', 'users', 'deltas')
+for i = 1, 3 do if not v[i] then v[i] = '' end end
+return v
+`
+
+// finishLua forgets a batch record; deleting it is the last step of an ack
+// or a revert, so while any step before it is unfinished the record is still
+// there to be taken over.
+//
+// KEYS: record, batches, batchinfo. ARGV: batch id.
+const finishLua = `
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+`
+
+// # Warmup lock (WarmState)
+
+// extendLockLua resets the lock's TTL only if ARGV[1] (the token) holds it.
+// KEYS: lock. ARGV: token, ttl ms. Returns 1 when extended, else 0.
+const extendLockLua = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`
+
+// releaseLockLua deletes the lock only if ARGV[1] (the token) holds it, so a
+// holder whose lock expired never releases someone else's.
+// KEYS: lock. ARGV: token. Returns 1 when released, else 0.
+const releaseLockLua = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`
+
+// swapLockLua hands the lock from token ARGV[1] to token ARGV[2] (resetting
+// its TTL) only if ARGV[1] holds it: a compare-and-swap, so exactly one of
+// two racing swaps from the same token wins.
+// KEYS: lock. ARGV: from, to, ttl ms. Returns 1 when swapped, else 0.
+const swapLockLua = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+`
+
+// scripts holds every Lua script of the package, shared by a Cache and the
+// SyncQueue and WarmState made from it. valkey-go's Lua runs EVALSHA and
+// falls back to EVAL on NOSCRIPT. None is retried by the client on its own:
+// a resent CheckAndCount could count twice, and the sync protocol's retries
+// are explicit.
+type scripts struct {
+	// checkAndCountSHA is for pipelining the count with its dirty mark,
+	// which valkey.Lua cannot do.
+	checkAndCountSHA                    string
+	checkAndCount, seedUsage, refund    *valkey.Lua
+	hasNot                              *valkey.Lua
+	applyItems, invalidateItems, finish *valkey.Lua
+	putPrincipal                        *valkey.Lua
+
+	syncBegin, syncClaim, syncRevert, syncSeal, syncRenew, syncTakeover, syncFinish *valkey.Lua
+
+	lockExtend, lockRelease, lockSwap *valkey.Lua
+}
+
+// allScripts is every script source, in the order LoadScripts loads them.
+var allScripts = []string{
+	checkAndCountLua, seedUsageLua, refundLua, hasNotLua, applyItemsLua, invalidateItemsLua, finishLoadLua, putPrincipalLua,
+	beginLua, claimUserLua, revertUserLua, sealLua, renewLua, takeoverLua, finishLua,
+	extendLockLua, releaseLockLua, swapLockLua,
+}
+
+func newScripts() *scripts {
+	sum := sha1.Sum([]byte(checkAndCountLua))
+	return &scripts{
+		checkAndCountSHA: hex.EncodeToString(sum[:]),
+		checkAndCount:    valkey.NewLuaScript(checkAndCountLua),
+		seedUsage:        valkey.NewLuaScript(seedUsageLua),
+		refund:           valkey.NewLuaScript(refundLua),
+		hasNot:           valkey.NewLuaScriptReadOnly(hasNotLua),
+		applyItems:       valkey.NewLuaScript(applyItemsLua),
+		invalidateItems:  valkey.NewLuaScript(invalidateItemsLua),
+		finish:           valkey.NewLuaScript(finishLoadLua),
+		putPrincipal:     valkey.NewLuaScript(putPrincipalLua),
+
+		syncBegin:    valkey.NewLuaScript(beginLua),
+		syncClaim:    valkey.NewLuaScript(claimUserLua),
+		syncRevert:   valkey.NewLuaScript(revertUserLua),
+		syncSeal:     valkey.NewLuaScript(sealLua),
+		syncRenew:    valkey.NewLuaScript(renewLua),
+		syncTakeover: valkey.NewLuaScript(takeoverLua),
+		syncFinish:   valkey.NewLuaScript(finishLua),
+
+		lockExtend:  valkey.NewLuaScript(extendLockLua),
+		lockRelease: valkey.NewLuaScript(releaseLockLua),
+		lockSwap:    valkey.NewLuaScript(swapLockLua),
+	}
+}
