@@ -11,7 +11,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/warmpath/warmpath/app/internal/auth"
-	"github.com/warmpath/warmpath/app/internal/config"
 	"github.com/warmpath/warmpath/app/internal/httpapi"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
@@ -38,9 +37,6 @@ func serve(ctx context.Context, getenv func(string) string, stdout, stderr io.Wr
 	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return &exitError{code: 2, err: err}
-	}
-	if cfg.AdminNeedsToken() && cfg.AdminToken == "" {
-		return &exitError{code: 2, err: &config.Error{Var: "ADMIN_TOKEN", Msg: "required when ADMIN_ADDR is not a loopback address"}}
 	}
 	log.Info("starting warmpath", "version", version, "config", cfg)
 
