@@ -34,7 +34,6 @@ const (
 	SyncError     = "error"
 )
 
-
 // PoolStats is a snapshot of a database connection pool, shaped after
 // pgxpool.Stat so the store can fill it without this package importing pgx.
 type PoolStats struct {
