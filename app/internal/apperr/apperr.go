@@ -73,16 +73,18 @@ func Temporary(err error, message string) *Error {
 	return &Error{Code: Unavailable, Message: message, RetryAfter: time.Second, Err: err}
 }
 
-// IsFault reports whether err is the server's fault (an internal error or a
-// dependency that is down: a 5xx) rather than a refusal of the client's
-// request. Errors without a code are faults. httpapi's status map agrees
-// (its tests check every code).
+// IsFault reports whether err is the server's fault (an internal error, a
+// dependency that is down, an unknown code: a 5xx) rather than a refusal of
+// the client's request. Errors without a code are faults. httpapi's status
+// map agrees (its tests check every code).
 func IsFault(err error) bool {
 	switch CodeOf(err) {
-	case Internal, Unavailable, WarmupQueueFull, ShuttingDown:
-		return true
+	case InvalidRequest, InvalidItems, BodyTooLarge, UnsupportedMedia, MissingToken, MalformedToken,
+		UnknownToken, ExpiredToken, RevokedToken, Forbidden, NotFound, MethodNotAllowed, QuotaExceeded,
+		TooManyItems, UnknownPlan, RequestTimeout, ConflictingOperation:
+		return false
 	}
-	return false
+	return true
 }
 
 // As returns the *Error in err's chain, or nil.
