@@ -59,9 +59,11 @@ func (c *coldCounter) Refund(context.Context, int64, time.Time) error { return n
 
 type noWarmup struct{}
 
-func (noWarmup) Enqueue(context.Context, warmup.Job) (warmup.Status, error) { return warmup.Status{}, nil }
-func (noWarmup) Run(context.Context, warmup.Job) (warmup.Status, error)     { return warmup.Status{}, nil }
-func (noWarmup) Status(context.Context, int64) (warmup.Status, error)       { return warmup.Status{}, nil }
+func (noWarmup) Enqueue(context.Context, warmup.Job) (warmup.Status, error) {
+	return warmup.Status{}, nil
+}
+func (noWarmup) Run(context.Context, warmup.Job) (warmup.Status, error) { return warmup.Status{}, nil }
+func (noWarmup) Status(context.Context, int64) (warmup.Status, error)   { return warmup.Status{}, nil }
 
 // A cold user's first query reads the store in auth (principal), in the
 // usage check (the persisted count that seeds the counter) and in the query

@@ -23,7 +23,9 @@ type fakeUsage struct {
 	refunded int
 }
 
-func (f *fakeUsage) Check(context.Context, domain.Principal) (usage.Decision, error) { return f.dec, f.err }
+func (f *fakeUsage) Check(context.Context, domain.Principal) (usage.Decision, error) {
+	return f.dec, f.err
+}
 func (f *fakeUsage) Refund(context.Context, domain.Principal, usage.Decision) error {
 	f.refunded++
 	return nil
