@@ -63,7 +63,7 @@ func (fakeSystem) System() warmup.SystemStatus { return warmup.SystemStatus{} }
 var dayPlan = domain.Plan{Name: "free", Quota: 1000, Period: domain.PeriodDay, MaxItems: 10}
 
 // apiServer is a public server over fakes.
-func apiServer(t testing.TB, a fakeAuth, q *fakeQuery, it fakeItems) *Public {
+func apiServer(t testing.TB, a fakeAuth, q *fakeQuery, it ItemUpdater) *Public {
 	t.Helper()
 	metrics, err := telemetry.NewMetrics(metricnoop.NewMeterProvider(), telemetry.Thresholds{})
 	if err != nil {
@@ -267,7 +267,7 @@ func TestServerTimingHasTheDBPhaseAddedThroughTheContext(t *testing.T) {
 	// A store call inside the items route adds its time to db through the
 	// request's context, the way app's store wrapper does; the header shows
 	// it, and query (the phase it ran in) is at least as long.
-	resp := do(t, apiServerWithItems(t, slowItems{d: 3 * time.Millisecond}), "POST", "/api/items", "application/json", `{"add":["a"]}`)
+	resp := do(t, apiServer(t, fakeAuth{p: domain.Principal{UserID: 1, Plan: dayPlan}}, &fakeQuery{}, slowItems{d: 3 * time.Millisecond}), "POST", "/api/items", "application/json", `{"add":["a"]}`)
 	st := resp.Header.Get("Server-Timing")
 	dur := func(name string) float64 {
 		for _, part := range strings.Split(st, ", ") {
@@ -292,21 +292,4 @@ func (s slowItems) Update(ctx context.Context, _ int64, add, _ []string, _ int64
 	defer telemetry.AddPhase(ctx, telemetry.PhaseDB, time.Now())
 	time.Sleep(s.d)
 	return domain.ItemChange{Added: int64(len(add))}, nil
-}
-
-func apiServerWithItems(t testing.TB, it ItemUpdater) *Public {
-	t.Helper()
-	metrics, err := telemetry.NewMetrics(metricnoop.NewMeterProvider(), telemetry.Thresholds{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := NewServer(Config{
-		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-		TracerProvider: tracenoop.NewTracerProvider(), MeterProvider: metricnoop.NewMeterProvider(), Metrics: metrics,
-		Auth: fakeAuth{p: domain.Principal{UserID: 1, Plan: dayPlan}}, Query: &fakeQuery{}, Items: it, Warmup: fakeSystem{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pub
 }
