@@ -94,7 +94,7 @@ func startWith(t *testing.T, env map[string]string, opts options) *instance {
 	inst := &instance{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(ctx, func(k string) string { return full[k] }, inst.stdout, inst.stderr, opts)
+		done <- runWith(ctx, []string{"warmpath"}, func(k string) string { return full[k] }, inst.stdout, inst.stderr, opts)
 	}()
 	var once sync.Once
 	var stopErr error

@@ -67,6 +67,26 @@ func Wrap(err error, code Code, message string) *Error {
 	return &Error{Code: code, Message: message, Err: err}
 }
 
+// Temporary returns the error of a dependency that is down: code Unavailable
+// with message, a retry in a second (Retry-After: 1) and err as the cause.
+func Temporary(err error, message string) *Error {
+	return &Error{Code: Unavailable, Message: message, RetryAfter: time.Second, Err: err}
+}
+
+// IsFault reports whether err is the server's fault (an internal error, a
+// dependency that is down, an unknown code: a 5xx) rather than a refusal of
+// the client's request. Errors without a code are faults. httpapi's status
+// map agrees (its tests check every code).
+func IsFault(err error) bool {
+	switch CodeOf(err) {
+	case InvalidRequest, InvalidItems, BodyTooLarge, UnsupportedMedia, MissingToken, MalformedToken,
+		UnknownToken, ExpiredToken, RevokedToken, Forbidden, NotFound, MethodNotAllowed, QuotaExceeded,
+		TooManyItems, UnknownPlan, RequestTimeout, ConflictingOperation:
+		return false
+	}
+	return true
+}
+
 // As returns the *Error in err's chain, or nil.
 func As(err error) *Error {
 	var e *Error

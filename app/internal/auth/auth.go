@@ -44,35 +44,21 @@ func Hash(token string) domain.TokenHash { return sha256.Sum256([]byte(token)) }
 // Equal compares two hashes in constant time.
 func Equal(a, b domain.TokenHash) bool { return subtle.ConstantTimeCompare(a[:], b[:]) == 1 }
 
-// Store is what auth needs from the system of record.
+// Store resolves token hashes to principals. Expired and revoked tokens ARE
+// returned (with ExpiresAt/RevokedAt set) so the Authenticator can say why it
+// refuses them; an unknown hash is domain.ErrNotFound. The system of record
+// implements it, and so does CachedStore, which wraps another Store.
+// Implementations MUST be safe for concurrent use.
 type Store interface {
 	Principal(ctx context.Context, hash domain.TokenHash) (domain.Principal, error)
 }
 
-// Cache is what auth needs from the cache. Implementations MUST be safe for
-// concurrent use and SHOULD answer warm lookups without a network round trip.
-type Cache interface {
-	Principal(ctx context.Context, hash domain.TokenHash) (domain.Principal, bool, error)
-	// PutPrincipal keeps p at most maxTTL, and only just past its expiry
-	// for a token that expires sooner (valkey.PrincipalTTL).
-	PutPrincipal(ctx context.Context, hash domain.TokenHash, p domain.Principal, maxTTL time.Duration) error
-	DropPrincipal(ctx context.Context, hash domain.TokenHash) error
-}
-
-// Observer is told about every cache lookup (telemetry.Metrics implements it).
-type Observer interface {
-	CacheRequest(ctx context.Context, cache, result string)
-}
-
 // Config configures an Authenticator.
 type Config struct {
-	Store    Store
-	Cache    Cache // optional
-	Observer Observer
-	Now      func() time.Time
-	// CacheTTL bounds how long a principal stays in the shared cache; revocation
-	// also deletes it, so this only bounds staleness of plan changes.
-	CacheTTL time.Duration
+	// Store resolves hashes: the system of record, usually wrapped in a
+	// CachedStore.
+	Store Store
+	Now   func() time.Time
 }
 
 // Authenticator resolves bearer tokens.
@@ -84,9 +70,6 @@ type Authenticator struct {
 func New(cfg Config) *Authenticator {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.CacheTTL <= 0 {
-		cfg.CacheTTL = 10 * time.Minute
 	}
 	return &Authenticator{cfg: cfg}
 }
@@ -123,22 +106,28 @@ func WellFormed(s string) bool {
 	return true
 }
 
-// Authenticate resolves the Authorization header to a principal. Errors are
-// *apperr.Error with a distinct code per cause; a store that cannot be reached
-// gives apperr.Unavailable.
-func (a *Authenticator) Authenticate(ctx context.Context, header string) (domain.Principal, error) {
+// Authenticate resolves the Authorization header to a principal, and returns
+// the token's hash too (a login warmup caches the caller's principal under
+// it). Errors are *apperr.Error with a distinct code per cause; a store that
+// cannot be reached gives apperr.Unavailable.
+func (a *Authenticator) Authenticate(ctx context.Context, header string) (domain.Principal, domain.TokenHash, error) {
 	tok, err := ParseBearer(header)
 	if err != nil {
-		return domain.Principal{}, err
+		return domain.Principal{}, domain.TokenHash{}, err
 	}
-	return a.Resolve(ctx, Hash(tok))
+	h := Hash(tok)
+	p, err := a.Resolve(ctx, h)
+	return p, h, err
 }
 
 // Resolve resolves a token hash to a principal that may be used now.
 func (a *Authenticator) Resolve(ctx context.Context, hash domain.TokenHash) (domain.Principal, error) {
-	p, err := a.lookup(ctx, hash)
-	if err != nil {
-		return domain.Principal{}, err
+	p, err := a.cfg.Store.Principal(ctx, hash)
+	switch {
+	case errors.Is(err, domain.ErrNotFound):
+		return domain.Principal{}, apperr.New(apperr.UnknownToken, "the token is not known")
+	case err != nil:
+		return domain.Principal{}, apperr.Temporary(err, "authentication is temporarily unavailable")
 	}
 	now := a.cfg.Now()
 	if p.RevokedAt != nil && !p.RevokedAt.After(now) {
@@ -148,43 +137,4 @@ func (a *Authenticator) Resolve(ctx context.Context, hash domain.TokenHash) (dom
 		return domain.Principal{}, apperr.New(apperr.ExpiredToken, "the token has expired")
 	}
 	return p, nil
-}
-
-func (a *Authenticator) lookup(ctx context.Context, hash domain.TokenHash) (domain.Principal, error) {
-	if a.cfg.Cache != nil {
-		p, ok, err := a.cfg.Cache.Principal(ctx, hash)
-		switch {
-		case err != nil:
-			// A cache that cannot answer degrades to the store; it never fails auth.
-			a.observe(ctx, "error")
-		case ok:
-			a.observe(ctx, "hit")
-			return p, nil
-		default:
-			a.observe(ctx, "miss")
-		}
-	}
-	p, err := a.cfg.Store.Principal(ctx, hash)
-	switch {
-	case errors.Is(err, domain.ErrNotFound):
-		return domain.Principal{}, apperr.New(apperr.UnknownToken, "the token is not known")
-	case err != nil:
-		return domain.Principal{}, unavailable(err)
-	}
-	if a.cfg.Cache != nil {
-		// Best effort: a failed fill only costs the next request a store
-		// lookup. The cache shortens the lifetime of an expiring token.
-		_ = a.cfg.Cache.PutPrincipal(ctx, hash, p, a.cfg.CacheTTL)
-	}
-	return p, nil
-}
-
-func (a *Authenticator) observe(ctx context.Context, result string) {
-	if a.cfg.Observer != nil {
-		a.cfg.Observer.CacheRequest(ctx, "principal", result)
-	}
-}
-
-func unavailable(err error) error {
-	return &apperr.Error{Code: apperr.Unavailable, Message: "authentication is temporarily unavailable", RetryAfter: time.Second, Err: err}
 }

@@ -89,7 +89,7 @@ func TestAuthenticateCodes(t *testing.T) {
 		Hash(revoked): {UserID: 1, TokenID: 3, RevokedAt: &past},
 		Hash(later):   {UserID: 1, TokenID: 4, ExpiresAt: &future},
 	}}
-	a := New(Config{Store: st, Cache: &fakeCache{m: map[domain.TokenHash]domain.Principal{}}, Now: func() time.Time { return now }})
+	a := New(Config{Store: NewCachedStore(st, &fakeCache{m: map[domain.TokenHash]domain.Principal{}}, nil, 0), Now: func() time.Time { return now }})
 	cases := []struct {
 		header string
 		code   apperr.Code
@@ -109,7 +109,7 @@ func TestAuthenticateCodes(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.header, func(t *testing.T) {
 			for range 2 { // second round is served by the cache
-				_, err := a.Authenticate(context.Background(), tc.header)
+				_, _, err := a.Authenticate(context.Background(), tc.header)
 				if got := codeOf(err); got != tc.code {
 					t.Fatalf("code %q, want %q (%v)", got, tc.code, err)
 				}
@@ -132,9 +132,9 @@ func TestCacheServesWarmAndDegradesToStore(t *testing.T) {
 	tok, _, _ := NewToken()
 	st := &fakeStore{m: map[domain.TokenHash]domain.Principal{Hash(tok): {UserID: 7}}}
 	c := &fakeCache{m: map[domain.TokenHash]domain.Principal{}}
-	a := New(Config{Store: st, Cache: c})
+	a := New(Config{Store: NewCachedStore(st, c, nil, 0)})
 	for range 3 {
-		if p, err := a.Authenticate(context.Background(), "Bearer "+tok); err != nil || p.UserID != 7 {
+		if p, h, err := a.Authenticate(context.Background(), "Bearer "+tok); err != nil || p.UserID != 7 || h != Hash(tok) {
 			t.Fatalf("got %+v %v", p, err)
 		}
 	}
@@ -142,11 +142,11 @@ func TestCacheServesWarmAndDegradesToStore(t *testing.T) {
 		t.Fatalf("store calls = %d, want 1 (then cache hits)", st.calls)
 	}
 	c.err = errors.New("cache down")
-	if _, err := a.Authenticate(context.Background(), "Bearer "+tok); err != nil {
+	if _, _, err := a.Authenticate(context.Background(), "Bearer "+tok); err != nil {
 		t.Fatalf("a cache error must degrade to the store: %v", err)
 	}
 	st.err = domain.ErrUnavailable
-	_, err := a.Authenticate(context.Background(), "Bearer "+tok)
+	_, _, err := a.Authenticate(context.Background(), "Bearer "+tok)
 	if apperr.CodeOf(err) != apperr.Unavailable {
 		t.Fatalf("want unavailable, got %v", err)
 	}

@@ -229,6 +229,10 @@ func (c *Config) validate() error {
 		}
 		seen[p.Name] = true
 	}
+	// Provisioning and pprof must not be open to the network.
+	if c.AdminToken == "" && c.AdminNeedsToken() {
+		return &Error{Var: "ADMIN_TOKEN", Msg: "required when ADMIN_ADDR is not a loopback address"}
+	}
 	return nil
 }
 

@@ -108,3 +108,26 @@ func TestAdminNeedsToken(t *testing.T) {
 		}
 	}
 }
+
+func TestAdminTokenRequiredBeyondLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		addr, token string
+		ok          bool
+	}{
+		{"127.0.0.1:9090", "", true},
+		{"0.0.0.0:9090", "", false},
+		{":9090", "", false},
+		{":9090", "secret", true},
+	} {
+		_, err := Load(func(k string) string {
+			return map[string]string{"ADMIN_ADDR": tc.addr, "ADMIN_TOKEN": tc.token}[k]
+		})
+		var ce *Error
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("ADMIN_ADDR=%s ADMIN_TOKEN=%q: %v", tc.addr, tc.token, err)
+		case !tc.ok && (!errors.As(err, &ce) || ce.Var != "ADMIN_TOKEN"):
+			t.Errorf("ADMIN_ADDR=%s without ADMIN_TOKEN: got %v, want an ADMIN_TOKEN error", tc.addr, err)
+		}
+	}
+}

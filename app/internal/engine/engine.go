@@ -7,9 +7,7 @@ package engine
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
@@ -22,23 +20,23 @@ const (
 	MaxItemBytes    = 256
 )
 
-// Store is what the engine needs from the system of record.
+// Items is a user's item set, as the engine needs it. The system of record
+// implements it (FromStore), and so does CachedItems, which wraps another
+// Items. Implementations MUST be safe for concurrent use.
+type Items interface {
+	// HasNot returns the items of the list the set does not have, in input
+	// order, each once, and where the answer came from.
+	HasNot(ctx context.Context, userID int64, items []string) (Result, error)
+	// Update adds then removes items in one step and returns the set's new
+	// version; domain.ErrTooManyItems past maxItems, domain.ErrNotFound for
+	// an unknown user.
+	Update(ctx context.Context, userID int64, add, remove []string, maxItems int64) (domain.ItemChange, error)
+}
+
+// Store is what FromStore needs from the system of record.
 type Store interface {
 	ItemsHaving(ctx context.Context, userID int64, items []string) ([]string, error)
 	UpdateItems(ctx context.Context, userID int64, add, remove []string, maxItems int64) (domain.ItemChange, error)
-}
-
-// Cache is what the engine needs from the cache; see the valkey package for
-// the versioned protocol that keeps it exact under concurrent writes.
-type Cache interface {
-	HasNot(ctx context.Context, userID int64, items []string) (missing []string, warm bool, err error)
-	ApplyItems(ctx context.Context, userID int64, version int64, add, remove []string) error
-	InvalidateItems(ctx context.Context, userID int64, atLeastVersion int64) error
-}
-
-// Observer is told about item-set cache lookups.
-type Observer interface {
-	CacheRequest(ctx context.Context, cache, result string)
 }
 
 // Source says where an answer came from.
@@ -54,31 +52,20 @@ const (
 type Result struct {
 	Missing []string
 	Source  Source
-	// DB is the time spent in the system of record (zero when warm).
-	DB time.Duration
 }
 
 // Config configures an Engine.
 type Config struct {
-	Store    Store
-	Cache    Cache // optional
-	Observer Observer
-	Now      func() time.Time
-	// Retry is called after an ApplyItems failure so the invalidation is
-	// retried in the background (the change is already committed).
-	OnCacheFailure func(userID int64, version int64)
+	// Items is the item set: FromStore(store), usually wrapped in CachedItems.
+	Items Items
 }
 
-// Engine answers has-not queries and changes item sets.
+// Engine answers has-not queries and changes item sets, turning the item
+// set's errors into the API's.
 type Engine struct{ cfg Config }
 
 // New returns an Engine.
-func New(cfg Config) *Engine {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	return &Engine{cfg: cfg}
-}
+func New(cfg Config) *Engine { return &Engine{cfg: cfg} }
 
 // ValidateItems checks a list of items against the public limits. min is 0
 // for lists that may be empty.
@@ -107,28 +94,31 @@ func ValidateItems(field string, items []string, min int) error {
 }
 
 // HasNot returns the items of the list that the user's set does not have, in
-// input order, each once. The cache answers when it is warm; otherwise the
-// store does, and the query never fails because the cache is cold.
+// input order, each once. A warm cache answers; otherwise the store does, and
+// the query never fails because the cache is cold.
 func (e *Engine) HasNot(ctx context.Context, userID int64, items []string) (Result, error) {
-	if e.cfg.Cache != nil {
-		missing, warm, err := e.cfg.Cache.HasNot(ctx, userID, items)
-		switch {
-		case err != nil:
-			e.observe(ctx, "error")
-		case warm:
-			e.observe(ctx, "hit")
-			return Result{Missing: missing, Source: SourceCache}, nil
-		default:
-			e.observe(ctx, "miss")
-		}
-	}
-	start := e.cfg.Now()
-	have, err := e.cfg.Store.ItemsHaving(ctx, userID, items)
-	db := e.cfg.Now().Sub(start)
+	res, err := e.cfg.Items.HasNot(ctx, userID, items)
 	if err != nil {
-		return Result{DB: db}, unavailable("the item store", err)
+		return res, apperr.Temporary(err, "the item store is temporarily unavailable")
 	}
-	return Result{Missing: subtract(items, have), Source: SourceStore, DB: db}, nil
+	return res, nil
+}
+
+// FromStore returns the Items of the system of record.
+func FromStore(st Store) Items { return storeItems{st} }
+
+type storeItems struct{ st Store }
+
+func (s storeItems) HasNot(ctx context.Context, userID int64, items []string) (Result, error) {
+	have, err := s.st.ItemsHaving(ctx, userID, items)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Missing: subtract(items, have), Source: SourceStore}, nil
+}
+
+func (s storeItems) Update(ctx context.Context, userID int64, add, remove []string, maxItems int64) (domain.ItemChange, error) {
+	return s.st.UpdateItems(ctx, userID, add, remove, maxItems)
 }
 
 // subtract returns items not in have, in input order, each once.
@@ -148,40 +138,17 @@ func subtract(items, have []string) []string {
 	return missing
 }
 
-// Update adds and removes items of the user's set. The store commits first;
-// then the change is mirrored into the cache under the set's version, so the
-// next query sees it whether the set is warm or not.
-func (e *Engine) Update(ctx context.Context, userID int64, add, remove []string, maxItems int64) (domain.ItemChange, time.Duration, error) {
-	start := e.cfg.Now()
-	ch, err := e.cfg.Store.UpdateItems(ctx, userID, add, remove, maxItems)
-	db := e.cfg.Now().Sub(start)
+// Update adds and removes items of the user's set; the next query sees the
+// change, whether the set is warm or not.
+func (e *Engine) Update(ctx context.Context, userID int64, add, remove []string, maxItems int64) (domain.ItemChange, error) {
+	ch, err := e.cfg.Items.Update(ctx, userID, add, remove, maxItems)
 	switch {
 	case errors.Is(err, domain.ErrTooManyItems):
-		return ch, db, apperr.New(apperr.TooManyItems, "the change would exceed the plan's limit of %d items", maxItems)
+		return ch, apperr.New(apperr.TooManyItems, "the change would exceed the plan's limit of %d items", maxItems)
 	case errors.Is(err, domain.ErrNotFound):
-		return ch, db, apperr.New(apperr.NotFound, "the user does not exist")
+		return ch, apperr.New(apperr.NotFound, "the user does not exist")
 	case err != nil:
-		return ch, db, unavailable("the item store", err)
+		return ch, apperr.Temporary(err, "the item store is temporarily unavailable")
 	}
-	if e.cfg.Cache != nil {
-		if err := e.cfg.Cache.ApplyItems(ctx, userID, ch.Version, add, remove); err != nil {
-			// The change is committed; a cache that missed it must not answer
-			// for this user. Invalidate (also versioned), and if even that
-			// fails, hand it to the background retrier.
-			if ierr := e.cfg.Cache.InvalidateItems(context.WithoutCancel(ctx), userID, ch.Version); ierr != nil && e.cfg.OnCacheFailure != nil {
-				e.cfg.OnCacheFailure(userID, ch.Version)
-			}
-		}
-	}
-	return ch, db, nil
-}
-
-func (e *Engine) observe(ctx context.Context, result string) {
-	if e.cfg.Observer != nil {
-		e.cfg.Observer.CacheRequest(ctx, "items", result)
-	}
-}
-
-func unavailable(what string, err error) error {
-	return &apperr.Error{Code: apperr.Unavailable, Message: fmt.Sprintf("%s is temporarily unavailable", what), RetryAfter: time.Second, Err: err}
+	return ch, nil
 }

@@ -77,14 +77,13 @@ func TestCacheDownDegradesToStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var retried []int64
-	e := New(Config{Store: st, Cache: failingCache{applyErr: errors.New("down"), invErr: errors.New("down")},
-		OnCacheFailure: func(userID, version int64) { retried = append(retried, version) }})
-	ch, _, err := e.Update(ctx, u.ID, []string{"a", "b"}, nil, 10)
+	retried := &recordRetries{}
+	e := New(Config{Items: NewCachedItems(FromStore(st), failingCache{applyErr: errors.New("down"), invErr: errors.New("down")}, nil, retried)})
+	ch, err := e.Update(ctx, u.ID, []string{"a", "b"}, nil, 10)
 	if err != nil || ch.Added != 2 {
 		t.Fatalf("update: %+v %v", ch, err)
 	}
-	if d := cmp.Diff([]int64{ch.Version}, retried); d != "" {
+	if d := cmp.Diff([]int64{ch.Version}, retried.versions); d != "" {
 		t.Fatalf("a change the cache missed must be handed to the retrier: %s", d)
 	}
 	res, err := e.HasNot(ctx, u.ID, []string{"a", "z"})
@@ -94,8 +93,12 @@ func TestCacheDownDegradesToStore(t *testing.T) {
 	if d := cmp.Diff([]string{"z"}, res.Missing); d != "" {
 		t.Fatal(d)
 	}
-	_, _, err = e.Update(ctx, u.ID, []string{"1", "2", "3", "4", "5", "6", "7", "8", "9"}, nil, 10)
+	_, err = e.Update(ctx, u.ID, []string{"1", "2", "3", "4", "5", "6", "7", "8", "9"}, nil, 10)
 	if apperr.CodeOf(err) != apperr.TooManyItems {
 		t.Fatalf("want too_many_items, got %v", err)
 	}
 }
+
+type recordRetries struct{ versions []int64 }
+
+func (r *recordRetries) Retry(_, version int64) { r.versions = append(r.versions, version) }

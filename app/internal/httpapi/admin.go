@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -75,23 +74,7 @@ func NewAdmin(cfg AdminConfig) http.Handler {
 	}
 	a := &admin{cfg: cfg, tokenHash: sha256.Sum256([]byte(cfg.Token))}
 	mux := http.NewServeMux()
-	if cfg.MetricsHandler != nil {
-		mux.Handle("GET /metrics", cfg.MetricsHandler)
-	}
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("POST /admin/users", a.createUser)
-	mux.HandleFunc("POST /admin/users/{id}/tokens", a.createToken)
-	mux.HandleFunc("DELETE /admin/tokens/{id}", a.revokeToken)
-	mux.HandleFunc("POST /admin/sync", a.triggerSync)
-	mux.HandleFunc("GET /admin/sync", a.syncStatus)
-	mux.HandleFunc("GET /admin/warmup", a.warmupStatus)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		a.error(w, apperr.New(apperr.NotFound, "no such admin route: %s %s", r.Method, r.URL.Path))
-	})
+	a.routes(mux)
 	return a.authenticate(mux)
 }
 
@@ -264,7 +247,7 @@ func (a *admin) revokeToken(w http.ResponseWriter, r *http.Request) {
 		// so, or another instance could keep accepting the token. Revoking
 		// is idempotent, so the caller can simply retry.
 		if err := a.cfg.Cache.DropPrincipal(r.Context(), t.Hash); err != nil {
-			a.error(w, &apperr.Error{Code: apperr.Unavailable, Message: "the token is revoked in the store but the cache could not be updated; retry the request", RetryAfter: time.Second, Err: err})
+			a.error(w, apperr.Temporary(err, "the token is revoked in the store but the cache could not be updated; retry the request"))
 			return
 		}
 	}
@@ -295,7 +278,7 @@ func (a *admin) warmupStatus(w http.ResponseWriter, r *http.Request) {
 
 func storeErr(err error) error {
 	if errors.Is(err, domain.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
-		return &apperr.Error{Code: apperr.Unavailable, Message: "the store is temporarily unavailable", RetryAfter: time.Second, Err: err}
+		return apperr.Temporary(err, "the store is temporarily unavailable")
 	}
 	return apperr.Wrap(err, apperr.Internal, "an internal error occurred")
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -14,9 +13,9 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
-	"github.com/warmpath/warmpath/app/internal/config"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/engine"
+	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
@@ -81,8 +80,7 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 
 func (s *Server) handleQuery(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	st := state(c)
-	p, hash, err := s.principal(c, ctx)
+	who, err := s.caller(c, ctx)
 	if err != nil {
 		return err
 	}
@@ -93,62 +91,17 @@ func (s *Server) handleQuery(c *fiber.Ctx) error {
 	if err := engine.ValidateItems("items", req.Items, 1); err != nil {
 		return err
 	}
-
-	var dec usage.Decision
-	err = s.phase(ctx, "usage.check", &st.b.UsageCheck, func(ctx context.Context) error {
-		var err error
-		dec, err = s.cfg.Usage.Check(ctx, p)
-		return err
-	})
-	if err != nil {
-		return err
+	ans, err := s.cfg.Query.Query(ctx, who, req.Items)
+	if ans.Metered {
+		setRateLimit(c, who.Principal.Plan, ans.Usage)
 	}
-	setRateLimit(c, p.Plan, dec)
-	if !dec.Allowed {
-		return &apperr.Error{Code: apperr.QuotaExceeded, Message: fmt.Sprintf("quota of %d queries per %s reached; it resets at %s", dec.Limit, p.Plan.Period, dec.ResetAt.Format(time.RFC3339)), RetryAfter: dec.RetryAfter}
-	}
-	s.recordFirstQuery(ctx, p.UserID)
-
-	var res engine.Result
-	err = s.phase(ctx, "engine.query", &st.b.Query, func(ctx context.Context) error {
-		var err error
-		res, err = s.cfg.Engine.HasNot(ctx, p.UserID, req.Items)
-		if err != nil || res.Source == engine.SourceCache {
-			return err
-		}
-		switch s.cfg.Strategy {
-		case config.StrategyAsync:
-			// Answered from the store at once; warm the user for next time.
-			if _, err := s.cfg.Warmup.Enqueue(ctx, warmup.Job{UserID: p.UserID, TokenHash: &hash, Kind: warmup.KindLogin, Cause: ctx}); err != nil && !errors.Is(err, warmup.ErrQueueFull) {
-				// Debug, not warn: while Valkey is down every query is cold and
-				// this would log once per request; readyz and the cache metrics
-				// already say it.
-				s.log.DebugContext(ctx, "enqueue warmup for cold user", "user_id", p.UserID, "err", err.Error())
-			}
-		case config.StrategyInline:
-			// The pre-optimisation behaviour, kept for A/B runs: the request
-			// waits for the full warmup, then answers from the cache.
-			if _, err := s.cfg.Warmup.Run(ctx, warmup.Job{UserID: p.UserID, TokenHash: &hash, Kind: warmup.KindInline, Cause: ctx}); err == nil {
-				if again, err := s.cfg.Engine.HasNot(ctx, p.UserID, req.Items); err == nil {
-					again.DB += res.DB
-					res = again
-				}
-			}
-		}
-		return nil
-	})
-	st.b.DB += res.DB
 	if err != nil {
-		// Only successful metered requests count: give the unit back.
-		if rerr := s.cfg.Usage.Refund(context.WithoutCancel(ctx), p, dec); rerr != nil {
-			s.log.WarnContext(ctx, "usage refund failed; a failed request stays counted", "user_id", p.UserID, "err", rerr.Error())
-		}
 		return err
 	}
 	return c.JSON(queryResponse{
-		Missing: res.Missing,
+		Missing: ans.Missing,
 		Checked: len(req.Items),
-		Usage:   usageBody(dec),
+		Usage:   usageBody(ans.Usage),
 	})
 }
 
@@ -173,8 +126,7 @@ func windowStart(plan domain.Plan, reset time.Time) time.Time {
 
 func (s *Server) handleItems(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	st := state(c)
-	p, _, err := s.principal(c, ctx)
+	who, err := s.caller(c, ctx)
 	if err != nil {
 		return err
 	}
@@ -192,11 +144,9 @@ func (s *Server) handleItems(c *fiber.Ctx) error {
 		return err
 	}
 	var ch domain.ItemChange
-	err = s.phase(ctx, "engine.update", &st.b.Query, func(ctx context.Context) error {
-		var db time.Duration
+	err = telemetry.RunSpan(ctx, s.tracer, telemetry.PhaseQuery, "engine.update", func(ctx context.Context) error {
 		var err error
-		ch, db, err = s.cfg.Engine.Update(ctx, p.UserID, req.Add, req.Remove, p.Plan.MaxItems)
-		st.b.DB += db
+		ch, err = s.cfg.Items.Update(ctx, who.Principal.UserID, req.Add, req.Remove, who.Principal.Plan.MaxItems)
 		return err
 	})
 	if err != nil {
@@ -207,38 +157,26 @@ func (s *Server) handleItems(c *fiber.Ctx) error {
 
 func (s *Server) handleWarmupPost(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	p, hash, err := s.principal(c, ctx)
+	who, err := s.caller(c, ctx)
 	if err != nil {
 		return err
 	}
-	if s.cfg.Strategy == config.StrategyOff {
-		// Warmup is switched off (A/B runs): accept, report, enqueue nothing.
-		ws, err := s.cfg.Warmup.Status(ctx, p.UserID)
-		if err != nil {
-			return &apperr.Error{Code: apperr.Unavailable, Message: "warmup status is temporarily unavailable", RetryAfter: time.Second, Err: err}
-		}
-		return c.Status(fiber.StatusAccepted).JSON(warmupResponse{WarmupStatus: ws})
-	}
-	ws, err := s.cfg.Warmup.Enqueue(ctx, warmup.Job{UserID: p.UserID, TokenHash: &hash, Kind: warmup.KindLogin, Cause: ctx})
-	if errors.Is(err, warmup.ErrQueueFull) {
-		return &apperr.Error{Code: apperr.WarmupQueueFull, Message: "the warmup queue is full; queries still work, try warming up again shortly", RetryAfter: time.Second, Err: err}
-	}
+	ws, err := s.cfg.Query.Warm(ctx, who)
 	if err != nil {
-		return &apperr.Error{Code: apperr.Unavailable, Message: "warmup is temporarily unavailable; queries still work", RetryAfter: time.Second, Err: err}
+		return err
 	}
-	s.firstQuery.mark(p.UserID)
 	return c.Status(fiber.StatusAccepted).JSON(warmupResponse{WarmupStatus: ws})
 }
 
 func (s *Server) handleWarmupGet(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	p, _, err := s.principal(c, ctx)
+	who, err := s.caller(c, ctx)
 	if err != nil {
 		return err
 	}
-	ws, err := s.cfg.Warmup.Status(ctx, p.UserID)
+	ws, err := s.cfg.Query.WarmupStatus(ctx, who.Principal.UserID)
 	if err != nil {
-		return &apperr.Error{Code: apperr.Unavailable, Message: "warmup status is temporarily unavailable", RetryAfter: time.Second, Err: err}
+		return err
 	}
 	return c.JSON(warmupResponse{WarmupStatus: ws})
 }
@@ -298,49 +236,3 @@ func (s *Server) notFound(c *fiber.Ctx) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// firstQueries remembers users whose login warmup was requested here and
-// whose first metered query has not been seen yet, so that query can be
-// counted by the state its warmup was in (warmpath_first_query_total).
-type firstQueries struct {
-	mu sync.Mutex
-	m  map[int64]struct{}
-}
-
-func newFirstQueries() *firstQueries { return &firstQueries{m: map[int64]struct{}{}} }
-
-func (f *firstQueries) mark(userID int64) {
-	f.mu.Lock()
-	// Bounded: a flood of warmups must not grow memory without limit.
-	if len(f.m) < 1<<20 {
-		f.m[userID] = struct{}{}
-	}
-	f.mu.Unlock()
-}
-
-func (f *firstQueries) take(userID int64) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.m) == 0 {
-		return false
-	}
-	if _, ok := f.m[userID]; !ok {
-		return false
-	}
-	delete(f.m, userID)
-	return true
-}
-
-func (s *Server) recordFirstQuery(ctx context.Context, userID int64) {
-	if !s.firstQuery.take(userID) {
-		return
-	}
-	state := "none"
-	if ws, err := s.cfg.Warmup.Status(ctx, userID); err == nil && ws.State != warmup.StateIdle {
-		state = string(ws.State)
-		if ws.State == warmup.StateFailed {
-			state = "none"
-		}
-	}
-	s.metrics.FirstQuery(ctx, state)
-}

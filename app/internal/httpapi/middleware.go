@@ -28,8 +28,8 @@ import (
 type reqState struct {
 	id    string
 	start time.Time
-	b     telemetry.Breakdown
-	perf  bool // a metered/API route: gets a [PERF] line and phase metrics
+	t     telemetry.Timings // in the request's context: phases add to it
+	perf  bool              // a metered/API route: gets a [PERF] line and phase metrics
 }
 
 const stateKey = "warmpath.req"
@@ -104,6 +104,7 @@ func (s *Server) observe(c *fiber.Ctx) (err error) {
 
 	ctx := s.prop.Extract(context.Background(), headerCarrier{&c.Request().Header})
 	method := stableMethod(c.Method())
+	ctx = telemetry.WithTimings(ctx, &st.t)
 	ctx, span := s.tracer.Start(ctx, method, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(
 			semconv.HTTPRequestMethodKey.String(method),
@@ -134,14 +135,15 @@ func (s *Server) observe(c *fiber.Ctx) (err error) {
 }
 
 func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span trace.Span) {
-	st.b.Total = time.Since(st.start)
+	st.t.Add(telemetry.PhaseTotal, time.Since(st.start))
+	b := st.t.Breakdown()
 	code := c.Response().StatusCode()
 	route := c.Route().Path
 	if code == fiber.StatusNotFound && (route == "/" || route == "") {
 		route = "unmatched" // keep metric cardinality bounded
 	}
 	method := stableMethod(c.Method())
-	c.Set("Server-Timing", telemetry.ServerTiming(st.b))
+	c.Set("Server-Timing", telemetry.ServerTiming(b))
 
 	span.SetName(method + " " + route)
 	span.SetAttributes(semconv.HTTPRoute(route), semconv.HTTPResponseStatusCode(code))
@@ -150,14 +152,14 @@ func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span tr
 	}
 	span.End()
 
-	s.reqDuration.Record(ctx, st.b.Total.Seconds(), metric.WithAttributeSet(attribute.NewSet(
+	s.reqDuration.Record(ctx, b.Total.Seconds(), metric.WithAttributeSet(attribute.NewSet(
 		semconv.HTTPRequestMethodKey.String(method),
 		semconv.HTTPRoute(route),
 		semconv.HTTPResponseStatusCode(code),
 	)))
 	if st.perf {
-		slow := s.metrics.RecordRequest(ctx, st.b)
-		telemetry.LogPerf(ctx, s.log, method, route, code, st.b, slow)
+		slow := s.metrics.RecordRequest(ctx, b)
+		telemetry.LogPerf(ctx, s.log, method, route, code, b, slow)
 	}
 }
 
@@ -221,22 +223,6 @@ func (s *Server) preflight(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Idempotency-Key, X-Request-Id, traceparent, tracestate")
 	c.Set(fiber.HeaderAccessControlMaxAge, "600")
 	return c.SendStatus(fiber.StatusNoContent)
-}
-
-// phase runs fn inside a child span named name and adds its duration to *d.
-func (s *Server) phase(ctx context.Context, name string, d *time.Duration, fn func(ctx context.Context) error) error {
-	ctx, span := s.tracer.Start(ctx, name)
-	start := time.Now()
-	err := fn(ctx)
-	*d += time.Since(start)
-	if err != nil {
-		if e := apperr.As(err); e == nil || status(e.Code) >= 500 {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, "failed")
-		}
-	}
-	span.End()
-	return err
 }
 
 var _ propagation.TextMapCarrier = headerCarrier{}

@@ -15,22 +15,35 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/warmpath/warmpath/app/internal/auth"
 	"github.com/warmpath/warmpath/app/internal/domain"
-	"github.com/warmpath/warmpath/app/internal/engine"
+	"github.com/warmpath/warmpath/app/internal/query"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
-	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
 // MaxBodyBytes is the largest request body accepted (1 MiB).
 const MaxBodyBytes = 1 << 20
 
-// Warmup is what the HTTP layer needs from the warmup manager.
-type Warmup interface {
-	Enqueue(ctx context.Context, job warmup.Job) (warmup.Status, error)
-	Run(ctx context.Context, job warmup.Job) (warmup.Status, error)
-	Status(ctx context.Context, userID int64) (warmup.Status, error)
+// Authenticator resolves the Authorization header to the caller
+// (auth.Authenticator).
+type Authenticator interface {
+	Authenticate(ctx context.Context, header string) (domain.Principal, domain.TokenHash, error)
+}
+
+// Querier runs metered queries and login warmups (query.Service).
+type Querier interface {
+	Query(ctx context.Context, c query.Caller, items []string) (query.Answer, error)
+	Warm(ctx context.Context, c query.Caller) (warmup.Status, error)
+	WarmupStatus(ctx context.Context, userID int64) (warmup.Status, error)
+}
+
+// ItemUpdater changes a user's item set (engine.Engine).
+type ItemUpdater interface {
+	Update(ctx context.Context, userID int64, add, remove []string, maxItems int64) (domain.ItemChange, error)
+}
+
+// SystemWarmup reports the system warmup (warmup.Manager).
+type SystemWarmup interface {
 	System() warmup.SystemStatus
 }
 
@@ -46,11 +59,10 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
 	Metrics        *telemetry.Metrics
-	Auth           *auth.Authenticator
-	Usage          *usage.Service
-	Engine         *engine.Engine
-	Warmup         Warmup
-	Strategy       string // async | inline | off
+	Auth           Authenticator
+	Query          Querier
+	Items          ItemUpdater
+	Warmup         SystemWarmup // readyz?verbose
 	Checks         []Check
 	CORSOrigins    []string // exact origins; "*" allows any (answered "*", never with credentials)
 	CheckTimeout   time.Duration
@@ -72,7 +84,6 @@ type Server struct {
 	prop        propagation.TextMapPropagator
 	metrics     *telemetry.Metrics
 	reqDuration metric.Float64Histogram
-	firstQuery  *firstQueries
 	conns       *connTracker
 	assets      map[string]*asset // nil without Config.Web
 	corsAny     bool              // CORS_ORIGINS has "*"
@@ -97,7 +108,6 @@ func NewServer(cfg Config) (*Public, error) {
 		prop:        propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		metrics:     cfg.Metrics,
 		reqDuration: reqDuration,
-		firstQuery:  newFirstQueries(),
 		conns:       newConnTracker(),
 		corsExact:   map[string]bool{},
 	}
@@ -126,20 +136,13 @@ func NewServer(cfg Config) (*Public, error) {
 	return newPublic(app, s.conns), nil
 }
 
-// principal authenticates the request inside the "auth" span and records the
-// phase. It returns the token hash too (warmup caches the caller's session).
-func (s *Server) principal(c *fiber.Ctx, ctx context.Context) (domain.Principal, domain.TokenHash, error) {
-	st := state(c)
-	var p domain.Principal
-	var h domain.TokenHash
-	err := s.phase(ctx, "auth", &st.b.Auth, func(ctx context.Context) error {
-		tok, err := auth.ParseBearer(c.Get(fiber.HeaderAuthorization))
-		if err != nil {
-			return err
-		}
-		h = auth.Hash(tok)
-		p, err = s.cfg.Auth.Resolve(ctx, h)
+// caller authenticates the request as the auth phase.
+func (s *Server) caller(c *fiber.Ctx, ctx context.Context) (query.Caller, error) {
+	var who query.Caller
+	err := telemetry.RunPhase(ctx, s.tracer, telemetry.PhaseAuth, func(ctx context.Context) error {
+		var err error
+		who.Principal, who.Hash, err = s.cfg.Auth.Authenticate(ctx, c.Get(fiber.HeaderAuthorization))
 		return err
 	})
-	return p, h, err
+	return who, err
 }

@@ -34,19 +34,6 @@ const (
 	SyncError     = "error"
 )
 
-// phases in pipeline order; the order of RecordRequest's slow result.
-var phases = [...]string{PhaseAuth, PhaseUsageCheck, PhaseQuery, PhaseDB, PhaseTotal}
-
-// Indexes into phases.
-const (
-	iAuth = iota
-	iUsageCheck
-	iQuery
-	iDB
-	iTotal
-	nPhases
-)
-
 // PoolStats is a snapshot of a database connection pool, shaped after
 // pgxpool.Stat so the store can fill it without this package importing pgx.
 type PoolStats struct {
@@ -98,10 +85,10 @@ func NewMetrics(mp metric.MeterProvider, th Thresholds) (*Metrics, error) {
 	th = th.withDefaults()
 	meter := mp.Meter(meterName)
 	m := &Metrics{thresholds: th, addOpts: map[labelKey][]metric.AddOption{}}
-	m.limits[iAuth] = th.Auth
-	m.limits[iUsageCheck] = th.UsageCheck
-	m.limits[iDB] = th.DB
-	m.limits[iTotal] = th.Total
+	m.limits[PhaseAuth] = th.Auth
+	m.limits[PhaseUsageCheck] = th.UsageCheck
+	m.limits[PhaseDB] = th.DB
+	m.limits[PhaseTotal] = th.Total
 
 	var errs []error
 	check := func(err error) {
@@ -145,7 +132,7 @@ func NewMetrics(mp metric.MeterProvider, th Thresholds) (*Metrics, error) {
 		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
 			for i, lim := range m.limits {
 				if lim > 0 {
-					o.Observe(lim.Seconds(), metric.WithAttributeSet(phaseSet(i)))
+					o.Observe(lim.Seconds(), metric.WithAttributeSet(phaseSet(Phase(i))))
 				}
 			}
 			return nil
@@ -187,7 +174,7 @@ func NewMetrics(mp metric.MeterProvider, th Thresholds) (*Metrics, error) {
 		return nil, fmt.Errorf("create instruments: %w", err)
 	}
 
-	for i := range phases {
+	for i := range nPhases {
 		set := phaseSet(i)
 		m.phaseRecord[i] = []metric.RecordOption{metric.WithAttributeSet(set)}
 		m.phaseAdd[i] = []metric.AddOption{metric.WithAttributeSet(set)}
@@ -285,13 +272,14 @@ func (m *Metrics) Thresholds() Thresholds { return m.thresholds }
 func (m *Metrics) RecordRequest(ctx context.Context, b Breakdown) (slow []string) {
 	durs := [nPhases]time.Duration{b.Auth, b.UsageCheck, b.Query, b.DB, b.Total}
 	for i, d := range durs {
-		if d <= 0 && i != iTotal {
+		p := Phase(i)
+		if d <= 0 && p != PhaseTotal {
 			continue
 		}
 		m.phaseDuration.Record(ctx, d.Seconds(), m.phaseRecord[i]...)
 		if lim := m.limits[i]; lim > 0 && d > lim {
 			m.slowPhase.Add(ctx, 1, m.phaseAdd[i]...)
-			slow = append(slow, phases[i])
+			slow = append(slow, p.Metric())
 		}
 	}
 	return slow
@@ -363,9 +351,9 @@ func storeFunc[F any](p *atomic.Pointer[F], f F, isNil bool) {
 	p.Store(&f)
 }
 
-// phaseSet is the attribute set {phase=phases[i]}.
-func phaseSet(i int) attribute.Set {
-	return attribute.NewSet(attribute.String("phase", phases[i]))
+// phaseSet is the attribute set {phase=p.Metric()}.
+func phaseSet(p Phase) attribute.Set {
+	return attribute.NewSet(attribute.String("phase", p.Metric()))
 }
 
 // labelKey identifies one precomputed label combination of one metric.

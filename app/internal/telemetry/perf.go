@@ -51,10 +51,10 @@ func LogPerf(ctx context.Context, l *slog.Logger, method, path string, status in
 		slog.Int("status", status),
 		slog.Float64("total_ms", ms(b.Total)),
 		slog.Group("breakdown",
-			slog.Float64("auth", ms(b.Auth)),
-			slog.Float64("usageCheck", ms(b.UsageCheck)),
-			slog.Float64("query", ms(b.Query)),
-			slog.Float64("db", ms(b.DB)),
+			slog.Float64(PhaseAuth.Log(), ms(b.Auth)),
+			slog.Float64(PhaseUsageCheck.Log(), ms(b.UsageCheck)),
+			slog.Float64(PhaseQuery.Log(), ms(b.Query)),
+			slog.Float64(PhaseDB.Log(), ms(b.DB)),
 		),
 		slog.Any("slow", slow),
 	)
@@ -84,9 +84,9 @@ func writeBreakdown(sb *strings.Builder, b Breakdown) {
 	sb.WriteString("{breakdown: {")
 	first := true
 	for _, p := range [...]struct {
-		name string
-		d    time.Duration
-	}{{"auth", b.Auth}, {"usageCheck", b.UsageCheck}, {"query", b.Query}, {"db", b.DB}} {
+		phase Phase
+		d     time.Duration
+	}{{PhaseAuth, b.Auth}, {PhaseUsageCheck, b.UsageCheck}, {PhaseQuery, b.Query}, {PhaseDB, b.DB}} {
 		if p.d <= 0 {
 			continue
 		}
@@ -94,7 +94,7 @@ func writeBreakdown(sb *strings.Builder, b Breakdown) {
 			sb.WriteString(", ")
 		}
 		first = false
-		sb.WriteString(p.name)
+		sb.WriteString(p.phase.Log())
 		sb.WriteString(": ")
 		sb.WriteString(fmtMS(p.d))
 	}
@@ -125,26 +125,26 @@ func fmtMS(d time.Duration) string {
 // there. db appears when it ran (it overlaps usage and query).
 func ServerTiming(b Breakdown) string {
 	buf := make([]byte, 0, 96)
-	add := func(name string, d time.Duration) {
+	add := func(p Phase, d time.Duration) {
 		if len(buf) > 0 {
 			buf = append(buf, ", "...)
 		}
-		buf = append(buf, name...)
+		buf = append(buf, p.ServerTiming()...)
 		buf = append(buf, ";dur="...)
 		buf = strconv.AppendFloat(buf, float64(d)/float64(time.Millisecond), 'f', 3, 64)
 	}
 	if b.Auth > 0 {
-		add("auth", b.Auth)
+		add(PhaseAuth, b.Auth)
 	}
 	if b.UsageCheck > 0 {
-		add("usage", b.UsageCheck)
+		add(PhaseUsageCheck, b.UsageCheck)
 	}
 	if b.Query > 0 {
-		add("query", b.Query)
+		add(PhaseQuery, b.Query)
 	}
 	if b.DB > 0 {
-		add("db", b.DB)
+		add(PhaseDB, b.DB)
 	}
-	add("total", max(b.Total, 0))
+	add(PhaseTotal, max(b.Total, 0))
 	return string(buf)
 }

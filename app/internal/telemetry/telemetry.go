@@ -29,17 +29,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Phases of a request. They are the label values of the phase label on
-// warmpath_phase_duration_seconds, warmpath_slow_phase_total and
-// warmpath_alert_threshold_seconds: one name per idea everywhere.
-const (
-	PhaseAuth       = "auth"
-	PhaseUsageCheck = "usage_check"
-	PhaseQuery      = "query"
-	PhaseDB         = "db"
-	PhaseTotal      = "total"
-)
-
 // Thresholds are the per-phase durations past which a request is slow: it is
 // logged at WARN and counted in warmpath_slow_phase_total. A zero threshold
 // disables the check for that phase.
@@ -76,7 +65,8 @@ func (t Thresholds) withDefaults() Thresholds {
 	return t
 }
 
-// Breakdown is one request's time per phase. Zero means the phase did not run.
+// Breakdown is one request's time per phase (a snapshot of Timings). Zero
+// means the phase did not run.
 type Breakdown struct {
 	Auth, UsageCheck, Query, DB, Total time.Duration
 }

@@ -92,7 +92,7 @@ func (s *Service) Check(ctx context.Context, p domain.Principal) (Decision, erro
 	if err != nil {
 		s.observe(ctx, "error")
 		if !s.cfg.FailOpen {
-			return Decision{}, &apperr.Error{Code: apperr.Unavailable, Message: "usage metering is temporarily unavailable", RetryAfter: time.Second, Err: err}
+			return Decision{}, apperr.Temporary(err, "usage metering is temporarily unavailable")
 		}
 		return s.checkLocal(ctx, p.UserID, start, limit, reset, now)
 	}
@@ -156,7 +156,7 @@ func (s *Service) seedAndRetry(ctx context.Context, userID int64, start, reset t
 func (s *Service) checkLocal(ctx context.Context, userID int64, start time.Time, limit int64, reset, now time.Time) (Decision, error) {
 	base, err := s.cfg.Local.base(ctx, s.cfg.Ledger, userID, start)
 	if err != nil {
-		return Decision{}, &apperr.Error{Code: apperr.Unavailable, Message: "usage metering is temporarily unavailable", RetryAfter: time.Second, Err: err}
+		return Decision{}, apperr.Temporary(err, "usage metering is temporarily unavailable")
 	}
 	res := s.cfg.Local.checkAndCount(userID, start, base, limit)
 	return decide(res, limit, reset, now, true), nil

@@ -1,0 +1,239 @@
+// Package query is the metered has-not query as a whole: the usage check,
+// the has-not answer, the warmup strategy (what a cold answer does) and the
+// refund of a query that failed. It also owns the login warmup request, the
+// other place the strategy decides, and counts each login's first query by
+// the state its warmup was in. HTTP parses and renders around it.
+package query
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/warmpath/warmpath/app/internal/apperr"
+	"github.com/warmpath/warmpath/app/internal/config"
+	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/engine"
+	"github.com/warmpath/warmpath/app/internal/telemetry"
+	"github.com/warmpath/warmpath/app/internal/usage"
+	"github.com/warmpath/warmpath/app/internal/warmup"
+)
+
+// Usage checks and counts metered requests (usage.Service).
+type Usage interface {
+	Check(ctx context.Context, p domain.Principal) (usage.Decision, error)
+	Refund(ctx context.Context, p domain.Principal, d usage.Decision) error
+}
+
+// Items answers has-not queries (engine.Engine).
+type Items interface {
+	HasNot(ctx context.Context, userID int64, items []string) (engine.Result, error)
+}
+
+// Warmup is the warmup manager as queries use it.
+type Warmup interface {
+	Enqueue(ctx context.Context, job warmup.Job) (warmup.Status, error)
+	Run(ctx context.Context, job warmup.Job) (warmup.Status, error)
+	Status(ctx context.Context, userID int64) (warmup.Status, error)
+}
+
+// Observer counts first queries after a login warmup (telemetry.Metrics).
+type Observer interface {
+	FirstQuery(ctx context.Context, warmupState string)
+}
+
+// Config configures a Service.
+type Config struct {
+	Usage    Usage
+	Items    Items
+	Warmup   Warmup
+	Observer Observer
+	// Strategy is WARMUP_STRATEGY: config.StrategyAsync, StrategyInline or
+	// StrategyOff.
+	Strategy string
+	Tracer   trace.Tracer
+	Logger   *slog.Logger
+}
+
+// Caller is an authenticated caller: its principal and its token's hash (a
+// warmup caches the principal under it).
+type Caller struct {
+	Principal domain.Principal
+	Hash      domain.TokenHash
+}
+
+// Answer is a query's answer. Usage is the usage decision whenever the check
+// ran (Metered), also when the query then failed or was refused.
+type Answer struct {
+	Missing []string
+	Usage   usage.Decision
+	Metered bool
+}
+
+// Service runs metered queries.
+type Service struct {
+	cfg   Config
+	first *firstQueries
+}
+
+// New returns a Service.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, first: newFirstQueries()}
+}
+
+// SystemHotUsers is how many hot users the system warmup warms under
+// strategy: none when warmup is off (A/B runs), else n.
+func SystemHotUsers(strategy string, n int) int {
+	if strategy == config.StrategyOff {
+		return 0
+	}
+	return n
+}
+
+// Query answers which of items the caller's set does not have, for one unit
+// of quota: usage check (a denial is apperr.QuotaExceeded), the has-not
+// answer, then the strategy's move on a cold answer. A query that fails
+// after it was counted is refunded.
+func (s *Service) Query(ctx context.Context, c Caller, items []string) (Answer, error) {
+	p := c.Principal
+	var ans Answer
+	err := telemetry.RunPhase(ctx, s.cfg.Tracer, telemetry.PhaseUsageCheck, func(ctx context.Context) error {
+		var err error
+		ans.Usage, err = s.cfg.Usage.Check(ctx, p)
+		return err
+	})
+	if err != nil {
+		return ans, err
+	}
+	ans.Metered = true
+	if d := ans.Usage; !d.Allowed {
+		return ans, &apperr.Error{Code: apperr.QuotaExceeded, Message: fmt.Sprintf("quota of %d queries per %s reached; it resets at %s", d.Limit, p.Plan.Period, d.ResetAt.Format(time.RFC3339)), RetryAfter: d.RetryAfter}
+	}
+	s.recordFirstQuery(ctx, p.UserID)
+
+	err = telemetry.RunPhase(ctx, s.cfg.Tracer, telemetry.PhaseQuery, func(ctx context.Context) error {
+		res, err := s.cfg.Items.HasNot(ctx, p.UserID, items)
+		if err != nil {
+			return err
+		}
+		ans.Missing = res.Missing
+		if res.Source != engine.SourceCache {
+			ans.Missing = s.cold(ctx, c, items, res.Missing)
+		}
+		return nil
+	})
+	if err != nil {
+		// Only successful metered requests count: give the unit back.
+		if rerr := s.cfg.Usage.Refund(context.WithoutCancel(ctx), p, ans.Usage); rerr != nil {
+			s.cfg.Logger.WarnContext(ctx, "usage refund failed; a failed request stays counted", "user_id", p.UserID, "err", rerr.Error())
+		}
+		return ans, err
+	}
+	return ans, nil
+}
+
+// cold is the warmup strategy for an answer the cache could not give: async
+// warms the user for next time and answers now; inline (the pre-optimisation
+// behaviour, kept for A/B runs) waits for the full warmup and answers from
+// the cache; off does nothing.
+func (s *Service) cold(ctx context.Context, c Caller, items, missing []string) []string {
+	userID := c.Principal.UserID
+	switch s.cfg.Strategy {
+	case config.StrategyAsync:
+		if _, err := s.cfg.Warmup.Enqueue(ctx, warmup.Job{UserID: userID, TokenHash: &c.Hash, Kind: warmup.KindLogin, Cause: ctx}); err != nil && !errors.Is(err, warmup.ErrQueueFull) {
+			// Debug, not warn: while Valkey is down every query is cold and
+			// this would log once per request; readyz and the cache metrics
+			// already say it.
+			s.cfg.Logger.DebugContext(ctx, "enqueue warmup for cold user", "user_id", userID, "err", err.Error())
+		}
+	case config.StrategyInline:
+		if _, err := s.cfg.Warmup.Run(ctx, warmup.Job{UserID: userID, TokenHash: &c.Hash, Kind: warmup.KindInline, Cause: ctx}); err == nil {
+			if again, err := s.cfg.Items.HasNot(ctx, userID, items); err == nil {
+				return again.Missing
+			}
+		}
+	}
+	return missing
+}
+
+// Warm asks for the caller's login warmup and returns at once. With warmup
+// off it enqueues nothing and reports the status.
+func (s *Service) Warm(ctx context.Context, c Caller) (warmup.Status, error) {
+	if s.cfg.Strategy == config.StrategyOff {
+		return s.WarmupStatus(ctx, c.Principal.UserID)
+	}
+	ws, err := s.cfg.Warmup.Enqueue(ctx, warmup.Job{UserID: c.Principal.UserID, TokenHash: &c.Hash, Kind: warmup.KindLogin, Cause: ctx})
+	if errors.Is(err, warmup.ErrQueueFull) {
+		return ws, &apperr.Error{Code: apperr.WarmupQueueFull, Message: "the warmup queue is full; queries still work, try warming up again shortly", RetryAfter: time.Second, Err: err}
+	}
+	if err != nil {
+		return ws, apperr.Temporary(err, "warmup is temporarily unavailable; queries still work")
+	}
+	s.first.mark(c.Principal.UserID)
+	return ws, nil
+}
+
+// WarmupStatus returns the user's warmup status.
+func (s *Service) WarmupStatus(ctx context.Context, userID int64) (warmup.Status, error) {
+	ws, err := s.cfg.Warmup.Status(ctx, userID)
+	if err != nil {
+		return ws, apperr.Temporary(err, "warmup status is temporarily unavailable")
+	}
+	return ws, nil
+}
+
+// recordFirstQuery counts the first metered query after a login warmup
+// requested here by the state that warmup was in
+// (warmpath_first_query_total).
+func (s *Service) recordFirstQuery(ctx context.Context, userID int64) {
+	if s.cfg.Observer == nil || !s.first.take(userID) {
+		return
+	}
+	state := "none"
+	if ws, err := s.cfg.Warmup.Status(ctx, userID); err == nil && ws.State != warmup.StateIdle {
+		state = string(ws.State)
+		if ws.State == warmup.StateFailed {
+			state = "none"
+		}
+	}
+	s.cfg.Observer.FirstQuery(ctx, state)
+}
+
+// firstQueries remembers users whose login warmup was requested here and
+// whose first metered query has not been seen yet.
+type firstQueries struct {
+	mu sync.Mutex
+	m  map[int64]struct{}
+}
+
+func newFirstQueries() *firstQueries { return &firstQueries{m: map[int64]struct{}{}} }
+
+func (f *firstQueries) mark(userID int64) {
+	f.mu.Lock()
+	// Bounded: a flood of warmups must not grow memory without limit.
+	if len(f.m) < 1<<20 {
+		f.m[userID] = struct{}{}
+	}
+	f.mu.Unlock()
+}
+
+func (f *firstQueries) take(userID int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.m) == 0 {
+		return false
+	}
+	if _, ok := f.m[userID]; !ok {
+		return false
+	}
+	delete(f.m, userID)
+	return true
+}
