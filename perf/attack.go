@@ -39,7 +39,7 @@ type Run struct {
 	Samples []Sample // the measured ones, At relative to the end of the warm-up
 	// WarmupSamples is how many requests the warm-up sent (not in Samples).
 	WarmupSamples int
-	Summary Summary
+	Summary       Summary
 }
 
 // Attack runs spec until its duration is over, its targets run out or ctx is

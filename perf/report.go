@@ -23,11 +23,11 @@ type Report struct {
 
 // Item is one checklist entry.
 type Item struct {
-	ID       string         `json:"id"`
-	Title    string         `json:"title"`
-	Pass     bool           `json:"pass"`
-	Measured Value          `json:"measured"`
-	Limit    Value          `json:"limit"`
+	ID       string `json:"id"`
+	Title    string `json:"title"`
+	Pass     bool   `json:"pass"`
+	Measured Value  `json:"measured"`
+	Limit    Value  `json:"limit"`
 	// Target is our own tighter goal beside the original limit: reported,
 	// never failing verify (Pass follows Limit only).
 	Target  Target         `json:"target"`
