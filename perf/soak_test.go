@@ -92,6 +92,13 @@ func TestJudgeDrift(t *testing.T) {
 			}
 			return 6 * time.Millisecond
 		}, false},
+		// Two 2-second bursts of another process in the last third.
+		{"neighbour bursts in the last third", func(at time.Duration) time.Duration {
+			if (at > 44*time.Second && at < 46*time.Second) || at > 57*time.Second {
+				return 60 * time.Millisecond
+			}
+			return 2 * time.Millisecond
+		}, false},
 		{"+30 % above the floor is not drift", func(at time.Duration) time.Duration {
 			if at > d*2/3 {
 				return 13 * time.Millisecond
@@ -101,7 +108,7 @@ func TestJudgeDrift(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := judgeDrift(drift(tt.lat), d)
+			got := judgeDrift(drift(tt.lat), d, 2*time.Second)
 			if got.Drifted != tt.drifted {
 				t.Errorf("drifted = %v, want %v (first %.2f ms, last %.2f ms)", got.Drifted, tt.drifted, got.FirstP99Ms, got.LastP99Ms)
 			}
@@ -116,7 +123,7 @@ func TestAnalyzeSoak(t *testing.T) {
 		rep.Samples = append(rep.Samples, soakSample{AtS: float64(i), HeapMiB: f(40), Goroutines: f(30 + 20*float64(i)), OpenFDs: f(40)})
 	}
 	rep.Load = Summary{Requests: 100, Success: 1}
-	analyzeSoak(&rep, drift(func(time.Duration) time.Duration { return time.Millisecond }), time.Minute)
+	analyzeSoak(&rep, drift(func(time.Duration) time.Duration { return time.Millisecond }), time.Minute, 2*time.Second)
 	if rep.Pass || len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0], "goroutines keeps growing") {
 		t.Errorf("pass %v, failures %q: want exactly the goroutine leak", rep.Pass, rep.Failures)
 	}
