@@ -309,7 +309,7 @@ func (v *verifier) external(ctx context.Context) []Item {
 // guard runs one item; an error while setting it up fails the item (with
 // the error in its details) but not the rest of the checklist.
 func (v *verifier) guard(id, title string, f func(it *Item) error) Item {
-	it := Item{ID: id, Title: title, Details: map[string]any{}}
+	it := Item{ID: id, Title: title, Target: itemTargets[id], Details: map[string]any{}}
 	start := time.Now()
 	// How busy the machine was: figures from a loaded machine say so.
 	it.Details["loadAvg1mAtStart"] = loadAvg()
@@ -330,7 +330,18 @@ func (v *verifier) guard(id, title string, f func(it *Item) error) Item {
 }
 
 func failed(id, title string, err error) Item {
-	return Item{ID: id, Title: title, Details: map[string]any{"error": err.Error()}}
+	return Item{ID: id, Title: title, Target: itemTargets[id], Details: map[string]any{"error": err.Error()}}
+}
+
+// itemTargets is each item's target before it is measured (met false), so
+// an item that errors still reports the target it missed.
+var itemTargets = map[string]Target{
+	idStartup:     {Value: targetLivezMs, Unit: "ms"},
+	idWarmupAPI:   {Value: targetWarmupP99Ms, Unit: "ms"},
+	idQueryAPI:    {Value: targetQueryP99Ms, Unit: "ms"},
+	idSync:        {Value: syncRatioTarget, Unit: "× p99 without"},
+	idImprovement: {Value: targetQueryP99Ms, Unit: "ms"},
+	idThroughput:  {Value: floorRatioTarget, Unit: "× floor"},
 }
 
 // withService starts a fresh service on a fresh slice of the backend, runs
