@@ -24,6 +24,11 @@ type AttackSpec struct {
 	Duration time.Duration // 0: until the targeter runs out of targets
 	Workers  int           // initial workers (open model) or the concurrency (closed loop)
 	Timeout  time.Duration // per request; default 10s
+	// Warmup is sent before Duration at the same rate on the same
+	// connections, and its samples are dropped: connection set-up, vegeta
+	// growing its workers and the service's first-use costs never land in
+	// the measured figures. Duration is the measured part.
+	Warmup   time.Duration
 	Targeter vegeta.Targeter
 }
 
@@ -31,8 +36,10 @@ type AttackSpec struct {
 type Run struct {
 	Spec    AttackSpec
 	Started time.Time
-	Samples []Sample
-	Summary Summary
+	Samples []Sample // the measured ones, At relative to the end of the warm-up
+	// WarmupSamples is how many requests the warm-up sent (not in Samples).
+	WarmupSamples int
+	Summary       Summary
 }
 
 // Attack runs spec until its duration is over, its targets run out or ctx is
@@ -60,13 +67,21 @@ func Attack(ctx context.Context, spec AttackSpec) Run {
 	run := Run{Spec: spec, Started: time.Now()}
 	expected := int(float64(spec.Rate) * spec.Duration.Seconds())
 	run.Samples = make([]Sample, 0, max(expected, 1024))
-	for r := range atk.Attack(spec.Targeter, pacer, spec.Duration, spec.Name) {
+	total := spec.Duration
+	if total > 0 {
+		total += spec.Warmup
+	}
+	for r := range atk.Attack(spec.Targeter, pacer, total, spec.Name) {
 		if r.Method == "" && r.Error == vegeta.ErrNoTargets.Error() {
 			continue // the end-of-targets marker, not a request
 		}
-		s := Sample{At: r.Timestamp.Sub(run.Started), Latency: r.Latency, Code: r.Code}
+		s := Sample{At: r.Timestamp.Sub(run.Started) - spec.Warmup, Latency: r.Latency, Code: r.Code}
 		if r.Code == 0 {
 			s.Err = r.Error
+		}
+		if s.At < 0 {
+			run.WarmupSamples++
+			continue
 		}
 		run.Samples = append(run.Samples, s)
 	}

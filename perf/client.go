@@ -234,10 +234,22 @@ func (c *Client) SystemWarmup(ctx context.Context) (SystemWarmup, error) {
 	return s, err
 }
 
-// SyncStatus reads GET /admin/sync.
+// SyncStatus reads GET /admin/sync. A 503 (the store briefly unavailable
+// to the status read) is retried a few times: the lab reads the status to
+// time a flush, and one refused read is not a failed measurement.
 func (c *Client) SyncStatus(ctx context.Context) (SyncStatus, error) {
 	var s SyncStatus
-	err := c.do(ctx, "sync status", http.MethodGet, c.Admin+"/admin/sync", c.AdminToken, nil, &s, http.StatusOK)
+	var err error
+	for range 5 {
+		err = c.do(ctx, "sync status", http.MethodGet, c.Admin+"/admin/sync", c.AdminToken, nil, &s, http.StatusOK)
+		var se *statusError
+		if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable {
+			return s, err
+		}
+		if perr := pause(ctx, 200*time.Millisecond); perr != nil {
+			return s, err
+		}
+	}
 	return s, err
 }
 

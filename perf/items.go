@@ -2,21 +2,27 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
 const (
 	warmupTitle      = "Warmup API (POST /api/user/warmup) p99 at a constant rate across many users"
 	queryTitle       = "Query API p99 for warm users at a constant rate, and the first query after warmup is ready"
-	syncTitle        = "A forced usage sync of many pending users does not slow queries (p99 with ≤ 1.25 × without)"
+	syncTitle        = "A forced usage sync of many pending users does not block queries (p99 during it under the query limit; target ≤ 1.25 × without)"
 	improvementTitle = "Cold-user first query: async warmup (default) beats the blocking inline design"
+	throughputTitle  = "Warm-query throughput as a share of the bare-Fiber floor, same run, alternating"
 )
 
 // bootResult is one measured process start.
@@ -91,7 +97,8 @@ func (v *verifier) startup(ctx context.Context, it *Item) error {
 	}
 
 	var boots []bootResult
-	pass := true
+	stillWarming := true
+	var livez, first []float64
 	for i := range v.cfg.boots {
 		if v.backend.Persistent() {
 			env["VALKEY_PREFIX"] = v.backend.NewPrefix() // an empty cache: the hot users must be warmed again
@@ -106,22 +113,23 @@ func (v *verifier) startup(ctx context.Context, it *Item) error {
 			v.logf("%s: boot %d: at %.1fms the hot-user step listed %d users, %d enqueued, queue depth %d", idStartup, i, b.HotUsersListedMs, l.HotUsers.Found, l.HotUsers.Enqueued, l.Queue.Depth)
 		}
 		boots = append(boots, b)
-		it.Measured.Value = max(it.Measured.Value, b.LivezMs)
-		pass = pass && b.LivezMs <= seedLivezMs && b.StillWarming
+		livez, first = append(livez, b.LivezMs), append(first, b.FirstQueryMs)
+		stillWarming = stillWarming && b.StillWarming
 	}
-	worstQuery := 0.0
-	for _, b := range boots {
-		worstQuery = max(worstQuery, b.FirstQueryMs)
-	}
-	it.Pass = pass
+	// A process start is one sample of exec, runtime init and the
+	// scheduler: the median over the boots is the start-up time, so one
+	// boot delayed by a neighbour's CPU burst does not decide the item.
+	it.Measured.Value = median(livez)
+	medFirst := median(first)
+	it.Pass = it.Measured.Value <= seedLivezMs && medFirst <= seedLivezMs && stillWarming
+	it.Target = Target{Value: targetLivezMs, Unit: "ms", Met: it.Measured.Value <= targetLivezMs}
 	it.Details["boots"] = boots
-	it.Details["measured"] = "worst process start → first 200 from /livez over the boots"
-	it.Details["worstFirstQueryMs"] = worstQuery
-	it.Details["targets"] = map[string]any{
-		"livezMs": targetLivezMs, "livezMet": it.Measured.Value <= targetLivezMs,
-		"firstQueryMs": targetFirstMs, "firstQueryMet": worstQuery <= targetFirstMs,
-	}
-	it.Details["passRule"] = "every boot: livez ≤ 100 ms and GET /admin/warmup, read right after the first successful query, shows system warmup not finished (idle/running) or warmup jobs still queued or running"
+	it.Details["measured"] = fmt.Sprintf("median over %d boots of process start → first 200 from /livez", len(boots))
+	it.Details["medianFirstQueryMs"] = medFirst
+	it.Details["worstLivezMs"] = slices.Max(livez)
+	it.Details["worstFirstQueryMs"] = slices.Max(first)
+	it.Details["passRule"] = "median over the boots: livez ≤ 100 ms and first successful query ≤ 100 ms; every boot: GET /admin/warmup, read right after the first successful query, shows system warmup not finished (idle/running) or warmup jobs still queued or running"
+	it.Details["targetRule"] = "median livez ≤ 50 ms"
 	var ch Chart
 	ch.Title, ch.XLabel, ch.YLabel = "Process start → first success", "boot", "ms"
 	lv, fq := ChartSeries{Name: "/livez"}, ChartSeries{Name: "first query"}
@@ -134,7 +142,7 @@ func (v *verifier) startup(ctx context.Context, it *Item) error {
 		ch.Categories = append(ch.Categories, "")
 	}
 	ch.Series = []ChartSeries{lv, fq}
-	ch.Lines = []HMarker{{Y: targetLivezMs, Label: "livez target 50 ms"}, {Y: targetFirstMs, Label: "first query target 200 ms"}}
+	ch.Lines = []HMarker{{Y: targetLivezMs, Label: "livez target 50 ms"}, {Y: seedLivezMs, Label: "limit 100 ms"}}
 	it.Charts = []Chart{ch}
 	return nil
 }
@@ -216,44 +224,118 @@ func (v *verifier) boot(ctx context.Context, env map[string]string, token, logPa
 	return b, nil
 }
 
-// warmupAPI drives POST /api/user/warmup at a constant rate across many
-// users: the first requests for each user enqueue a job, later ones find it
-// queued, running or ready.
+// repeated runs a measurement n times and returns the runs; the caller
+// summarises them by their median.
+func repeated(n int, f func(i int) Run) []Run {
+	out := make([]Run, 0, n)
+	for i := range n {
+		out = append(out, f(i))
+	}
+	return out
+}
+
+// runsSummary is the figures of repeated runs: each run's summary and the
+// medians over them.
+type runsSummary struct {
+	Runs        []Summary `json:"runs"`
+	MedianP50Ms float64   `json:"medianP50Ms"`
+	MedianP99Ms float64   `json:"medianP99Ms"`
+	WorstP99Ms  float64   `json:"worstP99Ms"`
+	MinSuccess  float64   `json:"minSuccess"`
+	Requests    int       `json:"requests"`
+	MedianRate  float64   `json:"medianRate"`
+}
+
+func summarizeRuns(runs []Run) runsSummary {
+	r := runsSummary{MinSuccess: 1}
+	var p50, p99, rate []float64
+	for _, x := range runs {
+		s := x.Summary
+		r.Runs = append(r.Runs, s)
+		p50, p99, rate = append(p50, s.P50Ms), append(p99, s.P99Ms), append(rate, s.Rate)
+		r.WorstP99Ms = max(r.WorstP99Ms, s.P99Ms)
+		r.MinSuccess = min(r.MinSuccess, s.Success)
+		r.Requests += s.Requests
+		if s.Requests == 0 {
+			r.MinSuccess = 0
+		}
+	}
+	if len(runs) == 0 {
+		r.MinSuccess = 0
+	}
+	r.MedianP50Ms, r.MedianP99Ms, r.MedianRate = median(p50), median(p99), median(rate)
+	return r
+}
+
+// allSamples concatenates the runs' samples (for percentile charts).
+func allSamples(runs []Run) []Sample {
+	var out []Sample
+	for _, r := range runs {
+		out = append(out, r.Samples...)
+	}
+	return out
+}
+
+// warmupAPI drives POST /api/user/warmup at a constant rate where every
+// request is a different user's first login (so every one enqueues a job),
+// in repeated runs after a warm-up, and takes the median p99.
 func (v *verifier) warmupAPI(ctx context.Context, c *Client, it *Item) error {
 	it.Limit = Value{seedWarmupAPIMs, "ms"}
 	it.Measured.Unit = "ms"
-	v.logf("%s: provisioning %d users", idWarmupAPI, v.cfg.warmupUsers)
-	users, err := c.Provision(ctx, v.cfg.warmupUsers, v.cfg.provisioners, pro("warm", v.cfg.items))
+	perRun := int(float64(v.cfg.warmupRate)*(v.cfg.warmupDur+v.cfg.warm).Seconds()*1.05) + 20
+	n := perRun * v.cfg.runs
+	v.logf("%s: provisioning %d users (%d per run, every request a first login)", idWarmupAPI, n, perRun)
+	users, err := c.Provision(ctx, n, v.cfg.provisioners, pro("warm", v.cfg.warmupItems))
 	if err != nil {
 		return err
 	}
 	if err := c.WaitQuiet(ctx, 2*time.Minute); err != nil {
 		return err
 	}
-	v.logf("%s: %d req/s for %s", idWarmupAPI, v.cfg.warmupRate, v.cfg.warmupDur)
-	run := Attack(ctx, AttackSpec{Name: "POST /api/user/warmup", Rate: v.cfg.warmupRate, Duration: v.cfg.warmupDur, Workers: 16, Targeter: rotate(warmupTargets(c.Target, users))})
-	// Let the jobs it enqueued finish before the next item measures.
-	if err := c.WaitQuiet(ctx, 3*time.Minute); err != nil {
-		return err
+	var werr error
+	runs := repeated(v.cfg.runs, func(i int) Run {
+		v.logf("%s: run %d: %d req/s for %s after %s of warm-up", idWarmupAPI, i+1, v.cfg.warmupRate, v.cfg.warmupDur, v.cfg.warm)
+		r := Attack(ctx, AttackSpec{Name: fmt.Sprintf("POST /api/user/warmup run %d", i+1), Rate: v.cfg.warmupRate, Duration: v.cfg.warmupDur, Warmup: v.cfg.warm, Workers: 16,
+			Targeter: once(warmupTargets(c.Target, users[i*perRun:(i+1)*perRun]))})
+		// Let the jobs it enqueued finish before the next run measures.
+		if err := c.WaitQuiet(ctx, 3*time.Minute); err != nil && werr == nil {
+			werr = err
+		}
+		return r
+	})
+	if werr != nil {
+		return werr
 	}
-	s := run.Summary
-	it.Measured.Value = s.P99Ms
-	it.Pass = s.P99Ms < seedWarmupAPIMs && s.Success >= minSuccess && s.Requests > 0
-	it.Details["load"] = s
-	it.Details["workload"] = fmt.Sprintf("open model: %d req/s for %s over %d users (%d items each), each user's first request enqueues its warmup", v.cfg.warmupRate, v.cfg.warmupDur, len(users), v.cfg.items)
-	it.Details["targets"] = map[string]any{"p99Ms": targetWarmupP99Ms, "met": s.P99Ms <= targetWarmupP99Ms}
-	it.Details["passRule"] = "p99 < 100 ms with ≥ 99% 2xx answers"
+	rs := summarizeRuns(runs)
+	it.Measured.Value = rs.MedianP99Ms
+	it.Pass = rs.MedianP99Ms < seedWarmupAPIMs && rs.MinSuccess >= minSuccess
+	atRate := float64(v.cfg.warmupRate) >= targetWarmupRate
+	it.Target = Target{Value: targetWarmupP99Ms, Unit: "ms", Met: rs.MedianP99Ms <= targetWarmupP99Ms && atRate}
+	it.Details["runs"] = rs
+	it.Details["workload"] = fmt.Sprintf("open model, %d runs: each %s of warm-up then %s measured at %d req/s, every request a different user's first POST /api/user/warmup (%d items each), the warmup queue drained between runs", v.cfg.runs, v.cfg.warm, v.cfg.warmupDur, v.cfg.warmupRate, v.cfg.warmupItems)
+	it.Details["passRule"] = "median p99 over the runs < 100 ms, every run ≥ 99% 2xx answers"
+	it.Details["targetRule"] = fmt.Sprintf("median p99 ≤ 2 ms at ≥ %d req/s (this run: %d req/s)", targetWarmupRate, v.cfg.warmupRate)
+	all := allSamples(runs)
 	it.Charts = []Chart{
-		{Title: "Warmup API latency percentiles", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true,
-			Series: []ChartSeries{percentileSeries(s.Name, run.Samples)}, Lines: []HMarker{{Y: targetWarmupP99Ms, Label: "target p99 2 ms"}}},
-		{Title: "Warmup API p99 per second", XLabel: "s", YLabel: "ms", Series: []ChartSeries{timeSeries("p99", run.Samples, time.Second)}},
+		{Title: "Warmup API latency percentiles (all runs)", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true,
+			Series: []ChartSeries{percentileSeries("POST /api/user/warmup", all)}, Lines: []HMarker{{Y: targetWarmupP99Ms, Label: "target p99 2 ms"}}},
+		{Title: "Warmup API p99 per 250 ms, by run", XLabel: "s", YLabel: "ms", Series: runSeries(runs, 250*time.Millisecond)},
 	}
 	return nil
 }
 
+// runSeries is one p99-over-time series per run.
+func runSeries(runs []Run, w time.Duration) []ChartSeries {
+	out := make([]ChartSeries, 0, len(runs))
+	for i, r := range runs {
+		out = append(out, timeSeries(fmt.Sprintf("run %d", i+1), r.Samples, w))
+	}
+	return out
+}
+
 // queryAPI measures warm-user queries: the first query of each user right
-// after its warmup reports ready, then a constant-rate load. It returns the
-// warm users for the throughput comparison.
+// after its warmup reports ready, then repeated constant-rate runs after a
+// warm-up. It returns the warm users for the throughput comparison.
 func (v *verifier) queryAPI(ctx context.Context, c *Client, it *Item) ([]User, error) {
 	it.Limit = Value{seedQueryAPIMs, "ms"}
 	it.Measured.Unit = "ms"
@@ -264,70 +346,93 @@ func (v *verifier) queryAPI(ctx context.Context, c *Client, it *Item) ([]User, e
 	if err != nil {
 		return nil, err
 	}
-	if err := c.WaitQuiet(ctx, 2*time.Minute); err != nil {
+	if err := c.WaitQuiet(ctx, time.Minute); err != nil {
 		return nil, err
 	}
 	targets := queryTargets(c.Target, users, v.cfg.queryItems)
-	// Each user's first query, at a modest constant rate: targets[:n] hold
-	// one body per user.
 	first := Attack(ctx, AttackSpec{Name: "first query after warmup ready", Rate: v.cfg.firstRate, Workers: 8, Targeter: once(targets[:len(users)])})
 
-	v.logf("%s: %d req/s for %s", idQueryAPI, v.cfg.queryRate, v.cfg.queryDur)
 	sampler := sampleSync(ctx, c, 250*time.Millisecond)
-	run := Attack(ctx, AttackSpec{Name: "warm queries", Rate: v.cfg.queryRate, Duration: v.cfg.queryDur, Workers: 32, Targeter: rotate(targets)})
+	runs := repeated(v.cfg.runs, func(i int) Run {
+		v.logf("%s: run %d: %d req/s for %s after %s of warm-up", idQueryAPI, i+1, v.cfg.queryRate, v.cfg.queryDur, v.cfg.warm)
+		return Attack(ctx, AttackSpec{Name: fmt.Sprintf("warm queries run %d", i+1), Rate: v.cfg.queryRate, Duration: v.cfg.queryDur, Warmup: v.cfg.warm, Workers: 32, Targeter: rotate(targets)})
+	})
 	lag := sampler.stop()
 
-	s, f := run.Summary, first.Summary
-	it.Measured.Value = s.P99Ms
-	it.Pass = s.P99Ms <= seedQueryAPIMs && f.P99Ms <= seedQueryAPIMs && s.Success >= minSuccess && f.Success >= minSuccess && s.Requests > 0 && f.Requests > 0
-	it.Details["load"] = s
+	rs, f := summarizeRuns(runs), first.Summary
+	it.Measured.Value = rs.MedianP99Ms
+	it.Pass = rs.MedianP99Ms <= seedQueryAPIMs && f.P99Ms <= seedQueryAPIMs && rs.MinSuccess >= minSuccess && f.Success >= minSuccess && f.Requests > 0
+	atRate := float64(v.cfg.queryRate) >= targetQueryRate
+	it.Target = Target{Value: targetQueryP99Ms, Unit: "ms", Met: rs.MedianP99Ms <= targetQueryP99Ms && atRate}
+	it.Details["runs"] = rs
 	it.Details["firstQueryAfterReady"] = f
-	it.Details["workload"] = fmt.Sprintf("open model: %d req/s for %s over %d warm users (%d items each, %d items per query); first queries: one per user at %d req/s right after GET /api/user/warmup said ready", v.cfg.queryRate, v.cfg.queryDur, len(users), v.cfg.items, v.cfg.queryItems, v.cfg.firstRate)
-	it.Details["targets"] = map[string]any{
-		"p99Ms": targetQueryP99Ms, "met": s.P99Ms <= targetQueryP99Ms,
-		"firstQueryAfterReady": "same p99 as any warm query", "firstQueryAfterReadyP99Ms": f.P99Ms,
-	}
+	it.Details["workload"] = fmt.Sprintf("open model, %d runs: each %s of warm-up then %s measured at %d req/s over %d warm users (%d items each, %d items per query); first queries: one per user at %d req/s right after GET /api/user/warmup said ready", v.cfg.runs, v.cfg.warm, v.cfg.queryDur, v.cfg.queryRate, len(users), v.cfg.items, v.cfg.queryItems, v.cfg.firstRate)
 	it.Details["syncLagDuringLoad"] = lag.details()
-	it.Details["passRule"] = "load p99 ≤ 200 ms and first-query-after-ready p99 ≤ 200 ms, each with ≥ 99% 2xx answers"
+	it.Details["passRule"] = "median p99 over the runs ≤ 200 ms and first-query-after-ready p99 ≤ 200 ms, each with ≥ 99% 2xx answers"
+	it.Details["targetRule"] = fmt.Sprintf("median p99 ≤ 5 ms at ≥ %d req/s (this run: %d req/s)", targetQueryRate, v.cfg.queryRate)
 	it.Charts = []Chart{
 		{Title: "Query latency percentiles", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true,
-			Series: []ChartSeries{percentileSeries(s.Name, run.Samples), percentileSeries(f.Name, first.Samples)}, Lines: []HMarker{{Y: targetQueryP99Ms, Label: "target p99 5 ms"}}},
-		{Title: "Warm query p99 per second", XLabel: "s", YLabel: "ms", Series: []ChartSeries{timeSeries("p99", run.Samples, time.Second)}},
+			Series: []ChartSeries{percentileSeries("warm queries (all runs)", allSamples(runs)), percentileSeries(f.Name, first.Samples)}, Lines: []HMarker{{Y: targetQueryP99Ms, Label: "target p99 5 ms"}}},
+		{Title: "Warm query p99 per 250 ms, by run", XLabel: "s", YLabel: "ms", Series: runSeries(runs, 250*time.Millisecond)},
 	}
 	return users, nil
 }
 
-// throughputResult compares the query endpoint's maximum throughput with the
-// bare-Fiber floor, measured in the same run.
-type throughputResult struct {
-	Method       string  `json:"method"`
-	Floor        Summary `json:"floor"`
-	Query        Summary `json:"query"`
-	Ratio        float64 `json:"ratio"`
-	Target       float64 `json:"target"`
-	TargetMet    bool    `json:"targetMet"`
-	floorSamples []Sample
-	querySamples []Sample
+// cpuMeter reads a process's CPU time around a run; a zero pid measures
+// nothing.
+type cpuMeter struct {
+	pid   int
+	total time.Duration
+	err   error
 }
 
-// throughput runs the closed-loop max-throughput comparison: the floor
-// (`perf floor` as a subprocess) first, then the query endpoint with warm
-// users, same bodies, same concurrency, same duration.
-func (v *verifier) throughput(ctx context.Context, c *Client, users []User) (*throughputResult, error) {
+// around runs f and adds the process's CPU time during it.
+func (m *cpuMeter) around(f func()) {
+	if m.pid == 0 {
+		f()
+		return
+	}
+	before, err1 := procCPU(m.pid)
+	f()
+	after, err2 := procCPU(m.pid)
+	if err := errors.Join(err1, err2); err != nil {
+		m.err = err
+		return
+	}
+	m.total += after - before
+}
+
+// perRequest is the CPU microseconds per request, or nil when not measured.
+func (m *cpuMeter) perRequest(requests int) any {
+	if m.pid == 0 || m.err != nil || requests == 0 {
+		return nil
+	}
+	return math.Round(float64(m.total.Microseconds())/float64(requests)*10) / 10
+}
+
+// throughput is the warm_throughput item: closed-loop maximum throughput of
+// the query endpoint (warm users) and of the bare-Fiber floor (`perf floor`
+// as a subprocess), alternating floor and service in ABBA order (floor,
+// service, service, floor, …) so a drift in the machine's load hits both
+// alike; the measured ratio is the median of the pairs' ratios. The
+// service's and Valkey's CPU per request come from /proc/PID/stat around the
+// service runs.
+func (v *verifier) throughput(ctx context.Context, svc *Service, c *Client, users []User, it *Item) error {
+	it.Measured.Unit, it.Limit.Unit = "× floor", "× floor"
+	it.Limit.Value = floorRatioLimit
 	addr, err := freeAddr()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	cmd := exec.CommandContext(ctx, v.bin.perf, "floor", "--addr", addr)
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start floor: %w", err)
+		return fmt.Errorf("start floor: %w", err)
 	}
 	defer func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}()
 	floorURL := "http://" + addr
-	// Wait until the floor answers.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Post(floorURL+pathQuery, "application/json", strings.NewReader(`{"items":["a"]}`))
@@ -336,27 +441,100 @@ func (v *verifier) throughput(ctx context.Context, c *Client, users []User) (*th
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("floor not answering: %w", err)
+			return fmt.Errorf("floor not answering: %w", err)
 		}
 		if err := pause(ctx, 10*time.Millisecond); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	r := &throughputResult{
-		Method: fmt.Sprintf("closed loop: vegeta rate=0 with %d workers on %d connections, %s each, floor first; same bodies (%d items)", v.cfg.maxWorkers, v.cfg.maxWorkers, v.cfg.maxDur, v.cfg.queryItems),
-		Target: floorRatioTarget,
+	svcCPU := &cpuMeter{pid: svc.Pid()}
+	vkCPU := &cpuMeter{}
+	valkeyNote := "in-process (the embedded default's miniredis runs inside the service: its CPU is in the service's figure)"
+	if url := svc.Env["VALKEY_URL"]; url != "" {
+		var how string
+		vkCPU.pid, how = valkeyPID(ctx, url)
+		valkeyNote = how
 	}
-	v.logf("max throughput: floor, then query, %s each with %d workers", v.cfg.maxDur, v.cfg.maxWorkers)
-	fl := Attack(ctx, AttackSpec{Name: "floor (bare Fiber)", Duration: v.cfg.maxDur, Workers: v.cfg.maxWorkers, Targeter: rotate(queryTargets(floorURL, users, v.cfg.queryItems))})
-	q := Attack(ctx, AttackSpec{Name: "query (warm users)", Duration: v.cfg.maxDur, Workers: v.cfg.maxWorkers, Targeter: rotate(queryTargets(c.Target, users, v.cfg.queryItems))})
-	r.Floor, r.Query = fl.Summary, q.Summary
-	r.floorSamples, r.querySamples = fl.Samples, q.Samples
-	if fl.Summary.Throughput > 0 {
-		r.Ratio = q.Summary.Throughput / fl.Summary.Throughput
+	floorTargets := rotate(queryTargets(floorURL, users, v.cfg.queryItems))
+	svcTargets := rotate(queryTargets(c.Target, users, v.cfg.queryItems))
+	spec := func(name string, t vegeta.Targeter) AttackSpec {
+		return AttackSpec{Name: name, Duration: v.cfg.maxDur, Warmup: v.cfg.warm, Workers: v.cfg.maxWorkers, Targeter: t}
 	}
-	r.TargetMet = r.Ratio >= floorRatioTarget
-	v.logf("max throughput: floor %.0f/s, query %.0f/s, ratio %.2f", r.Floor.Throughput, r.Query.Throughput, r.Ratio)
-	return r, nil
+	var floors, queries []Run
+	var ratios []float64
+	svcRequests := 0
+	runService := func(i int) Run {
+		var r Run
+		vkCPU.around(func() { svcCPU.around(func() { r = Attack(ctx, spec(fmt.Sprintf("query pair %d", i+1), svcTargets)) }) })
+		svcRequests += len(r.Samples) + r.WarmupSamples
+		return r
+	}
+	for i := range v.cfg.maxPairs {
+		var fl, q Run
+		if i%2 == 0 {
+			fl = Attack(ctx, spec(fmt.Sprintf("floor pair %d", i+1), floorTargets))
+			q = runService(i)
+		} else {
+			q = runService(i)
+			fl = Attack(ctx, spec(fmt.Sprintf("floor pair %d", i+1), floorTargets))
+		}
+		floors, queries = append(floors, fl), append(queries, q)
+		ratio := 0.0
+		if fl.Summary.Throughput > 0 {
+			ratio = q.Summary.Throughput / fl.Summary.Throughput
+		}
+		ratios = append(ratios, ratio)
+		v.logf("%s: pair %d: floor %.0f/s, query %.0f/s, ratio %.2f", idThroughput, i+1, fl.Summary.Throughput, q.Summary.Throughput, ratio)
+	}
+	fs, qs := summarizeRuns(floors), summarizeRuns(queries)
+	ratio := median(ratios)
+	it.Measured.Value = math.Round(ratio*1000) / 1000
+	it.Pass = ratio >= floorRatioLimit && qs.MinSuccess >= minSuccess && fs.MinSuccess >= minSuccess
+	svcUs, vkUs := svcCPU.perRequest(svcRequests), vkCPU.perRequest(svcRequests)
+	cpuMet := func(got any, limit float64) any {
+		if f, ok := got.(float64); ok {
+			return f <= limit
+		}
+		return nil
+	}
+	it.Target = Target{Value: floorRatioTarget, Unit: "× floor", Met: ratio >= floorRatioTarget}
+	var fT, qT []float64
+	for i := range floors {
+		fT, qT = append(fT, floors[i].Summary.Throughput), append(qT, queries[i].Summary.Throughput)
+	}
+	it.Details["pairRatios"] = ratios
+	it.Details["medianFloorPerS"] = median(fT)
+	it.Details["medianQueryPerS"] = median(qT)
+	it.Details["floor"] = fs
+	it.Details["query"] = qs
+	it.Details["serviceCpuUsPerRequest"] = svcUs
+	it.Details["valkeyCpuUsPerRequest"] = vkUs
+	it.Details["valkeyProcess"] = valkeyNote
+	if vkCPU.pid > 0 {
+		it.Details["valkeyPid"] = vkCPU.pid
+	}
+	it.Details["cpuMeasuredAs"] = "utime+stime from /proc/PID/stat (USER_HZ 100) over the service runs (warm-up included) ÷ the requests they sent"
+	it.Details["cpuTargets"] = map[string]any{
+		"serviceUsPerRequest": targetServiceCPUUs, "serviceMet": cpuMet(svcUs, targetServiceCPUUs),
+		"valkeyUsPerRequest": targetValkeyCPUUs, "valkeyMet": cpuMet(vkUs, targetValkeyCPUUs),
+	}
+	it.Details["workload"] = fmt.Sprintf("closed loop: vegeta rate=0 with %d workers on %d connections; %d pairs in ABBA order (floor first in odd pairs, service first in even), each run %s of warm-up then %s measured; same bodies (%d items) over %d warm users", v.cfg.maxWorkers, v.cfg.maxWorkers, v.cfg.maxPairs, v.cfg.warm, v.cfg.maxDur, v.cfg.queryItems, len(users))
+	it.Details["passRule"] = fmt.Sprintf("median of the pairs' query/floor throughput ratios ≥ %.2f (not an order of magnitude off the floor: a hot path gone to the database fails it), ≥ 99%% 2xx answers", floorRatioLimit)
+	it.Details["targetRule"] = "ratio ≥ 0.5; in details: service CPU ≤ 25 µs/request, Valkey CPU ≤ 15 µs/request"
+	it.Charts = []Chart{{
+		Title:  fmt.Sprintf("Max throughput per second by run: median query %.0f/s vs floor %.0f/s (ratio %.2f)", median(qT), median(fT), ratio),
+		XLabel: "s", YLabel: "requests/s",
+		Series: append(rateSeriesRuns("floor", floors), rateSeriesRuns("query", queries)...),
+	}}
+	return nil
+}
+
+func rateSeriesRuns(name string, runs []Run) []ChartSeries {
+	out := make([]ChartSeries, 0, len(runs))
+	for i, r := range runs {
+		out = append(out, rateSeries(fmt.Sprintf("%s %d", name, i+1), r.Samples))
+	}
+	return out
 }
 
 // syncSampler polls GET /admin/sync in the background.
@@ -418,10 +596,31 @@ func (s *syncSampler) series(name string) ChartSeries {
 	return cs
 }
 
-// syncItem runs the same constant-rate query load twice, the second time
-// with a forced sync of many pending users, and compares the p99s.
+// syncRound is one with/without pair of the sync item.
+type syncRound struct {
+	Without        Summary `json:"without"`
+	With           Summary `json:"with"`
+	DuringSyncP99  float64 `json:"duringSyncP99Ms"`
+	DuringSyncN    int     `json:"duringSyncRequests"`
+	PendingBefore  int64   `json:"pendingUsersBeforeTrigger"`
+	TriggerAtS     float64 `json:"triggerAtS"`
+	TriggerMs      float64 `json:"triggerResponseMs"`
+	DrainS         float64 `json:"drainS"`
+	FlushUsersPerS float64 `json:"flushUsersPerS"`
+	WithoutFirst   bool    `json:"withoutFirst"`
+	withSamples    []Sample
+	withoutSamples []Sample
+	pending        *syncSampler
+}
+
+// syncItem measures queries during a forced sync of many pending users
+// against the same load without one, in rounds: each round makes every
+// pending user pending again (one query each; SYNC_INTERVAL is 1 h so only
+// the forced sync flushes), then runs the load without and with a forced
+// sync, alternating which goes first. The figures are medians over rounds.
 func (v *verifier) syncItem(ctx context.Context, c *Client, it *Item) error {
 	it.Measured.Unit, it.Limit.Unit = "ms", "ms"
+	it.Limit.Value = seedQueryAPIMs
 	v.logf("%s: provisioning %d warm load users and %d users with a pending delta", idSync, v.cfg.syncLoadUsers, v.cfg.syncUsers)
 	spec := pro("syncload", v.cfg.items)
 	spec.Warm = true
@@ -432,117 +631,171 @@ func (v *verifier) syncItem(ctx context.Context, c *Client, it *Item) error {
 	start := time.Now()
 	pspec := pro("pending", 0)
 	pspec.Query = true
-	if _, err := c.Provision(ctx, v.cfg.syncUsers, v.cfg.provisioners, pspec); err != nil {
+	pending, err := c.Provision(ctx, v.cfg.syncUsers, v.cfg.provisioners, pspec)
+	if err != nil {
 		return err
 	}
 	provisionS := time.Since(start).Seconds()
-	// Their cold first queries enqueued warmups; measure without them.
-	if err := c.WaitQuiet(ctx, 5*time.Minute); err != nil {
-		return err
-	}
 	targets := rotate(queryTargets(c.Target, load, v.cfg.queryItems))
-	spec2 := AttackSpec{Rate: v.cfg.syncRate, Duration: v.cfg.syncDur, Workers: 32, Targeter: targets}
-
-	v.logf("%s: %d req/s for %s without sync", idSync, v.cfg.syncRate, v.cfg.syncDur)
-	spec2.Name = "without sync"
-	s1 := sampleSync(ctx, c, 100*time.Millisecond)
-	without := Attack(ctx, spec2)
-	s1.stop()
-
-	before, err := c.SyncStatus(ctx)
-	if err != nil {
-		return err
-	}
-	v.logf("%s: %d pending users; %d req/s for %s with a forced sync at %s", idSync, before.PendingUsers, v.cfg.syncRate, v.cfg.syncDur, v.cfg.syncDur/4)
-	spec2.Name = "with forced sync"
-	s2 := sampleSync(ctx, c, 100*time.Millisecond)
-	var triggerAt, triggerMs float64
-	var triggerErr error
-	triggered := make(chan struct{})
-	go func() {
-		defer close(triggered)
-		if pause(ctx, spec2.Duration/4) != nil {
-			return
-		}
-		t := time.Now()
-		triggerAt = t.Sub(s2.start).Seconds()
-		triggerErr = c.TriggerSync(ctx)
-		triggerMs = ms(time.Since(t))
-	}()
-	with := Attack(ctx, spec2)
-	<-triggered
-	if triggerErr != nil {
-		s2.stop()
-		return triggerErr
-	}
-	// The flush is done when what is pending is at most what the load itself
-	// added since (one delta per load user).
-	drainS := -1.0
-	drainCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	for {
-		s2.mu.Lock()
-		for _, x := range s2.samples {
-			if x.At.Seconds() >= triggerAt && x.Status.PendingUsers <= int64(len(load)) {
-				drainS = x.At.Seconds() - triggerAt
-				break
+	var rounds []syncRound
+	for r := range v.cfg.syncRounds {
+		if r > 0 {
+			// The previous round's sync flushed them: one query each makes
+			// every one pending again.
+			if err := parallel(ctx, len(pending), v.cfg.provisioners, func(ctx context.Context, i int) error {
+				return c.Query(ctx, pending[i], queryItems(i, 4))
+			}); err != nil {
+				return fmt.Errorf("re-dirty pending users: %w", err)
 			}
 		}
-		s2.mu.Unlock()
-		if drainS >= 0 || pause(drainCtx, 100*time.Millisecond) != nil {
-			break
+		// Their cold first queries enqueued warmups; measure without them.
+		if err := c.WaitQuiet(ctx, 5*time.Minute); err != nil {
+			return err
 		}
-	}
-	s2.stop()
-	after, err := c.SyncStatus(ctx)
-	if err != nil {
-		return err
+		round, err := v.syncRound(ctx, c, targets, len(load), r)
+		if err != nil {
+			return err
+		}
+		rounds = append(rounds, round)
 	}
 
-	p1, p2 := without.Summary.P99Ms, with.Summary.P99Ms
-	it.Measured.Value = p2
-	it.Limit.Value = syncRatioLimit * p1
+	var p1s, p2s, during, ratios []float64
+	drained := true
+	for _, r := range rounds {
+		p1s, p2s = append(p1s, r.Without.P99Ms), append(p2s, r.With.P99Ms)
+		during = append(during, r.DuringSyncP99)
+		if r.Without.P99Ms > 0 {
+			ratios = append(ratios, r.With.P99Ms/r.Without.P99Ms)
+		}
+		drained = drained && r.DrainS >= 0
+	}
+	p1, p2 := median(p1s), median(p2s)
 	ratio := 0.0
 	if p1 > 0 {
 		ratio = p2 / p1
 	}
-	drainedInRun := drainS >= 0 && triggerAt+drainS <= with.Summary.DurationS
-	it.Pass = p2 <= syncRatioLimit*p1 && drainS >= 0 && without.Summary.Success >= minSuccess && with.Summary.Success >= minSuccess
-	it.Details["without"] = without.Summary
-	it.Details["with"] = with.Summary
+	ok := true
+	for _, r := range rounds {
+		ok = ok && r.Without.Success >= minSuccess && r.With.Success >= minSuccess
+	}
+	it.Measured.Value = p2
+	it.Pass = p2 <= seedQueryAPIMs && drained && ok
+	it.Target = Target{Value: syncRatioTarget, Unit: "× p99 without", Met: ratio <= syncRatioTarget}
+	it.Details["rounds"] = rounds
+	it.Details["medianP99WithoutMs"] = p1
+	it.Details["medianP99WithMs"] = p2
 	it.Details["p99Ratio"] = ratio
+	it.Details["roundRatios"] = ratios
+	it.Details["medianP99DuringSyncMs"] = median(during)
 	it.Details["pendingUsersProvisioned"] = v.cfg.syncUsers
 	it.Details["provisionS"] = provisionS
-	it.Details["sync"] = map[string]any{
-		"pendingUsersBeforeTrigger":  before.PendingUsers,
-		"oldestPendingAgeBeforeS":    before.OldestPendingAgeSeconds,
-		"triggerAtS":                 triggerAt,
-		"triggerResponseMs":          triggerMs,
-		"drainS":                     drainS,
-		"drainedDuringLoad":          drainedInRun,
-		"flushUsersPerS":             flushRate(before.PendingUsers, drainS),
-		"lastBatch":                  after.LastBatch,
-		"lastBatchUsersPerS":         batchRate(after),
-		"pendingUsersAfter":          after.PendingUsers,
-		"oldestPendingAgeAfterS":     after.OldestPendingAgeSeconds,
-		"withoutRunMaxPending":       s1.details()["maxPendingUsers"],
-		"drainMeasuredAs":            "trigger → first GET /admin/sync (polled every 100 ms) with pending users ≤ load users",
-		"flushThroughputTargetPerS":  20000,
-		"flushThroughputTargetMet":   flushRate(before.PendingUsers, drainS) >= 20000,
-		"syncLagTargetAtSteadyState": "≤ 2 × SYNC_INTERVAL; see query_api_latency.details.syncLagDuringLoad (default 1 s interval)",
-	}
-	it.Details["workload"] = fmt.Sprintf("open model: %d req/s for %s over %d warm users, twice; the second run forces POST /admin/sync at %s with %d users pending", v.cfg.syncRate, v.cfg.syncDur, len(load), v.cfg.syncDur/4, before.PendingUsers)
-	it.Details["passRule"] = "p99 with the forced sync ≤ 1.25 × p99 without, the pending users drained, ≥ 99% 2xx answers"
+	it.Details["drainMeasuredAs"] = "trigger → first GET /admin/sync (polled every 100 ms) with pending users ≤ load users"
+	it.Details["workload"] = fmt.Sprintf("open model, %d rounds: %d req/s over %d warm users, %s of warm-up then %s measured, once without and once with POST /admin/sync %s into the measured part (%d users pending), alternating which goes first", v.cfg.syncRounds, v.cfg.syncRate, len(load), v.cfg.warm, v.cfg.syncDur, v.cfg.syncDur/4, v.cfg.syncUsers)
+	it.Details["passRule"] = "does not block: median over rounds of the p99 of the run with the forced sync ≤ 200 ms (the query limit), the pending users drained in every round, ≥ 99% 2xx answers"
+	it.Details["targetRule"] = "median p99 with ÷ median p99 without ≤ 1.25"
+	last := rounds[len(rounds)-1]
 	it.Charts = []Chart{
-		{Title: "Query latency percentiles, without and with a forced sync", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true,
-			Series: []ChartSeries{percentileSeries(without.Summary.Name, without.Samples), percentileSeries(with.Summary.Name, with.Samples)}},
-		{Title: "Query p99 per 250 ms", XLabel: "s since the run started", YLabel: "ms",
-			Series:  []ChartSeries{timeSeries(without.Summary.Name, without.Samples, 250*time.Millisecond), timeSeries(with.Summary.Name, with.Samples, 250*time.Millisecond)},
-			Markers: syncMarkers(triggerAt, drainS)},
-		{Title: "Pending users (GET /admin/sync)", XLabel: "s since the run started", YLabel: "users",
-			Series: []ChartSeries{s2.series("with forced sync")}, Markers: syncMarkers(triggerAt, drainS)},
+		{Title: "Query latency percentiles, without and with a forced sync (all rounds)", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true,
+			Series: []ChartSeries{percentileSeries("without sync", roundSamples(rounds, false)), percentileSeries("with forced sync", roundSamples(rounds, true))}},
+		{Title: "Query p99 per 250 ms, last round", XLabel: "s since the measured part started", YLabel: "ms",
+			Series:  []ChartSeries{timeSeries("with forced sync", last.withSamples, 250*time.Millisecond)},
+			Markers: syncMarkers(last.TriggerAtS, last.DrainS)},
+		{Title: "Pending users (GET /admin/sync), last round", XLabel: "s since the run started", YLabel: "users",
+			Series: []ChartSeries{last.pending.series("with forced sync")}, Markers: syncMarkers(last.TriggerAtS+v.cfg.warm.Seconds(), last.DrainS)},
 	}
 	return nil
+}
+
+// syncRound runs one without/with pair (order alternating by round).
+func (v *verifier) syncRound(ctx context.Context, c *Client, targets vegeta.Targeter, loadUsers, r int) (syncRound, error) {
+	spec := AttackSpec{Rate: v.cfg.syncRate, Duration: v.cfg.syncDur, Warmup: v.cfg.warm, Workers: 32, Targeter: targets}
+	round := syncRound{WithoutFirst: r%2 == 0, DrainS: -1}
+	without := func() {
+		v.logf("%s: round %d: %d req/s for %s without sync", idSync, r+1, v.cfg.syncRate, v.cfg.syncDur)
+		spec.Name = fmt.Sprintf("without sync, round %d", r+1)
+		run := Attack(ctx, spec)
+		round.Without, round.withoutSamples = run.Summary, run.Samples
+	}
+	if round.WithoutFirst {
+		without()
+	}
+	before, err := c.SyncStatus(ctx)
+	if err != nil {
+		return round, err
+	}
+	round.PendingBefore = before.PendingUsers
+	v.logf("%s: round %d: %d pending users; %d req/s for %s with a forced sync", idSync, r+1, before.PendingUsers, v.cfg.syncRate, v.cfg.syncDur)
+	spec.Name = fmt.Sprintf("with forced sync, round %d", r+1)
+	s2 := sampleSync(ctx, c, 100*time.Millisecond)
+	var triggerErr error
+	var triggered time.Time
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if pause(ctx, v.cfg.warm+spec.Duration/4) != nil {
+			return
+		}
+		triggered = time.Now()
+		triggerErr = c.TriggerSync(ctx)
+		round.TriggerMs = ms(time.Since(triggered))
+	}()
+	with := Attack(ctx, spec)
+	<-done
+	if triggerErr != nil {
+		s2.stop()
+		return round, triggerErr
+	}
+	triggerAt := triggered.Sub(s2.start)
+	// The flush is done when what is pending is at most what the load itself
+	// added since (one delta per load user).
+	drainCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for round.DrainS < 0 {
+		s2.mu.Lock()
+		for _, x := range s2.samples {
+			if x.At >= triggerAt && x.Status.PendingUsers <= int64(loadUsers) {
+				round.DrainS = (x.At - triggerAt).Seconds()
+				break
+			}
+		}
+		s2.mu.Unlock()
+		if round.DrainS >= 0 || pause(drainCtx, 100*time.Millisecond) != nil {
+			break
+		}
+	}
+	s2.stop()
+	round.With, round.withSamples, round.pending = with.Summary, with.Samples, s2
+	// With's sample times start at the end of its warm-up, which began
+	// when s2 started (to within a few microseconds).
+	round.TriggerAtS = (triggerAt - v.cfg.warm).Seconds()
+	round.FlushUsersPerS = flushRate(before.PendingUsers, round.DrainS)
+	if round.DrainS >= 0 {
+		var lat []time.Duration
+		lo, hi := triggerAt-v.cfg.warm, triggerAt-v.cfg.warm+time.Duration(round.DrainS*float64(time.Second))+100*time.Millisecond
+		for _, x := range with.Samples {
+			if x.At >= lo && x.At <= hi {
+				lat = append(lat, x.Latency)
+			}
+		}
+		slices.Sort(lat)
+		round.DuringSyncN, round.DuringSyncP99 = len(lat), ms(Percentile(lat, 99))
+	}
+	if !round.WithoutFirst {
+		without()
+	}
+	return round, nil
+}
+
+func roundSamples(rounds []syncRound, with bool) []Sample {
+	var out []Sample
+	for _, r := range rounds {
+		if with {
+			out = append(out, r.withSamples...)
+		} else {
+			out = append(out, r.withoutSamples...)
+		}
+	}
+	return out
 }
 
 func syncMarkers(triggerAt, drainS float64) []Marker {
@@ -553,15 +806,6 @@ func syncMarkers(triggerAt, drainS float64) []Marker {
 	return m
 }
 
-// batchRate is the last batch's users per second, from its own timing
-// (finer than the 100 ms polling of drainS).
-func batchRate(s SyncStatus) float64 {
-	if s.LastBatch == nil || s.LastBatch.DurationMs <= 0 {
-		return 0
-	}
-	return float64(s.LastBatch.Users) / (s.LastBatch.DurationMs / 1000)
-}
-
 func flushRate(users int64, drainS float64) float64 {
 	if drainS <= 0 {
 		return 0
@@ -569,51 +813,88 @@ func flushRate(users int64, drainS float64) float64 {
 	return float64(users) / drainS
 }
 
-// improvement runs the same cold-user first-query workload against a fresh
-// service with WARMUP_STRATEGY=inline (the blocking design) and one with
-// async (the default): every request is a different user's first query.
-func (v *verifier) improvement(ctx context.Context, it *Item, floor *throughputResult) error {
+// improvement compares the cold-user first query of WARMUP_STRATEGY=inline
+// (the blocking design) with async (the default): both services run side
+// by side on their own slices of the backend, every user is provisioned up
+// front, and the rounds alternate which strategy goes first; each round
+// every request is a different user's first query. The figures are the
+// medians of the rounds' p99s.
+func (v *verifier) improvement(ctx context.Context, it *Item) error {
 	it.Measured.Unit, it.Limit.Unit = "ms", "ms"
-	runs := map[string]Run{}
-	for _, strategy := range []string{"inline", "async"} {
-		err := v.withService(ctx, "improvement-"+strategy, map[string]string{"WARMUP_STRATEGY": strategy}, func(svc *Service) error {
-			c := NewClient(svc.Public, svc.Admin, "")
-			v.logf("%s: %s: provisioning %d cold users (%d items each)", idImprovement, strategy, v.cfg.coldUsers, v.cfg.coldItems)
-			users, err := c.Provision(ctx, v.cfg.coldUsers, v.cfg.provisioners, pro("cold", v.cfg.coldItems))
-			if err != nil {
-				return err
+	perRound := v.cfg.coldUsers + int(float64(v.cfg.coldRate)*v.cfg.warm.Seconds()) + 1
+	type side struct {
+		c     *Client
+		users []User
+		runs  []Run
+	}
+	sides := map[string]*side{}
+	strategies := []string{"inline", "async"}
+	var stops []*Service
+	defer func() {
+		for _, s := range stops {
+			if err := s.Stop(30 * time.Second); err != nil {
+				v.logf("improvement service: %v", err)
 			}
-			if err := c.WaitQuiet(ctx, time.Minute); err != nil {
-				return err
-			}
-			targets := queryTargets(c.Target, users, v.cfg.queryItems)[:len(users)]
-			runs[strategy] = Attack(ctx, AttackSpec{Name: "WARMUP_STRATEGY=" + strategy, Rate: v.cfg.coldRate, Workers: 8, Targeter: once(targets)})
-			return nil
-		})
+		}
+	}()
+	for _, strategy := range strategies {
+		iso, err := v.backend.Isolate(ctx)
+		if err != nil {
+			return err
+		}
+		svc, err := startService(ctx, v.bin, v.serviceEnv(iso, map[string]string{"WARMUP_STRATEGY": strategy}), filepath.Join(v.logs, "improvement-"+strategy+".log"))
 		if err != nil {
 			return fmt.Errorf("%s: %w", strategy, err)
 		}
+		stops = append(stops, svc)
+		c := NewClient(svc.Public, svc.Admin, "")
+		n := perRound * v.cfg.coldRounds
+		v.logf("%s: %s: provisioning %d cold users (%d items each)", idImprovement, strategy, n, v.cfg.coldItems)
+		users, err := c.Provision(ctx, n, v.cfg.provisioners, pro("cold", v.cfg.coldItems))
+		if err != nil {
+			return fmt.Errorf("%s: %w", strategy, err)
+		}
+		sides[strategy] = &side{c: c, users: users}
 	}
-	in, as := runs["inline"].Summary, runs["async"].Summary
-	it.Measured.Value, it.Limit.Value = as.P99Ms, in.P99Ms
-	it.Pass = as.P99Ms < in.P99Ms && as.Success >= minSuccess && in.Success >= minSuccess && as.Requests > 0 && in.Requests > 0
+	for r := range v.cfg.coldRounds {
+		order := strategies
+		if r%2 == 1 {
+			order = []string{"async", "inline"}
+		}
+		for _, strategy := range order {
+			s := sides[strategy]
+			if err := s.c.WaitQuiet(ctx, time.Minute); err != nil {
+				return fmt.Errorf("%s: %w", strategy, err)
+			}
+			targets := queryTargets(s.c.Target, s.users[r*perRound:(r+1)*perRound], v.cfg.queryItems)[:perRound]
+			run := Attack(ctx, AttackSpec{Name: fmt.Sprintf("WARMUP_STRATEGY=%s round %d", strategy, r+1), Rate: v.cfg.coldRate, Warmup: v.cfg.warm, Workers: 8, Targeter: once(targets)})
+			v.logf("%s: round %d: %s p99 %.2fms (%d requests)", idImprovement, r+1, strategy, run.Summary.P99Ms, run.Summary.Requests)
+			s.runs = append(s.runs, run)
+		}
+	}
+	in, as := summarizeRuns(sides["inline"].runs), summarizeRuns(sides["async"].runs)
+	it.Measured.Value, it.Limit.Value = as.MedianP99Ms, in.MedianP99Ms
+	it.Pass = as.MedianP99Ms < in.MedianP99Ms && as.MinSuccess >= minSuccess && in.MinSuccess >= minSuccess
+	// Our target: the async first query is no slower than a warm query's
+	// target, whatever the blocking design costs.
+	it.Target = Target{Value: targetQueryP99Ms, Unit: "ms", Met: as.MedianP99Ms <= targetQueryP99Ms}
 	it.Details["inline"] = in
 	it.Details["async"] = as
-	if as.P99Ms > 0 {
-		it.Details["p99Speedup"] = in.P99Ms / as.P99Ms
+	if as.MedianP99Ms > 0 {
+		it.Details["p99Speedup"] = in.MedianP99Ms / as.MedianP99Ms
 	}
-	it.Details["workload"] = fmt.Sprintf("each on a fresh process and schema: %d users with %d items each, never queried; open model at %d req/s, every request a different user's first query", v.cfg.coldUsers, v.cfg.coldItems, v.cfg.coldRate)
-	it.Details["passRule"] = "async p99 < inline p99 (limit = the inline p99), ≥ 99% 2xx answers"
-	series := []ChartSeries{percentileSeries(in.Name, runs["inline"].Samples), percentileSeries(as.Name, runs["async"].Samples)}
-	it.Charts = []Chart{{Title: "Cold-user first query: inline vs async", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true, Series: series}}
-	if floor != nil {
-		it.Details["throughputVsFloor"] = floor
-		it.Charts = append(it.Charts, Chart{
-			Title:  fmt.Sprintf("Max throughput per second: query %.0f/s vs floor %.0f/s (ratio %.2f)", floor.Query.Throughput, floor.Floor.Throughput, floor.Ratio),
-			XLabel: "s", YLabel: "requests/s",
-			Series: []ChartSeries{rateSeries("floor (bare Fiber)", floor.floorSamples), rateSeries("query (warm users)", floor.querySamples)},
-		})
+	wins := 0
+	for i := range sides["async"].runs {
+		if i < len(sides["inline"].runs) && sides["async"].runs[i].Summary.P99Ms < sides["inline"].runs[i].Summary.P99Ms {
+			wins++
+		}
 	}
+	it.Details["roundsAsyncFaster"] = fmt.Sprintf("%d of %d", wins, v.cfg.coldRounds)
+	it.Details["workload"] = fmt.Sprintf("two services side by side, each on a fresh process and slice of the backend; %d users per round with %d items each, never queried; %d rounds alternating which strategy goes first, each open model at %d req/s after %s of warm-up, every request a different user's first query", perRound, v.cfg.coldItems, v.cfg.coldRounds, v.cfg.coldRate, v.cfg.warm)
+	it.Details["passRule"] = "median async p99 < median inline p99 (limit = the inline median p99), ≥ 99% 2xx answers in every round"
+	it.Details["targetRule"] = "median async cold first-query p99 ≤ 5 ms (a cold user as fast as the warm-query target)"
+	it.Charts = []Chart{{Title: "Cold-user first query: inline vs async (all rounds)", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true,
+		Series: []ChartSeries{percentileSeries("WARMUP_STRATEGY=inline", allSamples(sides["inline"].runs)), percentileSeries("WARMUP_STRATEGY=async", allSamples(sides["async"].runs))}}}
 	return nil
 }
 

@@ -6,6 +6,8 @@
 //	go run ./perf verify  build and start the service, run the checklist,
 //	                      write perf/out/verify.json and perf/out/verify.html
 //	go run ./perf sink    an OTLP/HTTP endpoint that discards (overhead runs)
+//	go run ./perf soak    a bounded steady load; fails on growing resources
+//	                      or p99 drift; writes perf/out/soak.json
 package main
 
 import (
@@ -38,6 +40,8 @@ const usageText = `usage: perf <command> [flags]
   load    provision users and run one constant-rate attack (or --max)
   verify  run the validation checklist; writes perf/out/verify.{json,html}
   sink    accept and discard OTLP/HTTP exports (telemetry-overhead runs)
+  soak    steady load for --duration (default 10m); fails if heap, goroutines, fds
+          or connections keep growing or p99 drifts; writes perf/out/soak.json
   bigwarm time the warmup of users with a large item set (default 100,000)
 
 Run "perf <command> -h" for the flags of a command.`
@@ -69,6 +73,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runVerify(ctx, rest, getenv, stdout, stderr)
 	case "sink":
 		return runSink(ctx, rest, stdout, stderr)
+	case "soak":
+		return runSoak(ctx, rest, getenv, stdout, stderr)
 	case "bigwarm":
 		return runBigWarm(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":

@@ -23,12 +23,15 @@ type Report struct {
 
 // Item is one checklist entry.
 type Item struct {
-	ID       string         `json:"id"`
-	Title    string         `json:"title"`
-	Pass     bool           `json:"pass"`
-	Measured Value          `json:"measured"`
-	Limit    Value          `json:"limit"`
-	Details  map[string]any `json:"details"`
+	ID       string `json:"id"`
+	Title    string `json:"title"`
+	Pass     bool   `json:"pass"`
+	Measured Value  `json:"measured"`
+	Limit    Value  `json:"limit"`
+	// Target is our own tighter goal beside the original limit: reported,
+	// never failing verify (Pass follows Limit only).
+	Target  Target         `json:"target"`
+	Details map[string]any `json:"details"`
 	// Charts go to verify.html only.
 	Charts []Chart `json:"-"`
 }
@@ -48,6 +51,26 @@ type Value struct {
 	Unit  string  `json:"unit"`
 }
 
+// Target is our own goal for an item: a figure with its unit and whether the
+// measurement met it.
+type Target struct {
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit"`
+	Met   bool    `json:"met"`
+}
+
+// String prints the target and whether it was met: "5 ms (met)".
+func (t Target) String() string {
+	if t.Unit == "" {
+		return "-"
+	}
+	res := "not met"
+	if t.Met {
+		res = "met"
+	}
+	return fmt.Sprintf("%s %s (%s)", trimFloat(t.Value), t.Unit, res)
+}
+
 // Passed reports whether every item passed.
 func (r Report) Passed() bool {
 	for _, it := range r.Items {
@@ -61,13 +84,13 @@ func (r Report) Passed() bool {
 // WriteTable prints the checklist as a table.
 func (r Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ITEM\tRESULT\tMEASURED\tLIMIT\tTITLE")
+	fmt.Fprintln(tw, "ITEM\tRESULT\tMEASURED\tLIMIT\tTARGET\tTITLE")
 	for _, it := range r.Items {
 		res := "PASS"
 		if !it.Pass {
 			res = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", it.ID, res, it.Measured, it.Limit, it.Title)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", it.ID, res, it.Measured, it.Limit, it.Target, it.Title)
 	}
 	return tw.Flush()
 }
@@ -327,23 +350,24 @@ var htmlTemplate = template.Must(template.New("verify").Funcs(template.FuncMap{
 <style>
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}
-.pass{color:#080;font-weight:bold}.fail{color:#c00;font-weight:bold}
+.pass{color:#080;font-weight:bold}.fail{color:#c00;font-weight:bold}.met{color:#080}.miss{color:#b60;font-weight:bold}
 section{border-top:1px solid #ccc;margin-top:2em;padding-top:1em}
 .charts{display:flex;flex-wrap:wrap;gap:1em}
 details pre{background:#f6f6f6;padding:1em;overflow:auto;max-height:30em}
 </style></head><body>
 <h1>warmpath verify</h1>
 <p>Started {{.StartedAt.Format "2006-01-02 15:04:05Z07:00"}} · backend <b>{{.Backend}}</b> · {{if .Passed}}<span class="pass">all items pass</span>{{else}}<span class="fail">some items fail</span>{{end}}</p>
-<table><tr><th>item</th><th>result</th><th>measured</th><th>limit</th><th>title</th></tr>
-{{range .Items}}<tr><td><a href="#{{.ID}}">{{.ID}}</a></td><td>{{if .Pass}}<span class="pass">PASS</span>{{else}}<span class="fail">FAIL</span>{{end}}</td><td>{{.Measured}}</td><td>{{.Limit}}</td><td>{{.Title}}</td></tr>
+<p>Limit: the original checklist's, decides PASS/FAIL. Target: our own tighter goal, reported only.</p>
+<table><tr><th>item</th><th>result</th><th>measured</th><th>limit</th><th>target</th><th>title</th></tr>
+{{range .Items}}<tr><td><a href="#{{.ID}}">{{.ID}}</a></td><td>{{if .Pass}}<span class="pass">PASS</span>{{else}}<span class="fail">FAIL</span>{{end}}</td><td>{{.Measured}}</td><td>{{.Limit}}</td><td>{{template "target" .Target}}</td><td>{{.Title}}</td></tr>
 {{end}}</table>
 {{range .Items}}<section id="{{.ID}}"><h2>{{.ID}}: {{.Title}}</h2>
-<p>{{if .Pass}}<span class="pass">PASS</span>{{else}}<span class="fail">FAIL</span>{{end}} — measured {{.Measured}}, limit {{.Limit}}</p>
+<p>{{if .Pass}}<span class="pass">PASS</span>{{else}}<span class="fail">FAIL</span>{{end}} — measured {{.Measured}}, limit {{.Limit}}, target {{template "target" .Target}}</p>
 <div class="charts">{{range .Charts}}{{.SVG}}{{end}}</div>
 <details><summary>details</summary><pre>{{json .Details}}</pre></details>
 </section>
 {{end}}</body></html>
-`))
+{{define "target"}}{{if not .Unit}}-{{else if .Met}}<span class="met">{{.}}</span>{{else}}<span class="miss">{{.}}</span>{{end}}{{end}}`))
 
 // WriteHTML renders the report as one self-contained page: inline CSS and
 // inline SVG charts, no scripts.

@@ -8,10 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
@@ -48,11 +50,11 @@ func sampleReport() Report {
 	return Report{
 		Version: 1, StartedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Backend: "embedded",
 		Items: []Item{
-			{ID: idStartup, Title: "Startup <fast>", Pass: true, Measured: Value{12.3456, "ms"}, Limit: Value{100, "ms"},
+			{ID: idStartup, Title: "Startup <fast>", Pass: true, Measured: Value{12.3456, "ms"}, Limit: Value{100, "ms"}, Target: Target{50, "ms", true},
 				Details: map[string]any{"note": "</pre><script>alert(1)</script>"},
 				Charts: []Chart{{Title: "a & b", XLabel: "percentile", YLabel: "ms", Categories: percentileCategories, LogY: true,
 					Series: []ChartSeries{percentileSeries("run <1>", samples)}, Lines: []HMarker{{Y: 2, Label: "target"}}}}},
-			{ID: idSync, Title: "Sync", Pass: false, Measured: Value{9, "ms"}, Limit: Value{7.5, "ms"},
+			{ID: idSync, Title: "Sync", Pass: false, Measured: Value{9, "ms"}, Limit: Value{7.5, "ms"}, Target: Target{1.25, "× p99 without", false},
 				Charts: []Chart{{Title: "over time", XLabel: "s", YLabel: "ms", Series: []ChartSeries{timeSeries("p99", samples, time.Second)}, Markers: []Marker{{X: 0.5, Label: "sync"}}}}},
 		},
 	}
@@ -78,7 +80,11 @@ func TestReportTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"startup_nonblocking  PASS    12.346 ms", "sync_nonblocking     FAIL    9 ms", "7.5 ms"} {
+	for _, want := range []string{
+		"ITEM                 RESULT  MEASURED   LIMIT   TARGET",
+		"startup_nonblocking  PASS    12.346 ms  100 ms  50 ms (met)",
+		"sync_nonblocking     FAIL    9 ms       7.5 ms  1.25 × p99 without (not met)",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
@@ -178,6 +184,9 @@ func TestSchemaRejects(t *testing.T) {
 		{"measured without unit", func(m map[string]any) { delete(item(m)["measured"].(map[string]any), "unit") }},
 		{"limit value a string", func(m map[string]any) { item(m)["limit"].(map[string]any)["value"] = "100" }},
 		{"details missing", func(m map[string]any) { delete(item(m), "details") }},
+		{"target missing", func(m map[string]any) { delete(item(m), "target") }},
+		{"target without met", func(m map[string]any) { delete(item(m)["target"].(map[string]any), "met") }},
+		{"target met not a boolean", func(m map[string]any) { item(m)["target"].(map[string]any)["met"] = "yes" }},
 		{"no items", func(m map[string]any) { m["items"] = []any{} }},
 	}
 	for _, tt := range tests {
@@ -192,6 +201,58 @@ func TestSchemaRejects(t *testing.T) {
 				t.Errorf("schema accepted %s", raw)
 			}
 		})
+	}
+}
+
+// TestReportTargetBesideLimit pins the JSON shape of DESIGN.md: every item
+// has "target" {value, unit, met} beside "limit" {value, unit}, "pass"
+// follows the limit only, and the HTML table has both columns.
+func TestReportTargetBesideLimit(t *testing.T) {
+	r := sampleReport()
+	// A target missed does not fail an item; a limit passed passes it.
+	r.Items[0].Target.Met = false
+	r.Items[1].Pass = true
+	if !r.Passed() {
+		t.Error("a missed target failed the report")
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Items []map[string]json.RawMessage `json:"items"`
+	}
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	wantKeys := []string{"details", "id", "limit", "measured", "pass", "target", "title"}
+	for _, it := range got.Items {
+		var keys []string
+		for k := range it {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if d := cmp.Diff(wantKeys, keys); d != "" {
+			t.Errorf("item keys (-want +got):\n%s", d)
+		}
+	}
+	if d := cmp.Diff(`{"value":50,"unit":"ms","met":false}`, string(got.Items[0]["target"])); d != "" {
+		t.Errorf("target (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(`{"value":100,"unit":"ms"}`, string(got.Items[0]["limit"])); d != "" {
+		t.Errorf("limit (-want +got):\n%s", d)
+	}
+	if err := validateReport(t, raw); err != nil {
+		t.Errorf("schema: %v", err)
+	}
+	var b strings.Builder
+	if err := r.WriteHTML(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<th>limit</th><th>target</th>", "<td>100 ms</td><td><span class=\"miss\">50 ms (not met)</span></td>", "target <span class=\"miss\">50 ms (not met)</span>"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("verify.html lacks %q", want)
+		}
 	}
 }
 

@@ -198,6 +198,9 @@ func (s *Service) StartedIn() time.Duration {
 	return s.startedIn
 }
 
+// Pid is the service's process id.
+func (s *Service) Pid() int { return s.cmd.Process.Pid }
+
 // DemoToken returns the token the embedded default printed for name.
 func (s *Service) DemoToken(name string) string {
 	s.mu.Lock()

@@ -156,3 +156,19 @@ func durations(samples []Sample) []time.Duration {
 	slices.Sort(lat)
 	return lat
 }
+
+// median is the middle of xs (the mean of the two middle values for an even
+// count); 0 for none. Repeated runs are summarised by their median: one run
+// disturbed by a neighbour's burst of CPU moves it by at most one rank.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}

@@ -49,7 +49,7 @@ func TestVerifyQuick(t *testing.T) {
 	if rep.Backend != "embedded" {
 		t.Errorf("backend %q, want embedded", rep.Backend)
 	}
-	wantIDs := []string{idStartup, idWarmupAPI, idQueryAPI, idSync, idImprovement}
+	wantIDs := []string{idStartup, idWarmupAPI, idQueryAPI, idSync, idImprovement, idThroughput}
 	if len(rep.Items) != len(wantIDs) {
 		t.Fatalf("%d items, want %d", len(rep.Items), len(wantIDs))
 	}
@@ -63,8 +63,15 @@ func TestVerifyQuick(t *testing.T) {
 		if e, ok := it.Details["error"]; ok {
 			t.Errorf("%s: %v", it.ID, e)
 		}
-		if it.Measured.Value <= 0 || it.Measured.Unit != "ms" || it.Limit.Value <= 0 || it.Limit.Unit != "ms" {
-			t.Errorf("%s: measured %v, limit %v: want positive figures in ms", it.ID, it.Measured, it.Limit)
+		unit := "ms"
+		if it.ID == idThroughput {
+			unit = "× floor"
+		}
+		if it.Measured.Value <= 0 || it.Measured.Unit != unit || it.Limit.Value <= 0 || it.Limit.Unit != unit {
+			t.Errorf("%s: measured %v, limit %v: want positive figures in %s", it.ID, it.Measured, it.Limit, unit)
+		}
+		if it.Target.Value <= 0 || it.Target.Unit == "" {
+			t.Errorf("%s: target %+v: want a positive figure with a unit", it.ID, it.Target)
 		}
 		allPass = allPass && it.Pass
 	}
