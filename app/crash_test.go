@@ -35,20 +35,20 @@ import (
 	"github.com/warmpath/warmpath/app/internal/cachesync"
 )
 
-// syBuilt is the service binary, built once per test process.
-var syBuilt struct {
+// builtBinary is the service binary, built once per test process.
+var builtBinary struct {
 	once sync.Once
 	path string
 	err  error
 }
 
-// syBinary builds the service binary (once per test process) and returns its
+// binary builds the service binary (once per test process) and returns its
 // path. The binary lives in a per-process temporary directory; directories
 // left by earlier processes (older than 15 minutes, past the default go test
 // timeout) are removed, so only the binaries of recent runs stay behind.
-func syBinary(t *testing.T) string {
+func binary(t *testing.T) string {
 	t.Helper()
-	syBuilt.once.Do(func() {
+	builtBinary.once.Do(func() {
 		if old, _ := filepath.Glob(filepath.Join(os.TempDir(), "warmpath-sy-bin-*")); len(old) > 0 {
 			for _, d := range old {
 				if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 15*time.Minute {
@@ -58,26 +58,26 @@ func syBinary(t *testing.T) string {
 		}
 		dir, err := os.MkdirTemp("", "warmpath-sy-bin-*")
 		if err != nil {
-			syBuilt.err = fmt.Errorf("temp dir: %w", err)
+			builtBinary.err = fmt.Errorf("temp dir: %w", err)
 			return
 		}
 		path := filepath.Join(dir, "warmpath")
 		cmd := exec.Command("go", "build", "-o", path, ".")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			syBuilt.err = fmt.Errorf("go build: %w\n%s", err, out)
+			builtBinary.err = fmt.Errorf("go build: %w\n%s", err, out)
 			return
 		}
-		syBuilt.path = path
+		builtBinary.path = path
 	})
-	if syBuilt.err != nil {
-		t.Fatalf("build the service binary: %v", syBuilt.err)
+	if builtBinary.err != nil {
+		t.Fatalf("build the service binary: %v", builtBinary.err)
 	}
-	return syBuilt.path
+	return builtBinary.path
 }
 
-// syProc is one run of the service binary.
-type syProc struct {
+// proc is one run of the service binary.
+type proc struct {
 	cmd         *exec.Cmd
 	base, admin string
 	stdout      *syncBuffer
@@ -86,12 +86,12 @@ type syProc struct {
 	exitCode    int
 }
 
-// syStartProc starts the binary in dir with exactly env (plus PATH and HOME),
+// startProc starts the binary in dir with exactly env (plus PATH and HOME),
 // waits for its "serving" line and for /readyz, and kills it at cleanup if it
 // is still running.
-func syStartProc(t *testing.T, bin, dir string, env map[string]string) *syProc {
+func startProc(t *testing.T, bin, dir string, env map[string]string) *proc {
 	t.Helper()
-	p := &syProc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin)
 	p.cmd.Dir = dir
 	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
@@ -149,10 +149,10 @@ func syStartProc(t *testing.T, bin, dir string, env map[string]string) *syProc {
 }
 
 // inst views the process as an instance, for the harness helpers.
-func (p *syProc) inst() *instance { return &instance{base: p.base, admin: p.admin} }
+func (p *proc) inst() *instance { return &instance{base: p.base, admin: p.admin} }
 
 // wait waits for the process to exit and returns its exit code.
-func (p *syProc) wait(t *testing.T, within time.Duration) int {
+func (p *proc) wait(t *testing.T, within time.Duration) int {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -163,17 +163,17 @@ func (p *syProc) wait(t *testing.T, within time.Duration) int {
 	}
 }
 
-// syCrashTally counts what the clients saw in the crash test.
-type syCrashTally struct {
+// crashTally counts what the clients saw in the crash test.
+type crashTally struct {
 	ok        atomic.Int64 // 200: counted, and the client knows it
 	ambiguous atomic.Int64 // transport failure after the request may have been sent
 	refused   atomic.Int64 // connection refused: never reached the service
 	other     atomic.Int64 // any other status (must stay 0)
 }
 
-// syDriveUntilKill runs workers goroutines of queries against p, SIGKILLs it
+// driveUntilKill runs workers goroutines of queries against p, SIGKILLs it
 // after loadFor while they run, waits for them, and tallies the outcomes.
-func syDriveUntilKill(t *testing.T, p *syProc, users []user, workers int, loadFor time.Duration, tally *syCrashTally) {
+func driveUntilKill(t *testing.T, p *proc, users []user, workers int, loadFor time.Duration, tally *crashTally) {
 	t.Helper()
 	tr := &http.Transport{MaxIdleConnsPerHost: workers}
 	defer tr.CloseIdleConnections()
@@ -229,8 +229,8 @@ func syDriveUntilKill(t *testing.T, p *syProc, users []user, workers int, loadFo
 	wg.Wait()
 }
 
-// sySyncStatus reads GET /admin/sync.
-func sySyncStatus(t testing.TB, admin string) (cachesync.Status, int) {
+// syncStatus reads GET /admin/sync.
+func syncStatus(t testing.TB, admin string) (cachesync.Status, int) {
 	t.Helper()
 	r := call(t, "GET", admin+"/admin/sync", "", nil)
 	var st cachesync.Status
@@ -242,24 +242,24 @@ func sySyncStatus(t testing.TB, admin string) (cachesync.Status, int) {
 	return st, r.status
 }
 
-// syDrain forces a sync and waits until nothing is pending and no batch is
+// drainSync forces a sync and waits until nothing is pending and no batch is
 // held for retry.
-func syDrain(t testing.TB, admin string, within time.Duration) cachesync.Status {
+func drainSync(t testing.TB, admin string, within time.Duration) cachesync.Status {
 	t.Helper()
 	if r := call(t, "POST", admin+"/admin/sync", "", nil); r.status != 202 {
 		t.Fatalf("POST /admin/sync: %d %s", r.status, r.raw)
 	}
 	var last cachesync.Status
 	eventually(t, within, "usage sync drained (nothing pending, nothing held)", func() bool {
-		st, code := sySyncStatus(t, admin)
+		st, code := syncStatus(t, admin)
 		last = st
 		return code == 200 && st.PendingUsers == 0 && st.HeldBatches == 0
 	})
 	return last
 }
 
-// syPGUsage reads the persisted usage per user, straight from Postgres.
-func syPGUsage(t testing.TB, dbURL string) map[int64]int64 {
+// persistedUsage reads the persisted usage per user, straight from Postgres.
+func persistedUsage(t testing.TB, dbURL string) map[int64]int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -286,13 +286,13 @@ func syPGUsage(t testing.TB, dbURL string) map[int64]int64 {
 	return out
 }
 
-// syPGTotal is the total persisted usage, straight from Postgres.
-func syPGTotal(t testing.TB, dbURL string) int64 { return syTotal(syPGUsage(t, dbURL)) }
+// persistedTotal is the total persisted usage, straight from Postgres.
+func persistedTotal(t testing.TB, dbURL string) int64 { return sumCounts(persistedUsage(t, dbURL)) }
 
-// syValkeyUsage reads each user's hot counters (<prefix>:{u:<id>}:use:<day>)
+// hotCounts reads each user's hot counters (<prefix>:{u:<id>}:use:<day>)
 // for today and yesterday (UTC: a run across midnight has both), straight
 // from Valkey.
-func syValkeyUsage(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
+func hotCounts(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
 	t.Helper()
 	opt, err := valkeygo.ParseURL(valkeyURL)
 	if err != nil {
@@ -324,7 +324,7 @@ func syValkeyUsage(t testing.TB, valkeyURL, prefix string, users []user) map[int
 	return out
 }
 
-func syTotal(m map[int64]int64) int64 {
+func sumCounts(m map[int64]int64) int64 {
 	var n int64
 	for _, v := range m {
 		n += v
@@ -339,7 +339,7 @@ func syTotal(m map[int64]int64) int64 {
 // requests whose outcome the client could not know).
 func TestSyncCrashExactlyOnce(t *testing.T) {
 	env := backendEnv(t)
-	bin := syBinary(t)
+	bin := binary(t)
 	env["HTTP_ADDR"] = "127.0.0.1:0"
 	env["ADMIN_ADDR"] = "127.0.0.1:0"
 	env["SYNC_INTERVAL"] = "20ms"
@@ -359,9 +359,9 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 
 	const workers = 24
 	var users []user
-	var tally syCrashTally
+	var tally crashTally
 	for round := range rounds {
-		p := syStartProc(t, bin, ".", env)
+		p := startProc(t, bin, ".", env)
 		if round == 0 {
 			for range 10 {
 				users = append(users, p.inst().newUser(t, "free", ptr[int64](1_000_000_000)))
@@ -369,7 +369,7 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 		}
 		loadFor := 100*time.Millisecond + time.Duration(rng.Int64N(int64(300*time.Millisecond)))
 		before := tally.ok.Load()
-		syDriveUntilKill(t, p, users, workers, loadFor, &tally)
+		driveUntilKill(t, p, users, workers, loadFor, &tally)
 		t.Logf("round %d: killed after %s of load; %d ok so far (+%d)", round+1, loadFor.Round(time.Millisecond), tally.ok.Load(), tally.ok.Load()-before)
 	}
 
@@ -377,8 +377,8 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 	// claimed batches once the lease expires), then a clean stop.
 	final := maps.Clone(env)
 	final["LOG_LEVEL"] = "info" // to count the batches taken over
-	p := syStartProc(t, bin, ".", final)
-	st := syDrain(t, p.admin, 30*time.Second)
+	p := startProc(t, bin, ".", final)
+	st := drainSync(t, p.admin, 30*time.Second)
 	duplicates := p.inst().metric(t, "warmpath_usage_sync_batches_total", `result="duplicate"`)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
@@ -388,9 +388,9 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 	}
 	takenOver := strings.Count(p.stderr.String(), "taken over from a dead owner")
 
-	pg := syPGUsage(t, env["DATABASE_URL"])
-	vk := syValkeyUsage(t, env["VALKEY_URL"], env["VALKEY_PREFIX"], users)
-	pgTotal, vkTotal := syTotal(pg), syTotal(vk)
+	pg := persistedUsage(t, env["DATABASE_URL"])
+	vk := hotCounts(t, env["VALKEY_URL"], env["VALKEY_PREFIX"], users)
+	pgTotal, vkTotal := sumCounts(pg), sumCounts(vk)
 	ok, amb := tally.ok.Load(), tally.ambiguous.Load()
 	t.Logf("crash figures: rounds=%d ok=%d ambiguous=%d refused=%d other=%d postgres=%d valkey=%d "+
 		"(postgres-ok=%d) last batch=%+v duplicate batches after restart=%v batches taken over from dead owners=%d",
@@ -416,8 +416,8 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 // demo tokens, answers a query with one, and the "next" block's curl works as
 // printed.
 func TestBinaryEmbeddedDefault(t *testing.T) {
-	bin := syBinary(t)
-	p := syStartProc(t, bin, t.TempDir(), map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
+	bin := binary(t)
+	p := startProc(t, bin, t.TempDir(), map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
 	m := regexp.MustCompile(`demo user alice\s+plan=free\s+id=\d+ token=(wp_\S+)`).FindStringSubmatch(p.stdout.String())
 	if m == nil {
 		t.Fatalf("no demo token printed:\n%s", p.stdout.String())
@@ -463,19 +463,19 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 	}
 }
 
-// syTaps maps a tap toxic's id to the channel it signals on each chunk.
-var syTaps sync.Map // string → chan struct{}
+// taps maps a tap toxic's id to the channel it signals on each chunk.
+var taps sync.Map // string → chan struct{}
 
-var syTapOnce sync.Once
+var tapOnce sync.Once
 
-// syTapToxic passes data through unchanged and signals syTaps[ID] (without
+// tapToxic passes data through unchanged and signals taps[ID] (without
 // blocking) on every chunk: the test learns that the proxy saw traffic.
-type syTapToxic struct {
+type tapToxic struct {
 	ID string `json:"id"`
 }
 
 // Pipe implements toxics.Toxic.
-func (tp *syTapToxic) Pipe(stub *toxics.ToxicStub) {
+func (tp *tapToxic) Pipe(stub *toxics.ToxicStub) {
 	for {
 		select {
 		case <-stub.Interrupt:
@@ -485,7 +485,7 @@ func (tp *syTapToxic) Pipe(stub *toxics.ToxicStub) {
 				stub.Close()
 				return
 			}
-			if ch, ok := syTaps.Load(tp.ID); ok {
+			if ch, ok := taps.Load(tp.ID); ok {
 				select {
 				case ch.(chan struct{}) <- struct{}{}:
 				default:
@@ -496,16 +496,16 @@ func (tp *syTapToxic) Pipe(stub *toxics.ToxicStub) {
 	}
 }
 
-// syAddTap installs a tap on the proxy's upstream (service → backend) stream
+// addTap installs a tap on the proxy's upstream (service → backend) stream
 // and returns its channel.
-func syAddTap(t *testing.T, px *toxiproxy.Proxy) chan struct{} {
+func addTap(t *testing.T, px *toxiproxy.Proxy) chan struct{} {
 	t.Helper()
-	syTapOnce.Do(func() { toxics.Register("sy_tap", new(syTapToxic)) })
+	tapOnce.Do(func() { toxics.Register("sy_tap", new(tapToxic)) })
 	id := randHex(6)
 	ch := make(chan struct{}, 1)
-	syTaps.Store(id, ch)
-	t.Cleanup(func() { syTaps.Delete(id) })
-	syAddToxic(t, px, fmt.Sprintf(`{"name":"tap","type":"sy_tap","stream":"upstream","attributes":{"id":%q}}`, id))
+	taps.Store(id, ch)
+	t.Cleanup(func() { taps.Delete(id) })
+	addToxic(t, px, fmt.Sprintf(`{"name":"tap","type":"sy_tap","stream":"upstream","attributes":{"id":%q}}`, id))
 	return ch
 }
 
@@ -515,21 +515,21 @@ func syAddTap(t *testing.T, px *toxiproxy.Proxy) chan struct{} {
 // process exits 0.
 func TestSIGTERMDrainsInFlight(t *testing.T) {
 	env := backendEnv(t)
-	bin := syBinary(t)
+	bin := binary(t)
 	direct := env["DATABASE_URL"]
-	px := syNewProxy(t, "pg", direct)
-	env["DATABASE_URL"] = syViaProxy(t, direct, px.Listen)
+	px := newProxy(t, "pg", direct)
+	env["DATABASE_URL"] = viaProxy(t, direct, px.Listen)
 	env["HTTP_ADDR"] = "127.0.0.1:0"
 	env["ADMIN_ADDR"] = "127.0.0.1:0"
 	env["WARMUP_STRATEGY"] = "off"
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
 	env["SHUTDOWN_TIMEOUT"] = "15s"
 	env["LOG_LEVEL"] = "warn"
-	p := syStartProc(t, bin, ".", env)
+	p := startProc(t, bin, ".", env)
 	u := p.inst().newUser(t, "free", nil)
 
-	syAddToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":300}}`)
-	tap := syAddTap(t, px)
+	addToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":300}}`)
+	tap := addTap(t, px)
 	select { // forget traffic from before the request
 	case <-tap:
 	default:
@@ -589,7 +589,7 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 		t.Fatalf("exit code %d after SIGTERM, want 0; stderr:\n%s", code, tail(p.stderr.String(), 3000))
 	}
 	// The drained request was counted and the shutdown flush persisted it.
-	if got := syPGTotal(t, direct); got != 1 {
+	if got := persistedTotal(t, direct); got != 1 {
 		t.Fatalf("postgres total after shutdown = %d, want 1", got)
 	}
 }

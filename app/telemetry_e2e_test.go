@@ -34,43 +34,43 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-const tlQueryRoute = "/api/hasNotEngine-ultra-fast"
+const queryRoute = "/api/hasNotEngine-ultra-fast"
 
-// tlKeepSpans is an in-memory exporter that survives the service's shutdown:
+// keepSpans is an in-memory exporter that survives the service's shutdown:
 // tracetest.InMemoryExporter forgets its spans on Shutdown, and stopping the
 // service (which flushes the batch span processor) is how these tests make
 // sure every ended span has been exported, without waiting on a timer.
-type tlKeepSpans struct{ *tracetest.InMemoryExporter }
+type keepSpans struct{ *tracetest.InMemoryExporter }
 
 // Shutdown keeps the recorded spans.
-func (tlKeepSpans) Shutdown(context.Context) error { return nil }
+func (keepSpans) Shutdown(context.Context) error { return nil }
 
-// tlStartRecorded starts the service with every span recorded in memory.
-func tlStartRecorded(t *testing.T, env map[string]string) (*instance, *tracetest.InMemoryExporter) {
+// startRecorded starts the service with every span recorded in memory.
+func startRecorded(t *testing.T, env map[string]string) (*instance, *tracetest.InMemoryExporter) {
 	t.Helper()
 	rec := tracetest.NewInMemoryExporter()
-	return startWith(t, env, options{spanExporter: tlKeepSpans{rec}}), rec
+	return startWith(t, env, options{spanExporter: keepSpans{rec}}), rec
 }
 
-// tlStopFlushed stops the service; its shutdown flushes every ended span to
+// stopFlushed stops the service; its shutdown flushes every ended span to
 // the exporter, so what the exporter holds afterwards is complete.
-func tlStopFlushed(t *testing.T, in *instance) {
+func stopFlushed(t *testing.T, in *instance) {
 	t.Helper()
 	if err := in.stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 }
 
-// tlTraceparent returns a W3C traceparent header with fresh ids, so the
+// traceparent returns a W3C traceparent header with fresh ids, so the
 // request's server span joins a trace the test knows.
-func tlTraceparent() (header string, tid trace.TraceID, parent trace.SpanID) {
+func traceparent() (header string, tid trace.TraceID, parent trace.SpanID) {
 	_, _ = rand.Read(tid[:])
 	_, _ = rand.Read(parent[:])
 	return "00-" + tid.String() + "-" + parent.String() + "-01", tid, parent
 }
 
-// tlTrace returns the spans of one trace.
-func tlTrace(spans tracetest.SpanStubs, tid trace.TraceID) []tracetest.SpanStub {
+// traceOf returns the spans of one trace.
+func traceOf(spans tracetest.SpanStubs, tid trace.TraceID) []tracetest.SpanStub {
 	var out []tracetest.SpanStub
 	for _, s := range spans {
 		if s.SpanContext.TraceID() == tid {
@@ -80,8 +80,8 @@ func tlTrace(spans tracetest.SpanStubs, tid trace.TraceID) []tracetest.SpanStub 
 	return out
 }
 
-// tlNamed returns the spans called name.
-func tlNamed(spans []tracetest.SpanStub, name string) []tracetest.SpanStub {
+// named returns the spans called name.
+func named(spans []tracetest.SpanStub, name string) []tracetest.SpanStub {
 	var out []tracetest.SpanStub
 	for _, s := range spans {
 		if s.Name == name {
@@ -91,8 +91,8 @@ func tlNamed(spans []tracetest.SpanStub, name string) []tracetest.SpanStub {
 	return out
 }
 
-// tlChildren returns the direct children of parent.
-func tlChildren(spans []tracetest.SpanStub, parent trace.SpanID) []tracetest.SpanStub {
+// children returns the direct children of parent.
+func children(spans []tracetest.SpanStub, parent trace.SpanID) []tracetest.SpanStub {
 	var out []tracetest.SpanStub
 	for _, s := range spans {
 		if s.Parent.SpanID() == parent {
@@ -102,14 +102,14 @@ func tlChildren(spans []tracetest.SpanStub, parent trace.SpanID) []tracetest.Spa
 	return out
 }
 
-// tlDescendants returns every span below root (children, their children…).
-func tlDescendants(spans []tracetest.SpanStub, root trace.SpanID) []tracetest.SpanStub {
+// descendants returns every span below root (children, their children…).
+func descendants(spans []tracetest.SpanStub, root trace.SpanID) []tracetest.SpanStub {
 	var out []tracetest.SpanStub
 	frontier := []trace.SpanID{root}
 	for len(frontier) > 0 {
 		var next []trace.SpanID
 		for _, p := range frontier {
-			for _, c := range tlChildren(spans, p) {
+			for _, c := range children(spans, p) {
 				out = append(out, c)
 				next = append(next, c.SpanContext.SpanID())
 			}
@@ -121,11 +121,11 @@ func tlDescendants(spans []tracetest.SpanStub, root trace.SpanID) []tracetest.Sp
 
 // Instrumentation scopes of the client libraries' spans.
 const (
-	tlScopePgx    = "github.com/exaring/otelpgx"
-	tlScopeValkey = "github.com/valkey-io/valkey-go"
+	scopePgx    = "github.com/exaring/otelpgx"
+	scopeValkey = "github.com/valkey-io/valkey-go"
 )
 
-func tlFromScope(spans []tracetest.SpanStub, scope string) []tracetest.SpanStub {
+func fromScope(spans []tracetest.SpanStub, scope string) []tracetest.SpanStub {
 	var out []tracetest.SpanStub
 	for _, s := range spans {
 		if s.InstrumentationScope.Name == scope {
@@ -135,7 +135,7 @@ func tlFromScope(spans []tracetest.SpanStub, scope string) []tracetest.SpanStub 
 	return out
 }
 
-func tlAttr(s tracetest.SpanStub, key attribute.Key) (attribute.Value, bool) {
+func attr(s tracetest.SpanStub, key attribute.Key) (attribute.Value, bool) {
 	for _, kv := range s.Attributes {
 		if kv.Key == key {
 			return kv.Value, true
@@ -144,7 +144,7 @@ func tlAttr(s tracetest.SpanStub, key attribute.Key) (attribute.Value, bool) {
 	return attribute.Value{}, false
 }
 
-func tlSpanNames(spans []tracetest.SpanStub) []string {
+func spanNames(spans []tracetest.SpanStub) []string {
 	var out []string
 	for _, s := range spans {
 		out = append(out, s.Name+"<"+s.InstrumentationScope.Name+">")
@@ -152,8 +152,8 @@ func tlSpanNames(spans []tracetest.SpanStub) []string {
 	return out
 }
 
-// tlWaitWarm polls the caller's warmup status until it is ready.
-func tlWaitWarm(t *testing.T, in *instance, token string) {
+// waitWarm polls the caller's warmup status until it is ready.
+func waitWarm(t *testing.T, in *instance, token string) {
 	t.Helper()
 	eventually(t, 10*time.Second, "warmup ready", func() bool {
 		r := call(t, "GET", in.base+"/api/user/warmup", token, nil)
@@ -162,37 +162,37 @@ func tlWaitWarm(t *testing.T, in *instance, token string) {
 	})
 }
 
-// tlCheckServerSpan checks the request's server span (the only child of the
+// checkServerSpan checks the request's server span (the only child of the
 // remote parent the test sent) and its three phase children, and returns it.
-func tlCheckServerSpan(t *testing.T, spans []tracetest.SpanStub, parent trace.SpanID) (server tracetest.SpanStub, phases map[string]tracetest.SpanStub) {
+func checkServerSpan(t *testing.T, spans []tracetest.SpanStub, parent trace.SpanID) (server tracetest.SpanStub, phases map[string]tracetest.SpanStub) {
 	t.Helper()
-	roots := tlChildren(spans, parent)
+	roots := children(spans, parent)
 	if len(roots) != 1 {
-		t.Fatalf("want one server span under the remote parent, got %v", tlSpanNames(roots))
+		t.Fatalf("want one server span under the remote parent, got %v", spanNames(roots))
 	}
 	server = roots[0]
-	if server.Name != "POST "+tlQueryRoute || server.SpanKind != trace.SpanKindServer || !server.Parent.IsRemote() {
+	if server.Name != "POST "+queryRoute || server.SpanKind != trace.SpanKindServer || !server.Parent.IsRemote() {
 		t.Fatalf("server span: name %q kind %v remote parent %v", server.Name, server.SpanKind, server.Parent.IsRemote())
 	}
 	for key, want := range map[attribute.Key]attribute.Value{
-		"http.route":                attribute.StringValue(tlQueryRoute),
+		"http.route":                attribute.StringValue(queryRoute),
 		"http.request.method":       attribute.StringValue("POST"),
 		"http.response.status_code": attribute.IntValue(200),
 	} {
-		if got, ok := tlAttr(server, key); !ok || got != want {
+		if got, ok := attr(server, key); !ok || got != want {
 			t.Errorf("server span %s = %v (present %v), want %v", key, got.Emit(), ok, want.Emit())
 		}
 	}
 	// Every span of the trace hangs off the server span: no orphans, no
 	// second root.
-	below := tlDescendants(spans, server.SpanContext.SpanID())
+	below := descendants(spans, server.SpanContext.SpanID())
 	if len(below)+1 != len(spans) {
-		t.Errorf("trace has %d spans but %d are below the server span: %v", len(spans), len(below), tlSpanNames(spans))
+		t.Errorf("trace has %d spans but %d are below the server span: %v", len(spans), len(below), spanNames(spans))
 	}
 	phases = map[string]tracetest.SpanStub{}
 	var own []string
-	for _, c := range tlChildren(spans, server.SpanContext.SpanID()) {
-		if c.InstrumentationScope.Name == tlScopePgx || c.InstrumentationScope.Name == tlScopeValkey {
+	for _, c := range children(spans, server.SpanContext.SpanID()) {
+		if c.InstrumentationScope.Name == scopePgx || c.InstrumentationScope.Name == scopeValkey {
 			continue
 		}
 		own = append(own, c.Name)
@@ -205,12 +205,12 @@ func tlCheckServerSpan(t *testing.T, spans []tracetest.SpanStub, parent trace.Sp
 	return server, phases
 }
 
-func TestTlSpanTreeOfQuery(t *testing.T) {
+func TestSpanTreeOfQuery(t *testing.T) {
 	env := backendEnv(t)
 	// The system warmup must not pick u up (it is recently active) before
 	// its cold query: that query's own warmup is what must be linked.
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	in, rec := tlStartRecorded(t, env)
+	in, rec := startRecorded(t, env)
 	u := in.newUser(t, "free", nil)
 	if r := in.items(t, u.token, []string{"a", "b"}, nil); r.status != 200 {
 		t.Fatalf("items: %d %s", r.status, r.raw)
@@ -226,53 +226,53 @@ func TestTlSpanTreeOfQuery(t *testing.T) {
 	// Cold: neither the principal, the usage counter nor the items of u are
 	// in Valkey; the answer comes from Postgres and (WARMUP_STRATEGY=async)
 	// a warmup is enqueued, linked to this request.
-	coldTP, coldTrace, coldParent := tlTraceparent()
-	if r := call(t, "POST", in.base+tlQueryRoute, fresh, map[string]any{"items": []string{"a", "x"}}, "traceparent", coldTP); r.status != 200 {
+	coldTP, coldTrace, coldParent := traceparent()
+	if r := call(t, "POST", in.base+queryRoute, fresh, map[string]any{"items": []string{"a", "x"}}, "traceparent", coldTP); r.status != 200 {
 		t.Fatalf("cold query: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, u.token)
-	warmTP, warmTrace, warmParent := tlTraceparent()
-	if r := call(t, "POST", in.base+tlQueryRoute, u.token, map[string]any{"items": []string{"a", "y"}}, "traceparent", warmTP); r.status != 200 {
+	waitWarm(t, in, u.token)
+	warmTP, warmTrace, warmParent := traceparent()
+	if r := call(t, "POST", in.base+queryRoute, u.token, map[string]any{"items": []string{"a", "y"}}, "traceparent", warmTP); r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
 	}
 	// A login warmup of another user: its job links to the POST's server span.
 	v := in.newUser(t, "free", nil)
-	loginTP, loginTrace, loginParent := tlTraceparent()
+	loginTP, loginTrace, loginParent := traceparent()
 	if r := call(t, "POST", in.base+"/api/user/warmup", v.token, nil, "traceparent", loginTP); r.status != 202 {
 		t.Fatalf("warmup: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, v.token)
-	tlStopFlushed(t, in)
+	waitWarm(t, in, v.token)
+	stopFlushed(t, in)
 	all := rec.GetSpans()
 
 	t.Run("cold", func(t *testing.T) {
-		spans := tlTrace(all, coldTrace)
-		_, phases := tlCheckServerSpan(t, spans, coldParent)
+		spans := traceOf(all, coldTrace)
+		_, phases := checkServerSpan(t, spans, coldParent)
 		// Cold, every phase reaches both backends: auth and usage miss the
 		// cache and read Postgres, the items come from Postgres.
 		for _, name := range []string{"auth", "usage.check", "engine.query"} {
-			below := tlDescendants(spans, phases[name].SpanContext.SpanID())
-			if len(tlFromScope(below, tlScopePgx)) == 0 {
-				t.Errorf("no pgx span under %s: %v", name, tlSpanNames(below))
+			below := descendants(spans, phases[name].SpanContext.SpanID())
+			if len(fromScope(below, scopePgx)) == 0 {
+				t.Errorf("no pgx span under %s: %v", name, spanNames(below))
 			}
-			if len(tlFromScope(below, tlScopeValkey)) == 0 {
-				t.Errorf("no valkey span under %s: %v", name, tlSpanNames(below))
+			if len(fromScope(below, scopeValkey)) == 0 {
+				t.Errorf("no valkey span under %s: %v", name, spanNames(below))
 			}
 		}
 	})
 	t.Run("warm", func(t *testing.T) {
-		spans := tlTrace(all, warmTrace)
-		_, phases := tlCheckServerSpan(t, spans, warmParent)
-		if pg := tlFromScope(spans, tlScopePgx); len(pg) > 0 {
-			t.Errorf("a warm query must not reach Postgres: %v", tlSpanNames(pg))
+		spans := traceOf(all, warmTrace)
+		_, phases := checkServerSpan(t, spans, warmParent)
+		if pg := fromScope(spans, scopePgx); len(pg) > 0 {
+			t.Errorf("a warm query must not reach Postgres: %v", spanNames(pg))
 		}
-		below := tlDescendants(spans, phases["engine.query"].SpanContext.SpanID())
-		if len(tlFromScope(below, tlScopeValkey)) == 0 {
-			t.Errorf("warm engine.query has no valkey span: %v", tlSpanNames(below))
+		below := descendants(spans, phases["engine.query"].SpanContext.SpanID())
+		if len(fromScope(below, scopeValkey)) == 0 {
+			t.Errorf("warm engine.query has no valkey span: %v", spanNames(below))
 		}
 	})
 	t.Run("warmup job links", func(t *testing.T) {
-		jobs := tlNamed(all, "warmup.job")
+		jobs := named(all, "warmup.job")
 		linkedTo := func(tid trace.TraceID) []tracetest.SpanStub {
 			var out []tracetest.SpanStub
 			for _, j := range jobs {
@@ -293,7 +293,7 @@ func TestTlSpanTreeOfQuery(t *testing.T) {
 			}
 			t.Fatalf("want 1 warmup.job linked to the cold query %s, got %d of %d jobs", coldTrace, len(cold), len(jobs))
 		}
-		coldSpans := tlTrace(all, coldTrace)
+		coldSpans := traceOf(all, coldTrace)
 		target := cold[0].Links[0].SpanContext.SpanID()
 		if !slices.ContainsFunc(coldSpans, func(s tracetest.SpanStub) bool { return s.SpanContext.SpanID() == target }) {
 			t.Errorf("cold job link points at no span of the request")
@@ -303,28 +303,28 @@ func TestTlSpanTreeOfQuery(t *testing.T) {
 		if len(login) != 1 {
 			t.Fatalf("want 1 warmup.job linked to the login warmup, got %d", len(login))
 		}
-		server := tlChildren(tlTrace(all, loginTrace), loginParent)
+		server := children(traceOf(all, loginTrace), loginParent)
 		if len(server) != 1 || login[0].Links[0].SpanContext.SpanID() != server[0].SpanContext.SpanID() {
-			t.Errorf("login job link = %v, want the server span %v", login[0].Links[0].SpanContext.SpanID(), tlSpanNames(server))
+			t.Errorf("login job link = %v, want the server span %v", login[0].Links[0].SpanContext.SpanID(), spanNames(server))
 		}
 		for _, j := range append(cold, login...) {
 			if j.Parent.IsValid() || j.SpanContext.TraceID() == coldTrace || j.SpanContext.TraceID() == loginTrace {
 				t.Errorf("warmup.job must be a root span of its own trace (parent %v)", j.Parent.SpanID())
 			}
-			below := tlDescendants(tlTrace(all, j.SpanContext.TraceID()), j.SpanContext.SpanID())
-			if len(tlFromScope(below, tlScopePgx)) == 0 || len(tlFromScope(below, tlScopeValkey)) == 0 {
-				t.Errorf("warmup.job should have pgx and valkey spans below it: %v", tlSpanNames(below))
+			below := descendants(traceOf(all, j.SpanContext.TraceID()), j.SpanContext.SpanID())
+			if len(fromScope(below, scopePgx)) == 0 || len(fromScope(below, scopeValkey)) == 0 {
+				t.Errorf("warmup.job should have pgx and valkey spans below it: %v", spanNames(below))
 			}
 		}
 	})
 }
 
-func TestTlSyncBatchSpansLinked(t *testing.T) {
+func TestSyncBatchSpansLinked(t *testing.T) {
 	env := backendEnv(t)
 	// No timer-driven pass: the only passes are the forced one and the
 	// final flush at shutdown.
 	env["SYNC_INTERVAL"] = "1h"
-	in, rec := tlStartRecorded(t, env)
+	in, rec := startRecorded(t, env)
 	u := in.newUser(t, "free", nil)
 	if r := in.query(t, u.token, "a"); r.status != 200 {
 		t.Fatalf("query: %d %s", r.status, r.raw)
@@ -340,14 +340,14 @@ func TestTlSyncBatchSpansLinked(t *testing.T) {
 	if r := in.query(t, u.token, "a"); r.status != 200 {
 		t.Fatalf("query: %d %s", r.status, r.raw)
 	}
-	tlStopFlushed(t, in)
+	stopFlushed(t, in)
 	all := rec.GetSpans()
 
-	admin := tlNamed(all, "POST /admin/sync")
+	admin := named(all, "POST /admin/sync")
 	if len(admin) != 1 || admin[0].SpanKind != trace.SpanKindServer {
-		t.Fatalf("want one server span POST /admin/sync, got %v", tlSpanNames(admin))
+		t.Fatalf("want one server span POST /admin/sync, got %v", spanNames(admin))
 	}
-	batches := tlNamed(all, "usage.sync.batch")
+	batches := named(all, "usage.sync.batch")
 	if len(batches) != 2 {
 		t.Fatalf("want 2 usage.sync.batch spans (forced, flush), got %d", len(batches))
 	}
@@ -363,9 +363,9 @@ func TestTlSyncBatchSpansLinked(t *testing.T) {
 				t.Errorf("batch links to %v, not the forcing request", l.SpanContext.SpanID())
 			}
 		}
-		below := tlDescendants(tlTrace(all, b.SpanContext.TraceID()), b.SpanContext.SpanID())
-		if len(tlFromScope(below, tlScopePgx)) == 0 {
-			t.Errorf("no pgx span below the batch: %v", tlSpanNames(below))
+		below := descendants(traceOf(all, b.SpanContext.TraceID()), b.SpanContext.SpanID())
+		if len(fromScope(below, scopePgx)) == 0 {
+			t.Errorf("no pgx span below the batch: %v", spanNames(below))
 		}
 	}
 	if linked != 1 {
@@ -373,24 +373,24 @@ func TestTlSyncBatchSpansLinked(t *testing.T) {
 	}
 }
 
-// tlExemplar is one exemplar of an OpenMetrics sample line.
-type tlExemplar struct {
+// exemplar is one exemplar of an OpenMetrics sample line.
+type exemplar struct {
 	series string            // the sample's name and labels, as written
 	labels map[string]string // the exemplar's labels (trace_id, span_id)
 }
 
 var (
-	tlExemplarRE = regexp.MustCompile(`^(\S+(?:\{.*?\})?) \S+ # \{(.*?)\} \S+( \S+)?$`)
-	tlLabelRE    = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
-	tlTraceIDRE  = regexp.MustCompile(`^[0-9a-f]{32}$`)
+	exemplarRE = regexp.MustCompile(`^(\S+(?:\{.*?\})?) \S+ # \{(.*?)\} \S+( \S+)?$`)
+	labelRE    = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+	traceIDRE  = regexp.MustCompile(`^[0-9a-f]{32}$`)
 )
 
-// tlScrape fetches /metrics in the OpenMetrics format and decodes it with
+// scrape fetches /metrics in the OpenMetrics format and decodes it with
 // expfmt. expfmt's decoder is the classic text parser, which reads OpenMetrics
 // 1.0 except for three things this normalises first: exemplars (returned
 // separately), "# UNIT" and "# EOF" lines, and counter families, which
 // OpenMetrics names without the "_total" their samples carry.
-func tlScrape(t *testing.T, in *instance) (map[string]*dto.MetricFamily, []tlExemplar) {
+func scrape(t *testing.T, in *instance) (map[string]*dto.MetricFamily, []exemplar) {
 	t.Helper()
 	req, err := http.NewRequest("GET", in.admin+"/metrics", nil)
 	if err != nil {
@@ -425,7 +425,7 @@ func tlScrape(t *testing.T, in *instance) (map[string]*dto.MetricFamily, []tlExe
 		return "", false
 	}
 	var b strings.Builder
-	var exemplars []tlExemplar
+	var exemplars []exemplar
 	for i, l := range lines {
 		f := strings.Fields(l)
 		if len(f) == 0 {
@@ -442,12 +442,12 @@ func tlScrape(t *testing.T, in *instance) (map[string]*dto.MetricFamily, []tlExe
 		case !strings.HasPrefix(l, "#") && strings.HasSuffix(strings.SplitN(f[0], "{", 2)[0], "_created"):
 			continue // OpenMetrics-only series; the classic parser has no place for them
 		case !strings.HasPrefix(l, "#") && strings.Contains(l, " # {"):
-			m := tlExemplarRE.FindStringSubmatch(l)
+			m := exemplarRE.FindStringSubmatch(l)
 			if m == nil {
 				t.Fatalf("unparsable exemplar line %q", l)
 			}
-			ex := tlExemplar{series: m[1], labels: map[string]string{}}
-			for _, kv := range tlLabelRE.FindAllStringSubmatch(m[2], -1) {
+			ex := exemplar{series: m[1], labels: map[string]string{}}
+			for _, kv := range labelRE.FindAllStringSubmatch(m[2], -1) {
 				ex.labels[kv[1]] = kv[2]
 			}
 			exemplars = append(exemplars, ex)
@@ -470,9 +470,9 @@ func tlScrape(t *testing.T, in *instance) (map[string]*dto.MetricFamily, []tlExe
 	return fams, exemplars
 }
 
-// tlSeries returns the metrics of family name whose labels include every
+// series returns the metrics of family name whose labels include every
 // given name=value pair.
-func tlSeries(fams map[string]*dto.MetricFamily, name string, labels ...string) []*dto.Metric {
+func series(fams map[string]*dto.MetricFamily, name string, labels ...string) []*dto.Metric {
 	var out []*dto.Metric
 	mf := fams[name]
 	if mf == nil {
@@ -494,10 +494,10 @@ func tlSeries(fams map[string]*dto.MetricFamily, name string, labels ...string) 
 	return out
 }
 
-// tlLabelValues returns the values label takes in family name.
-func tlLabelValues(fams map[string]*dto.MetricFamily, name, label string) []string {
+// labelValues returns the values label takes in family name.
+func labelValues(fams map[string]*dto.MetricFamily, name, label string) []string {
 	var out []string
-	for _, m := range tlSeries(fams, name) {
+	for _, m := range series(fams, name) {
 		for _, lp := range m.Label {
 			if lp.GetName() == label && !slices.Contains(out, lp.GetValue()) {
 				out = append(out, lp.GetValue())
@@ -508,9 +508,9 @@ func tlLabelValues(fams map[string]*dto.MetricFamily, name, label string) []stri
 	return out
 }
 
-// tlValue is the value of a counter, gauge or untyped sample, or the count of
+// sampleValue is the value of a counter, gauge or untyped sample, or the count of
 // a histogram.
-func tlValue(m *dto.Metric) float64 {
+func sampleValue(m *dto.Metric) float64 {
 	switch {
 	case m.Counter != nil:
 		return m.Counter.GetValue()
@@ -524,15 +524,15 @@ func tlValue(m *dto.Metric) float64 {
 	return 0
 }
 
-func tlSum(ms []*dto.Metric) float64 {
+func sumSamples(ms []*dto.Metric) float64 {
 	var s float64
 	for _, m := range ms {
-		s += tlValue(m)
+		s += sampleValue(m)
 	}
 	return s
 }
 
-func TestTlMetricsScrape(t *testing.T) {
+func TestMetricsScrape(t *testing.T) {
 	env := backendEnv(t)
 	// Non-default thresholds, to see that the gauges report the configured
 	// values; usage_check at 1µs is passed by every check (a Valkey round
@@ -543,7 +543,7 @@ func TestTlMetricsScrape(t *testing.T) {
 	env["THRESHOLD_USAGE_CHECK"] = "1us"
 	env["DB_MAX_CONNS"] = "7"
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	in, _ := tlStartRecorded(t, env)
+	in, _ := startRecorded(t, env)
 
 	// Every endpoint, public and admin.
 	u := in.newUser(t, "free", nil)
@@ -553,7 +553,7 @@ func TestTlMetricsScrape(t *testing.T) {
 	if r := call(t, "POST", in.base+"/api/user/warmup", u.token, nil); r.status != 202 {
 		t.Fatalf("warmup: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, u.token) // GET /api/user/warmup
+	waitWarm(t, in, u.token) // GET /api/user/warmup
 	if r := in.query(t, u.token, "a", "z"); r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
 	}
@@ -561,7 +561,7 @@ func TestTlMetricsScrape(t *testing.T) {
 	if r := in.query(t, cold.token, "a"); r.status != 200 { // cold: the db phase runs
 		t.Fatalf("cold query: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, cold.token) // the warmup that query enqueued has finished
+	waitWarm(t, in, cold.token) // the warmup that query enqueued has finished
 	for _, ep := range []struct{ method, url string }{
 		{"GET", in.base + "/livez"}, {"GET", in.base + "/readyz?verbose"},
 		{"POST", in.admin + "/admin/sync"}, {"GET", in.admin + "/admin/sync"}, {"GET", in.admin + "/admin/warmup"},
@@ -575,15 +575,15 @@ func TestTlMetricsScrape(t *testing.T) {
 	})
 	// The last query on its series carries a known trace: the request
 	// histogram keeps the newest exemplar per bucket, so it must be there.
-	tp, tid, _ := tlTraceparent()
-	if r := call(t, "POST", in.base+tlQueryRoute, u.token, map[string]any{"items": []string{"b"}}, "traceparent", tp); r.status != 200 {
+	tp, tid, _ := traceparent()
+	if r := call(t, "POST", in.base+queryRoute, u.token, map[string]any{"items": []string{"b"}}, "traceparent", tp); r.status != 200 {
 		t.Fatalf("traced query: %d %s", r.status, r.raw)
 	}
 
-	fams, exemplars := tlScrape(t, in)
+	fams, exemplars := scrape(t, in)
 	has := func(t *testing.T, name string, labels ...string) []*dto.Metric {
 		t.Helper()
-		ms := tlSeries(fams, name, labels...)
+		ms := series(fams, name, labels...)
 		if len(ms) == 0 {
 			t.Errorf("no sample of %s%v", name, labels)
 		}
@@ -600,20 +600,20 @@ func TestTlMetricsScrape(t *testing.T) {
 		const name = "http_server_request_duration_seconds"
 		typeOf(t, name, dto.MetricType_HISTOGRAM)
 		for _, s := range []struct{ method, route, status string }{
-			{"POST", tlQueryRoute, "200"}, {"POST", "/api/items", "200"},
+			{"POST", queryRoute, "200"}, {"POST", "/api/items", "200"},
 			{"POST", "/api/user/warmup", "202"}, {"GET", "/api/user/warmup", "200"},
 			{"GET", "/livez", "200"}, {"GET", "/readyz", "200"},
 		} {
 			has(t, name, "http_request_method", s.method, "http_route", s.route, "http_response_status_code", s.status)
 		}
 		// Label values are what was sent, never bytes of a later request.
-		for _, m := range tlLabelValues(fams, name, "http_request_method") {
+		for _, m := range labelValues(fams, name, "http_request_method") {
 			if m != "GET" && m != "POST" {
 				t.Errorf("http_request_method=%q", m)
 			}
 		}
 		// Buckets go down to 100µs.
-		if ms := tlSeries(fams, name); len(ms) > 0 && ms[0].Histogram.Bucket[0].GetUpperBound() > 0.0001 {
+		if ms := series(fams, name); len(ms) > 0 && ms[0].Histogram.Bucket[0].GetUpperBound() > 0.0001 {
 			t.Errorf("smallest bucket is %v s, want ≤ 100µs", ms[0].Histogram.Bucket[0].GetUpperBound())
 		}
 		var found, bad int
@@ -621,10 +621,10 @@ func TestTlMetricsScrape(t *testing.T) {
 			if !strings.HasPrefix(ex.series, name+"_bucket{") {
 				continue
 			}
-			if !tlTraceIDRE.MatchString(ex.labels["trace_id"]) {
+			if !traceIDRE.MatchString(ex.labels["trace_id"]) {
 				bad++
 			}
-			if ex.labels["trace_id"] == tid.String() && strings.Contains(ex.series, `http_route="`+tlQueryRoute+`"`) {
+			if ex.labels["trace_id"] == tid.String() && strings.Contains(ex.series, `http_route="`+queryRoute+`"`) {
 				found++
 			}
 		}
@@ -644,12 +644,12 @@ func TestTlMetricsScrape(t *testing.T) {
 				t.Errorf("threshold %s = %v, want %v", p, ms[0].Gauge.GetValue(), v)
 			}
 		}
-		if got := tlLabelValues(fams, "warmpath_alert_threshold_seconds", "phase"); len(got) != len(want) {
+		if got := labelValues(fams, "warmpath_alert_threshold_seconds", "phase"); len(got) != len(want) {
 			t.Errorf("threshold phases = %v", got)
 		}
 		typeOf(t, "warmpath_slow_phase_total", dto.MetricType_COUNTER)
 		// Every metered request with a usage check: the warm, cold and traced queries.
-		if got := tlSum(has(t, "warmpath_slow_phase_total", "phase", "usage_check")); got != 3 {
+		if got := sumSamples(has(t, "warmpath_slow_phase_total", "phase", "usage_check")); got != 3 {
 			t.Errorf("slow usage_check = %v, want 3", got)
 		}
 	})
@@ -658,13 +658,13 @@ func TestTlMetricsScrape(t *testing.T) {
 		has(t, "warmpath_warmup_queue_depth")
 		typeOf(t, "warmpath_warmup_jobs_total", dto.MetricType_COUNTER)
 		// u's login warmup and the cold user's, enqueued by its cold query.
-		if got := tlSum(has(t, "warmpath_warmup_jobs_total", "kind", "login", "result", "ready")); got != 2 {
+		if got := sumSamples(has(t, "warmpath_warmup_jobs_total", "kind", "login", "result", "ready")); got != 2 {
 			t.Errorf("login warmups ready = %v, want 2", got)
 		}
 		typeOf(t, "warmpath_warmup_duration_seconds", dto.MetricType_HISTOGRAM)
 		has(t, "warmpath_warmup_duration_seconds", "kind", "login")
 		typeOf(t, "warmpath_first_query_total", dto.MetricType_COUNTER)
-		if got := tlSum(has(t, "warmpath_first_query_total", "warmup", "ready")); got != 1 {
+		if got := sumSamples(has(t, "warmpath_first_query_total", "warmup", "ready")); got != 1 {
 			t.Errorf("first queries after a ready warmup = %v, want 1", got)
 		}
 	})
@@ -691,10 +691,10 @@ func TestTlMetricsScrape(t *testing.T) {
 			"acquire_duration_seconds_total", "empty_acquire_wait_seconds_total"} {
 			has(t, "warmpath_db_pool_"+c)
 		}
-		if ms := tlSeries(fams, "warmpath_db_pool_max_conns"); len(ms) == 1 && ms[0].Gauge.GetValue() != 7 {
+		if ms := series(fams, "warmpath_db_pool_max_conns"); len(ms) == 1 && ms[0].Gauge.GetValue() != 7 {
 			t.Errorf("pool max_conns = %v, want DB_MAX_CONNS=7", ms[0].Gauge.GetValue())
 		}
-		if got := tlSum(tlSeries(fams, "warmpath_db_pool_acquires_total")); got < 1 {
+		if got := sumSamples(series(fams, "warmpath_db_pool_acquires_total")); got < 1 {
 			t.Errorf("pool acquires = %v", got)
 		}
 		has(t, "db_client_operation_duration_seconds") // otelpgx
@@ -704,8 +704,8 @@ func TestTlMetricsScrape(t *testing.T) {
 	})
 }
 
-// tlLogLines decodes the service's JSON log lines.
-func tlLogLines(t *testing.T, in *instance) []map[string]any {
+// logLines decodes the service's JSON log lines.
+func logLines(t *testing.T, in *instance) []map[string]any {
 	t.Helper()
 	var out []map[string]any
 	for _, l := range strings.Split(in.stderr.String(), "\n") {
@@ -721,8 +721,8 @@ func tlLogLines(t *testing.T, in *instance) []map[string]any {
 	return out
 }
 
-// tlPerfLines returns the [PERF] lines of the JSON log.
-func tlPerfLines(lines []map[string]any) []map[string]any {
+// perfLines returns the [PERF] lines of the JSON log.
+func perfLines(lines []map[string]any) []map[string]any {
 	var out []map[string]any
 	for _, l := range lines {
 		if msg, _ := l["msg"].(string); strings.HasPrefix(msg, "[PERF] ") {
@@ -732,7 +732,7 @@ func tlPerfLines(lines []map[string]any) []map[string]any {
 	return out
 }
 
-func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
+func TestSlowPhaseCountedAndLogged(t *testing.T) {
 	t.Run("auth past 1ns", func(t *testing.T) {
 		env := backendEnv(t)
 		env["THRESHOLD_AUTH"] = "1ns"
@@ -753,7 +753,7 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 			t.Errorf("slow auth = %v, want %d (one per request)", got, n)
 		}
 		// The [PERF] line is written before the response, so it is there.
-		perf := tlPerfLines(tlLogLines(t, in))
+		perf := perfLines(logLines(t, in))
 		if len(perf) != n {
 			t.Fatalf("want %d [PERF] lines, got %d:\n%s", n, len(perf), tail(in.stderr.String(), 2000))
 		}
@@ -761,12 +761,12 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 			msg := l["msg"].(string)
 			slow, _ := l["slow"].([]any)
 			bd, _ := l["breakdown"].(map[string]any)
-			if l["level"] != "WARN" || !strings.HasPrefix(msg, "[PERF] POST "+tlQueryRoute+" - Total: ") ||
+			if l["level"] != "WARN" || !strings.HasPrefix(msg, "[PERF] POST "+queryRoute+" - Total: ") ||
 				!strings.Contains(msg, "slow: auth") || !slices.Contains(slow, any("auth")) {
 				t.Errorf("slow [PERF] line: %v", l)
 			}
-			if l["status"] != 200.0 || l["path"] != tlQueryRoute || l["method"] != "POST" || bd == nil || bd["auth"].(float64) <= 0 ||
-				l["total_ms"].(float64) < bd["auth"].(float64) || !tlTraceIDRE.MatchString(l["trace_id"].(string)) {
+			if l["status"] != 200.0 || l["path"] != queryRoute || l["method"] != "POST" || bd == nil || bd["auth"].(float64) <= 0 ||
+				l["total_ms"].(float64) < bd["auth"].(float64) || !traceIDRE.MatchString(l["trace_id"].(string)) {
 				t.Errorf("[PERF] fields: %v", l)
 			}
 		}
@@ -785,7 +785,7 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 		// Only slow requests are logged at warn. Whether one was slow on a
 		// loaded machine is read from the counter, not assumed.
 		slow := in.metric(t, "warmpath_slow_phase_total")
-		perf := tlPerfLines(tlLogLines(t, in))
+		perf := perfLines(logLines(t, in))
 		if slow == 0 && len(perf) != 0 || float64(len(perf)) > slow {
 			t.Fatalf("%d [PERF] lines for %v slow phases: %v", len(perf), slow, perf)
 		}
@@ -809,7 +809,7 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 			t.Fatalf("items: %d %s", r.status, r.raw)
 		}
 		// slog's text handler quotes the message.
-		re := regexp.MustCompile(`level=(\w+) msg="\[PERF\] POST ` + regexp.QuoteMeta(tlQueryRoute) +
+		re := regexp.MustCompile(`level=(\w+) msg="\[PERF\] POST ` + regexp.QuoteMeta(queryRoute) +
 			` - Total: ([0-9.]+)ms \{breakdown: \{auth: ([0-9.]+), usageCheck: ([0-9.]+), query: ([0-9.]+)(?:, db: [0-9.]+)?\}\}( - slow: usage_check)?"`)
 		var lines []string
 		for _, l := range strings.Split(in.stderr.String(), "\n") {
@@ -840,9 +840,9 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 	})
 }
 
-// tlServerTiming parses a Server-Timing header as a list of
+// parseServerTiming parses a Server-Timing header as a list of
 // name;dur=float members and returns the durations by name.
-func tlServerTiming(t *testing.T, h string) map[string]float64 {
+func parseServerTiming(t *testing.T, h string) map[string]float64 {
 	t.Helper()
 	token := regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]*$`)
 	out := map[string]float64{}
@@ -877,10 +877,10 @@ func tlServerTiming(t *testing.T, h string) map[string]float64 {
 	return out
 }
 
-func TestTlServerTiming(t *testing.T) {
+func TestServerTiming(t *testing.T) {
 	in := start(t, backendEnv(t))
 	u := in.newUser(t, "free", ptr[int64](1))
-	q := in.base + tlQueryRoute
+	q := in.base + queryRoute
 	cases := []struct {
 		name   string
 		r      reply
@@ -903,7 +903,7 @@ func TestTlServerTiming(t *testing.T) {
 			if tc.r.status != tc.status {
 				t.Fatalf("status %d, want %d: %s", tc.r.status, tc.status, tc.r.raw)
 			}
-			st := tlServerTiming(t, tc.r.header.Get("Server-Timing"))
+			st := parseServerTiming(t, tc.r.header.Get("Server-Timing"))
 			total, ok := st["total"]
 			if !ok {
 				t.Fatalf("no total in %q", tc.r.header.Get("Server-Timing"))
@@ -930,16 +930,16 @@ func TestTlServerTiming(t *testing.T) {
 	}
 }
 
-// tlSecretForms returns s and the forms of its SHA-256 that could leak.
-func tlSecretForms(s string) []string {
+// secretForms returns s and the forms of its SHA-256 that could leak.
+func secretForms(s string) []string {
 	h := sha256.Sum256([]byte(s))
 	return []string{s, hex.EncodeToString(h[:]), strings.ToUpper(hex.EncodeToString(h[:])),
 		base64.StdEncoding.EncodeToString(h[:]), base64.RawStdEncoding.EncodeToString(h[:]),
 		base64.URLEncoding.EncodeToString(h[:]), base64.RawURLEncoding.EncodeToString(h[:])}
 }
 
-// tlSpanText is everything of a span that an exporter sends, as text.
-func tlSpanText(s tracetest.SpanStub) string {
+// spanText is everything of a span that an exporter sends, as text.
+func spanText(s tracetest.SpanStub) string {
 	var b strings.Builder
 	kvs := func(attrs []attribute.KeyValue) {
 		for _, kv := range attrs {
@@ -961,12 +961,12 @@ func tlSpanText(s tracetest.SpanStub) string {
 	return b.String()
 }
 
-func TestTlNoSecretLeaks(t *testing.T) {
+func TestNoSecretLeaks(t *testing.T) {
 	env := backendEnv(t)
 	env["LOG_LEVEL"] = "debug"
 	env["ADMIN_TOKEN"] = "adm_" + randHex(24)
 	admin := env["ADMIN_TOKEN"]
-	in, rec := tlStartRecorded(t, env)
+	in, rec := startRecorded(t, env)
 
 	var bodies []string
 	record := func(r reply) reply {
@@ -986,7 +986,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	unknown := "wp_" + base64.RawURLEncoding.EncodeToString([]byte(randHex(16)))
 	malformed := "not a token " + randHex(8)
 	wrongAdmin := "adm_" + randHex(24)
-	q := in.base + tlQueryRoute
+	q := in.base + queryRoute
 	items := map[string]any{"items": []string{"a"}}
 
 	for range 4 { // the fourth is over quota (429)
@@ -995,7 +995,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	record(call(t, "POST", in.base+"/api/items", valid, map[string]any{"add": []string{"b"}}))
 	record(call(t, "POST", in.base+"/api/user/warmup", valid, nil))
 	// Ready means the job logged at DEBUG too ("warmup ready").
-	tlWaitWarm(t, in, valid)
+	waitWarm(t, in, valid)
 	record(call(t, "GET", in.base+"/api/user/warmup", valid, nil))
 	record(call(t, "POST", q, valid, []byte(`{"items":`))) // malformed JSON after a valid token
 	record(call(t, "POST", q, unknown, items))
@@ -1008,7 +1008,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	record(call(t, "GET", in.admin+"/admin/warmup", wrongAdmin, nil))
 	record(call(t, "POST", in.admin+"/admin/users", "", map[string]any{"name": "x", "plan": "free"}))
 	record(call(t, "GET", in.admin+"/admin/sync", admin, nil, "Authorization", "Bearer "+wrongAdmin))
-	tlStopFlushed(t, in)
+	stopFlushed(t, in)
 
 	logs := in.stderr.String() + in.stdout.String()
 	spans := rec.GetSpans()
@@ -1016,7 +1016,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 		t.Fatalf("nothing captured: %d spans, logs:\n%s", len(spans), tail(logs, 2000))
 	}
 	for _, secret := range []string{valid, unknown, malformed, admin, wrongAdmin} {
-		for _, form := range tlSecretForms(secret) {
+		for _, form := range secretForms(secret) {
 			if strings.Contains(logs, form) {
 				t.Errorf("log contains a secret form %q", form)
 			}
@@ -1026,7 +1026,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 				}
 			}
 			for _, s := range spans {
-				if strings.Contains(tlSpanText(s), form) {
+				if strings.Contains(spanText(s), form) {
 					t.Errorf("span %q contains a secret form %q", s.Name, form)
 				}
 			}
@@ -1034,13 +1034,13 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	}
 }
 
-func TestTlCORS(t *testing.T) {
+func TestCORSOrigins(t *testing.T) {
 	env := backendEnv(t)
 	env["CORS_ORIGINS"] = "https://app.example"
 	in := start(t, env)
 	u := in.newUser(t, "free", nil)
 	const allowed, other = "https://app.example", "https://evil.example"
-	q := in.base + tlQueryRoute
+	q := in.base + queryRoute
 	body := map[string]any{"items": []string{"a"}}
 
 	for _, tc := range []struct {
@@ -1083,9 +1083,9 @@ func TestTlCORS(t *testing.T) {
 	}
 }
 
-// tlSlowPostgres puts a toxiproxy proxy in front of env's Postgres, points
+// slowPostgres puts a toxiproxy proxy in front of env's Postgres, points
 // DATABASE_URL at it and returns it; it is stopped at cleanup.
-func tlSlowPostgres(t *testing.T, env map[string]string) *toxiproxy.Proxy {
+func slowPostgres(t *testing.T, env map[string]string) *toxiproxy.Proxy {
 	t.Helper()
 	u, err := url.Parse(env["DATABASE_URL"])
 	if err != nil || u.Port() == "" {
@@ -1102,11 +1102,11 @@ func tlSlowPostgres(t *testing.T, env map[string]string) *toxiproxy.Proxy {
 	return px
 }
 
-func TestTlPprofRouteLabels(t *testing.T) {
+func TestPprofRouteLabels(t *testing.T) {
 	env := backendEnv(t)
 	env["WARMUP_STRATEGY"] = "off" // every query reads Postgres
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	px := tlSlowPostgres(t, env)
+	px := slowPostgres(t, env)
 	in := start(t, env)
 	u := in.newUser(t, "free", nil)
 
@@ -1118,7 +1118,7 @@ func TestTlPprofRouteLabels(t *testing.T) {
 	}
 	done := make(chan int, 1)
 	go func() {
-		req, _ := http.NewRequest("POST", in.base+tlQueryRoute, strings.NewReader(`{"items":["a"]}`))
+		req, _ := http.NewRequest("POST", in.base+queryRoute, strings.NewReader(`{"items":["a"]}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+u.token)
 		resp, err := client.Do(req)
@@ -1129,7 +1129,7 @@ func TestTlPprofRouteLabels(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
-	want := `# labels: {"route":"` + tlQueryRoute + `"}`
+	want := `# labels: {"route":"` + queryRoute + `"}`
 	var seen bool
 	for !seen {
 		r := call(t, "GET", in.admin+"/debug/pprof/goroutine?debug=1", "", nil)
