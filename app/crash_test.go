@@ -8,15 +8,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptrace"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,142 +23,8 @@ import (
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/Shopify/toxiproxy/v2/toxics"
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
-	valkeygo "github.com/valkey-io/valkey-go"
-
-	"github.com/warmpath/warmpath/app/internal/cachesync"
 )
-
-// builtBinary is the service binary, built once per test process.
-var builtBinary struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// binary builds the service binary (once per test process) and returns its
-// path. The binary lives in a per-process temporary directory; directories
-// left by earlier processes (older than 15 minutes, past the default go test
-// timeout) are removed, so only the binaries of recent runs stay behind.
-func binary(t *testing.T) string {
-	t.Helper()
-	builtBinary.once.Do(func() {
-		if old, _ := filepath.Glob(filepath.Join(os.TempDir(), "warmpath-sy-bin-*")); len(old) > 0 {
-			for _, d := range old {
-				if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 15*time.Minute {
-					_ = os.RemoveAll(d)
-				}
-			}
-		}
-		dir, err := os.MkdirTemp("", "warmpath-sy-bin-*")
-		if err != nil {
-			builtBinary.err = fmt.Errorf("temp dir: %w", err)
-			return
-		}
-		path := filepath.Join(dir, "warmpath")
-		cmd := exec.Command("go", "build", "-o", path, ".")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			builtBinary.err = fmt.Errorf("go build: %w\n%s", err, out)
-			return
-		}
-		builtBinary.path = path
-	})
-	if builtBinary.err != nil {
-		t.Fatalf("build the service binary: %v", builtBinary.err)
-	}
-	return builtBinary.path
-}
-
-// proc is one run of the service binary.
-type proc struct {
-	cmd         *exec.Cmd
-	base, admin string
-	stdout      *syncBuffer
-	stderr      *syncBuffer
-	done        chan struct{} // closed when the process has exited
-	exitCode    int
-}
-
-// startProc starts the binary in dir with exactly env (plus PATH and HOME),
-// waits for its "serving" line and for /readyz, and kills it at cleanup if it
-// is still running.
-func startProc(t *testing.T, bin, dir string, env map[string]string) *proc {
-	t.Helper()
-	p := &proc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin)
-	p.cmd.Dir = dir
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		p.exitCode = p.cmd.ProcessState.ExitCode() // -1 when killed by a signal
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("binary stderr (pid %d):\n%s", p.cmd.Process.Pid, tail(p.stderr.String(), 3000))
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if m := servingRE.FindStringSubmatch(p.stdout.String()); m != nil {
-			p.base, p.admin = "http://"+m[1], "http://"+m[2]
-			break
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("binary exited (%d) before serving:\nstdout:\n%s\nstderr:\n%s", p.exitCode, p.stdout.String(), tail(p.stderr.String(), 3000))
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("binary did not print its addresses; stderr:\n%s", tail(p.stderr.String(), 3000))
-		}
-	}
-	for {
-		resp, err := http.Get(p.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("binary never became ready; stderr:\n%s", tail(p.stderr.String(), 3000))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// inst views the process as an instance, for the harness helpers.
-func (p *proc) inst() *instance { return &instance{base: p.base, admin: p.admin} }
-
-// wait waits for the process to exit and returns its exit code.
-func (p *proc) wait(t *testing.T, within time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.exitCode
-	case <-time.After(within):
-		t.Fatalf("binary did not exit within %s; stderr:\n%s", within, tail(p.stderr.String(), 3000))
-		return 0
-	}
-}
 
 // crashTally counts what the clients saw in the crash test.
 type crashTally struct {
@@ -229,116 +92,13 @@ func driveUntilKill(t *testing.T, p *proc, users []user, workers int, loadFor ti
 	wg.Wait()
 }
 
-// syncStatus reads GET /admin/sync.
-func syncStatus(t testing.TB, admin string) (cachesync.Status, int) {
-	t.Helper()
-	r := call(t, "GET", admin+"/admin/sync", "", nil)
-	var st cachesync.Status
-	if r.status == 200 {
-		if err := json.Unmarshal(r.raw, &st); err != nil {
-			t.Fatalf("decode /admin/sync: %v: %s", err, r.raw)
-		}
-	}
-	return st, r.status
-}
-
-// drainSync forces a sync and waits until nothing is pending and no batch is
-// held for retry.
-func drainSync(t testing.TB, admin string, within time.Duration) cachesync.Status {
-	t.Helper()
-	if r := call(t, "POST", admin+"/admin/sync", "", nil); r.status != 202 {
-		t.Fatalf("POST /admin/sync: %d %s", r.status, r.raw)
-	}
-	var last cachesync.Status
-	eventually(t, within, "usage sync drained (nothing pending, nothing held)", func() bool {
-		st, code := syncStatus(t, admin)
-		last = st
-		return code == 200 && st.PendingUsers == 0 && st.HeldBatches == 0
-	})
-	return last
-}
-
-// persistedUsage reads the persisted usage per user, straight from Postgres.
-func persistedUsage(t testing.TB, dbURL string) map[int64]int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("connect to postgres: %v", err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT user_id, sum(count)::bigint FROM usage GROUP BY user_id`)
-	if err != nil {
-		t.Fatalf("read usage: %v", err)
-	}
-	out := map[int64]int64{}
-	for rows.Next() {
-		var id, n int64
-		if err := rows.Scan(&id, &n); err != nil {
-			t.Fatalf("scan usage: %v", err)
-		}
-		out[id] = n
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatalf("read usage: %v", err)
-	}
-	return out
-}
-
-// persistedTotal is the total persisted usage, straight from Postgres.
-func persistedTotal(t testing.TB, dbURL string) int64 { return sumCounts(persistedUsage(t, dbURL)) }
-
-// hotCounts reads each user's hot counters (<prefix>:{u:<id>}:use:<day>)
-// for today and yesterday (UTC: a run across midnight has both), straight
-// from Valkey.
-func hotCounts(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
-	t.Helper()
-	opt, err := valkeygo.ParseURL(valkeyURL)
-	if err != nil {
-		t.Fatalf("parse VALKEY_URL: %v", err)
-	}
-	opt.DisableCache = true
-	c, err := valkeygo.NewClient(opt)
-	if err != nil {
-		t.Fatalf("connect to valkey: %v", err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	now := time.Now().UTC()
-	out := map[int64]int64{}
-	for _, u := range users {
-		for _, day := range []time.Time{now, now.AddDate(0, 0, -1)} {
-			key := prefix + ":{u:" + strconv.FormatInt(u.id, 10) + "}:use:" + day.Format("20060102")
-			n, err := c.Do(ctx, c.B().Get().Key(key).Build()).AsInt64()
-			switch {
-			case valkeygo.IsValkeyNil(err):
-			case err != nil:
-				t.Fatalf("GET %s: %v", key, err)
-			default:
-				out[u.id] += n
-			}
-		}
-	}
-	return out
-}
-
-func sumCounts(m map[int64]int64) int64 {
-	var n int64
-	for _, v := range m {
-		n += v
-	}
-	return n
-}
-
 // TestSyncCrashExactlyOnce SIGKILLs the service at random moments under
 // load (SYNC_INTERVAL=20ms, so kills land during syncs), restarts it, forces
 // a sync, and checks that every count that reached Valkey reached Postgres
 // exactly once, and that Postgres holds the 200s seen (plus at most the
 // requests whose outcome the client could not know).
 func TestSyncCrashExactlyOnce(t *testing.T) {
-	env := backendEnv(t)
+	env := realBackendEnv(t, "SIGKILLed processes must find their counts in a Postgres and a Valkey that outlive them")
 	bin := binary(t)
 	env["HTTP_ADDR"] = "127.0.0.1:0"
 	env["ADMIN_ADDR"] = "127.0.0.1:0"
@@ -379,7 +139,7 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 	final["LOG_LEVEL"] = "info" // to count the batches taken over
 	p := startProc(t, bin, ".", final)
 	st := drainSync(t, p.admin, 30*time.Second)
-	duplicates := p.inst().metric(t, "warmpath_usage_sync_batches_total", `result="duplicate"`)
+	duplicates := p.inst().metric(t, "warmpath_usage_sync_batches_total", "result", "duplicate")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
@@ -463,58 +223,14 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 	}
 }
 
-// taps maps a tap toxic's id to the channel it signals on each chunk.
-var taps sync.Map // string → chan struct{}
-
-var tapOnce sync.Once
-
-// tapToxic passes data through unchanged and signals taps[ID] (without
-// blocking) on every chunk: the test learns that the proxy saw traffic.
-type tapToxic struct {
-	ID string `json:"id"`
-}
-
-// Pipe implements toxics.Toxic.
-func (tp *tapToxic) Pipe(stub *toxics.ToxicStub) {
-	for {
-		select {
-		case <-stub.Interrupt:
-			return
-		case c := <-stub.Input:
-			if c == nil {
-				stub.Close()
-				return
-			}
-			if ch, ok := taps.Load(tp.ID); ok {
-				select {
-				case ch.(chan struct{}) <- struct{}{}:
-				default:
-				}
-			}
-			stub.Output <- c
-		}
-	}
-}
-
-// addTap installs a tap on the proxy's upstream (service → backend) stream
-// and returns its channel.
-func addTap(t *testing.T, px *toxiproxy.Proxy) chan struct{} {
-	t.Helper()
-	tapOnce.Do(func() { toxics.Register("sy_tap", new(tapToxic)) })
-	id := randHex(6)
-	ch := make(chan struct{}, 1)
-	taps.Store(id, ch)
-	t.Cleanup(func() { taps.Delete(id) })
-	addToxic(t, px, fmt.Sprintf(`{"name":"tap","type":"sy_tap","stream":"upstream","attributes":{"id":%q}}`, id))
-	return ch
-}
+// string → chan struct{}
 
 // TestSIGTERMDrainsInFlight sends SIGTERM while a slow query (Postgres
 // behind a 300 ms latency toxic, warmup off, so the query is cold) is being
 // handled: the query still gets its 200, its count is flushed, and the
 // process exits 0.
 func TestSIGTERMDrainsInFlight(t *testing.T) {
-	env := backendEnv(t)
+	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in flight; the flush is read back from Postgres")
 	bin := binary(t)
 	direct := env["DATABASE_URL"]
 	px := newProxy(t, "pg", direct)

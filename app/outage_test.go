@@ -6,77 +6,13 @@ package main
 // starts with "sy".
 
 import (
-	"context"
-	"net"
-	"net/url"
-	"strings"
 	"testing"
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/warmpath/warmpath/app/internal/cachesync"
 )
-
-// newProxy starts a toxiproxy proxy on 127.0.0.1:0 in front of the host:port
-// of rawURL; it is stopped at cleanup.
-func newProxy(t *testing.T, name, rawURL string) *toxiproxy.Proxy {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Host == "" {
-		t.Fatalf("proxy %s: cannot take host:port from the backend URL (%v)", name, err)
-	}
-	upstream := u.Host
-	if u.Port() == "" {
-		port := map[string]string{"postgres": "5432", "postgresql": "5432", "redis": "6379", "valkey": "6379"}[u.Scheme]
-		upstream = net.JoinHostPort(u.Hostname(), port)
-	}
-	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	px := toxiproxy.NewProxy(server, name, "127.0.0.1:0", upstream)
-	if err := px.Start(); err != nil {
-		t.Fatalf("start proxy %s: %v", name, err)
-	}
-	t.Cleanup(px.Stop)
-	return px
-}
-
-// viaProxy returns rawURL with its host:port replaced by listen, keeping
-// everything else (the schema's search_path options, the database).
-func viaProxy(t *testing.T, rawURL, listen string) string {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatalf("parse backend URL: %v", err)
-	}
-	u.Host = listen
-	return u.String()
-}
-
-// addToxic adds a toxic described in toxiproxy's JSON form.
-func addToxic(t *testing.T, px *toxiproxy.Proxy, js string) {
-	t.Helper()
-	if _, err := px.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-		t.Fatalf("add toxic %s: %v", js, err)
-	}
-}
-
-// removeToxic removes a toxic by name.
-func removeToxic(t *testing.T, px *toxiproxy.Proxy, name string) {
-	t.Helper()
-	if err := px.Toxics.RemoveToxic(context.Background(), name); err != nil {
-		t.Fatalf("remove toxic %s: %v", name, err)
-	}
-}
-
-// restoreProxy restores a cut proxy on the same address.
-func restoreProxy(t *testing.T, px *toxiproxy.Proxy) {
-	t.Helper()
-	if err := px.Start(); err != nil {
-		t.Fatalf("restore proxy %s on %s: %v", px.Name, px.Listen, err)
-	}
-}
 
 // warmUsers provisions n users with a high quota, warms each one (login
 // warmup, waited until ready) and queries each once (all 200).
@@ -106,7 +42,7 @@ func warmUsers(t *testing.T, in *instance, n int) []user {
 // behind a proxy; direct is the schema URL that bypasses it.
 func pgProxyEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direct string) {
 	t.Helper()
-	env = backendEnv(t)
+	env = realBackendEnv(t, "toxiproxy faults between the service and a real Postgres")
 	direct = env["DATABASE_URL"]
 	px = newProxy(t, "postgres", direct)
 	env["DATABASE_URL"] = viaProxy(t, direct, px.Listen)
@@ -118,7 +54,7 @@ func pgProxyEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direc
 // behind a proxy.
 func valkeyProxyEnv(t *testing.T, failureMode string) (env map[string]string, px *toxiproxy.Proxy, direct string) {
 	t.Helper()
-	env = backendEnv(t)
+	env = realBackendEnv(t, "toxiproxy faults between the service and a real Valkey")
 	px = newProxy(t, "valkey", env["VALKEY_URL"])
 	env["VALKEY_URL"] = viaProxy(t, env["VALKEY_URL"], px.Listen)
 	env["SYNC_INTERVAL"] = "50ms"

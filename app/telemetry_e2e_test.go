@@ -9,14 +9,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"io"
 	"net/http"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -24,186 +20,11 @@ import (
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/rs/zerolog"
-	"go.opentelemetry.io/otel/attribute"
+	"github.com/warmpath/warmpath/app/internal/warmup"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
-
-const queryRoute = "/api/hasNotEngine-ultra-fast"
-
-// keepSpans is an in-memory exporter that survives the service's shutdown:
-// tracetest.InMemoryExporter forgets its spans on Shutdown, and stopping the
-// service (which flushes the batch span processor) is how these tests make
-// sure every ended span has been exported, without waiting on a timer.
-type keepSpans struct{ *tracetest.InMemoryExporter }
-
-// Shutdown keeps the recorded spans.
-func (keepSpans) Shutdown(context.Context) error { return nil }
-
-// startRecorded starts the service with every span recorded in memory.
-func startRecorded(t *testing.T, env map[string]string) (*instance, *tracetest.InMemoryExporter) {
-	t.Helper()
-	rec := tracetest.NewInMemoryExporter()
-	return startWith(t, env, options{spanExporter: keepSpans{rec}}), rec
-}
-
-// stopFlushed stops the service; its shutdown flushes every ended span to
-// the exporter, so what the exporter holds afterwards is complete.
-func stopFlushed(t *testing.T, in *instance) {
-	t.Helper()
-	if err := in.stop(); err != nil {
-		t.Fatalf("stop: %v", err)
-	}
-}
-
-// traceparent returns a W3C traceparent header with fresh ids, so the
-// request's server span joins a trace the test knows.
-func traceparent() (header string, tid trace.TraceID, parent trace.SpanID) {
-	_, _ = rand.Read(tid[:])
-	_, _ = rand.Read(parent[:])
-	return "00-" + tid.String() + "-" + parent.String() + "-01", tid, parent
-}
-
-// traceOf returns the spans of one trace.
-func traceOf(spans tracetest.SpanStubs, tid trace.TraceID) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.SpanContext.TraceID() == tid {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// named returns the spans called name.
-func named(spans []tracetest.SpanStub, name string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.Name == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// children returns the direct children of parent.
-func children(spans []tracetest.SpanStub, parent trace.SpanID) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.Parent.SpanID() == parent {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// descendants returns every span below root (children, their children…).
-func descendants(spans []tracetest.SpanStub, root trace.SpanID) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	frontier := []trace.SpanID{root}
-	for len(frontier) > 0 {
-		var next []trace.SpanID
-		for _, p := range frontier {
-			for _, c := range children(spans, p) {
-				out = append(out, c)
-				next = append(next, c.SpanContext.SpanID())
-			}
-		}
-		frontier = next
-	}
-	return out
-}
-
-// Instrumentation scopes of the client libraries' spans.
-const (
-	scopePgx    = "github.com/exaring/otelpgx"
-	scopeValkey = "github.com/valkey-io/valkey-go"
-)
-
-func fromScope(spans []tracetest.SpanStub, scope string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.InstrumentationScope.Name == scope {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-func attr(s tracetest.SpanStub, key attribute.Key) (attribute.Value, bool) {
-	for _, kv := range s.Attributes {
-		if kv.Key == key {
-			return kv.Value, true
-		}
-	}
-	return attribute.Value{}, false
-}
-
-func spanNames(spans []tracetest.SpanStub) []string {
-	var out []string
-	for _, s := range spans {
-		out = append(out, s.Name+"<"+s.InstrumentationScope.Name+">")
-	}
-	return out
-}
-
-// waitWarm polls the caller's warmup status until it is ready.
-func waitWarm(t *testing.T, in *instance, token string) {
-	t.Helper()
-	eventually(t, 10*time.Second, "warmup ready", func() bool {
-		r := call(t, "GET", in.base+"/api/user/warmup", token, nil)
-		ws, _ := r.body["warmupStatus"].(map[string]any)
-		return ws["state"] == "ready"
-	})
-}
-
-// checkServerSpan checks the request's server span (the only child of the
-// remote parent the test sent) and its three phase children, and returns it.
-func checkServerSpan(t *testing.T, spans []tracetest.SpanStub, parent trace.SpanID) (server tracetest.SpanStub, phases map[string]tracetest.SpanStub) {
-	t.Helper()
-	roots := children(spans, parent)
-	if len(roots) != 1 {
-		t.Fatalf("want one server span under the remote parent, got %v", spanNames(roots))
-	}
-	server = roots[0]
-	if server.Name != "POST "+queryRoute || server.SpanKind != trace.SpanKindServer || !server.Parent.IsRemote() {
-		t.Fatalf("server span: name %q kind %v remote parent %v", server.Name, server.SpanKind, server.Parent.IsRemote())
-	}
-	for key, want := range map[attribute.Key]attribute.Value{
-		"http.route":                attribute.StringValue(queryRoute),
-		"http.request.method":       attribute.StringValue("POST"),
-		"http.response.status_code": attribute.IntValue(200),
-	} {
-		if got, ok := attr(server, key); !ok || got != want {
-			t.Errorf("server span %s = %v (present %v), want %v", key, got.Emit(), ok, want.Emit())
-		}
-	}
-	// Every span of the trace hangs off the server span: no orphans, no
-	// second root.
-	below := descendants(spans, server.SpanContext.SpanID())
-	if len(below)+1 != len(spans) {
-		t.Errorf("trace has %d spans but %d are below the server span: %v", len(spans), len(below), spanNames(spans))
-	}
-	phases = map[string]tracetest.SpanStub{}
-	var own []string
-	for _, c := range children(spans, server.SpanContext.SpanID()) {
-		if c.InstrumentationScope.Name == scopePgx || c.InstrumentationScope.Name == scopeValkey {
-			continue
-		}
-		own = append(own, c.Name)
-		phases[c.Name] = c
-	}
-	slices.Sort(own)
-	if want := []string{"auth", "engine.query", "usage.check"}; !slices.Equal(own, want) {
-		t.Fatalf("server span children = %v, want %v", own, want)
-	}
-	return server, phases
-}
 
 func TestSpanTreeOfQuery(t *testing.T) {
 	env := backendEnv(t)
@@ -230,7 +51,7 @@ func TestSpanTreeOfQuery(t *testing.T) {
 	if r := call(t, "POST", in.base+queryRoute, fresh, map[string]any{"items": []string{"a", "x"}}, "traceparent", coldTP); r.status != 200 {
 		t.Fatalf("cold query: %d %s", r.status, r.raw)
 	}
-	waitWarm(t, in, u.token)
+	waitWarmup(t, in, u.token, warmup.StateReady)
 	warmTP, warmTrace, warmParent := traceparent()
 	if r := call(t, "POST", in.base+queryRoute, u.token, map[string]any{"items": []string{"a", "y"}}, "traceparent", warmTP); r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
@@ -241,7 +62,7 @@ func TestSpanTreeOfQuery(t *testing.T) {
 	if r := call(t, "POST", in.base+"/api/user/warmup", v.token, nil, "traceparent", loginTP); r.status != 202 {
 		t.Fatalf("warmup: %d %s", r.status, r.raw)
 	}
-	waitWarm(t, in, v.token)
+	waitWarmup(t, in, v.token, warmup.StateReady)
 	stopFlushed(t, in)
 	all := rec.GetSpans()
 
@@ -249,10 +70,11 @@ func TestSpanTreeOfQuery(t *testing.T) {
 		spans := traceOf(all, coldTrace)
 		_, phases := checkServerSpan(t, spans, coldParent)
 		// Cold, every phase reaches both backends: auth and usage miss the
-		// cache and read Postgres, the items come from Postgres.
+		// cache and read the store, the items come from the store (pgx
+		// spans on Postgres; the in-memory store has no client to trace).
 		for _, name := range []string{"auth", "usage.check", "engine.query"} {
 			below := descendants(spans, phases[name].SpanContext.SpanID())
-			if len(fromScope(below, scopePgx)) == 0 {
+			if onPostgres(env) && len(fromScope(below, scopePgx)) == 0 {
 				t.Errorf("no pgx span under %s: %v", name, spanNames(below))
 			}
 			if len(fromScope(below, scopeValkey)) == 0 {
@@ -312,8 +134,8 @@ func TestSpanTreeOfQuery(t *testing.T) {
 				t.Errorf("warmup.job must be a root span of its own trace (parent %v)", j.Parent.SpanID())
 			}
 			below := descendants(traceOf(all, j.SpanContext.TraceID()), j.SpanContext.SpanID())
-			if len(fromScope(below, scopePgx)) == 0 || len(fromScope(below, scopeValkey)) == 0 {
-				t.Errorf("warmup.job should have pgx and valkey spans below it: %v", spanNames(below))
+			if onPostgres(env) && len(fromScope(below, scopePgx)) == 0 || len(fromScope(below, scopeValkey)) == 0 {
+				t.Errorf("warmup.job should have pgx (on Postgres) and valkey spans below it: %v", spanNames(below))
 			}
 		}
 	})
@@ -333,7 +155,7 @@ func TestSyncBatchSpansLinked(t *testing.T) {
 		t.Fatalf("sync: %d %s", r.status, r.raw)
 	}
 	eventually(t, 10*time.Second, "the forced sync applied", func() bool {
-		return in.metric(t, "warmpath_usage_sync_batches_total", `result="applied"`) == 1
+		return in.metric(t, "warmpath_usage_sync_batches_total", "result", "applied") == 1
 	})
 	// Counted after the forced pass: applied by the shutdown flush, which
 	// the admin request did not cause.
@@ -364,172 +186,13 @@ func TestSyncBatchSpansLinked(t *testing.T) {
 			}
 		}
 		below := descendants(traceOf(all, b.SpanContext.TraceID()), b.SpanContext.SpanID())
-		if len(fromScope(below, scopePgx)) == 0 {
+		if onPostgres(env) && len(fromScope(below, scopePgx)) == 0 {
 			t.Errorf("no pgx span below the batch: %v", spanNames(below))
 		}
 	}
 	if linked != 1 {
 		t.Errorf("%d batches link to the forcing request, want exactly the forced one", linked)
 	}
-}
-
-// exemplar is one exemplar of an OpenMetrics sample line.
-type exemplar struct {
-	series string            // the sample's name and labels, as written
-	labels map[string]string // the exemplar's labels (trace_id, span_id)
-}
-
-var (
-	exemplarRE = regexp.MustCompile(`^(\S+(?:\{.*?\})?) \S+ # \{(.*?)\} \S+( \S+)?$`)
-	labelRE    = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
-	traceIDRE  = regexp.MustCompile(`^[0-9a-f]{32}$`)
-)
-
-// scrape fetches /metrics in the OpenMetrics format and decodes it with
-// expfmt. expfmt's decoder is the classic text parser, which reads OpenMetrics
-// 1.0 except for three things this normalises first: exemplars (returned
-// separately), "# UNIT" and "# EOF" lines, and counter families, which
-// OpenMetrics names without the "_total" their samples carry.
-func scrape(t *testing.T, in *instance) (map[string]*dto.MetricFamily, []exemplar) {
-	t.Helper()
-	req, err := http.NewRequest("GET", in.admin+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/openmetrics-text")
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/openmetrics-text") {
-		t.Fatalf("scrape: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
-	}
-	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
-	if lines[len(lines)-1] != "# EOF" {
-		t.Fatalf("OpenMetrics exposition must end with # EOF, ends with %q", lines[len(lines)-1])
-	}
-	// counterAt reports whether line i is the TYPE line of a counter family
-	// named without _total (the HELP line comes right before it). Matched
-	// by position: the Go collector exposes a gauge and a counter under
-	// the same OpenMetrics family name (go_memstats_alloc_bytes).
-	counterAt := func(i int) (string, bool) {
-		if i < 0 || i >= len(lines) {
-			return "", false
-		}
-		f := strings.Fields(lines[i])
-		if len(f) == 4 && f[0] == "#" && f[1] == "TYPE" && f[3] == "counter" && !strings.HasSuffix(f[2], "_total") {
-			return f[2], true
-		}
-		return "", false
-	}
-	var b strings.Builder
-	var exemplars []exemplar
-	for i, l := range lines {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		if name, ok := counterAt(i); ok {
-			l = strings.Replace(l, name, name+"_total", 1)
-		} else if name, ok := counterAt(i + 1); ok && f[0] == "#" && f[1] == "HELP" && f[2] == name {
-			l = strings.Replace(l, name, name+"_total", 1)
-		}
-		switch {
-		case strings.HasPrefix(l, "# EOF"), strings.HasPrefix(l, "# UNIT "):
-			continue
-		case !strings.HasPrefix(l, "#") && strings.HasSuffix(strings.SplitN(f[0], "{", 2)[0], "_created"):
-			continue // OpenMetrics-only series; the classic parser has no place for them
-		case !strings.HasPrefix(l, "#") && strings.Contains(l, " # {"):
-			m := exemplarRE.FindStringSubmatch(l)
-			if m == nil {
-				t.Fatalf("unparsable exemplar line %q", l)
-			}
-			ex := exemplar{series: m[1], labels: map[string]string{}}
-			for _, kv := range labelRE.FindAllStringSubmatch(m[2], -1) {
-				ex.labels[kv[1]] = kv[2]
-			}
-			exemplars = append(exemplars, ex)
-			l = l[:strings.Index(l, " # {")]
-		}
-		b.WriteString(l)
-		b.WriteByte('\n')
-	}
-	fams := map[string]*dto.MetricFamily{}
-	dec := expfmt.NewDecoder(strings.NewReader(b.String()), expfmt.NewFormat(expfmt.TypeOpenMetrics))
-	for {
-		mf := &dto.MetricFamily{}
-		if err := dec.Decode(mf); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("decode /metrics: %v", err)
-		}
-		fams[mf.GetName()] = mf
-	}
-	return fams, exemplars
-}
-
-// series returns the metrics of family name whose labels include every
-// given name=value pair.
-func series(fams map[string]*dto.MetricFamily, name string, labels ...string) []*dto.Metric {
-	var out []*dto.Metric
-	mf := fams[name]
-	if mf == nil {
-		return nil
-	}
-	for _, m := range mf.Metric {
-		have := map[string]string{}
-		for _, lp := range m.Label {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		ok := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			ok = ok && have[labels[i]] == labels[i+1]
-		}
-		if ok {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// labelValues returns the values label takes in family name.
-func labelValues(fams map[string]*dto.MetricFamily, name, label string) []string {
-	var out []string
-	for _, m := range series(fams, name) {
-		for _, lp := range m.Label {
-			if lp.GetName() == label && !slices.Contains(out, lp.GetValue()) {
-				out = append(out, lp.GetValue())
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// sampleValue is the value of a counter, gauge or untyped sample, or the count of
-// a histogram.
-func sampleValue(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	case m.Histogram != nil:
-		return float64(m.Histogram.GetSampleCount())
-	case m.Untyped != nil:
-		return m.Untyped.GetValue()
-	}
-	return 0
-}
-
-func sumSamples(ms []*dto.Metric) float64 {
-	var s float64
-	for _, m := range ms {
-		s += sampleValue(m)
-	}
-	return s
 }
 
 func TestMetricsScrape(t *testing.T) {
@@ -553,7 +216,7 @@ func TestMetricsScrape(t *testing.T) {
 	if r := call(t, "POST", in.base+"/api/user/warmup", u.token, nil); r.status != 202 {
 		t.Fatalf("warmup: %d %s", r.status, r.raw)
 	}
-	waitWarm(t, in, u.token) // GET /api/user/warmup
+	waitWarmup(t, in, u.token, warmup.StateReady) // GET /api/user/warmup
 	if r := in.query(t, u.token, "a", "z"); r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
 	}
@@ -561,7 +224,7 @@ func TestMetricsScrape(t *testing.T) {
 	if r := in.query(t, cold.token, "a"); r.status != 200 { // cold: the db phase runs
 		t.Fatalf("cold query: %d %s", r.status, r.raw)
 	}
-	waitWarm(t, in, cold.token) // the warmup that query enqueued has finished
+	waitWarmup(t, in, cold.token, warmup.StateReady) // the warmup that query enqueued has finished
 	for _, ep := range []struct{ method, url string }{
 		{"GET", in.base + "/livez"}, {"GET", in.base + "/readyz?verbose"},
 		{"POST", in.admin + "/admin/sync"}, {"GET", in.admin + "/admin/sync"}, {"GET", in.admin + "/admin/warmup"},
@@ -571,7 +234,7 @@ func TestMetricsScrape(t *testing.T) {
 		}
 	}
 	eventually(t, 10*time.Second, "a usage sync batch applied", func() bool {
-		return in.metric(t, "warmpath_usage_sync_batches_total", `result="applied"`) >= 1
+		return in.metric(t, "warmpath_usage_sync_batches_total", "result", "applied") >= 1
 	})
 	// The last query on its series carries a known trace: the request
 	// histogram keeps the newest exemplar per bucket, so it must be there.
@@ -683,7 +346,15 @@ func TestMetricsScrape(t *testing.T) {
 		typeOf(t, "warmpath_usage_sync_batches_total", dto.MetricType_COUNTER)
 		has(t, "warmpath_usage_sync_batches_total", "result", "applied")
 	})
-	t.Run("pool and runtime", func(t *testing.T) {
+	t.Run("pool", func(t *testing.T) {
+		if !onPostgres(env) { // no pool, no pgx: the in-memory store
+			for name := range fams {
+				if strings.HasPrefix(name, "warmpath_db_pool_") || name == "db_client_operation_duration_seconds" {
+					t.Errorf("%s without Postgres", name)
+				}
+			}
+			return
+		}
 		for _, g := range []string{"acquired_conns", "idle_conns", "total_conns", "max_conns", "constructing_conns"} {
 			has(t, "warmpath_db_pool_"+g)
 		}
@@ -698,49 +369,32 @@ func TestMetricsScrape(t *testing.T) {
 			t.Errorf("pool acquires = %v", got)
 		}
 		has(t, "db_client_operation_duration_seconds") // otelpgx
+	})
+	t.Run("runtime", func(t *testing.T) {
 		for _, n := range []string{"go_goroutines", "go_memstats_alloc_bytes", "go_gc_duration_seconds", "process_cpu_seconds_total"} {
 			has(t, n)
 		}
 	})
 }
 
-// logLines decodes the service's JSON log lines.
-func logLines(t *testing.T, in *instance) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, l := range strings.Split(in.stderr.String(), "\n") {
-		if strings.TrimSpace(l) == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(l), &m); err != nil {
-			t.Fatalf("log line is not JSON: %q", l)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
-// perfLines returns the [PERF] lines of the JSON log.
-func perfLines(lines []map[string]any) []map[string]any {
-	var out []map[string]any
-	for _, l := range lines {
-		if msg, _ := l["msg"].(string); strings.HasPrefix(msg, "[PERF] ") {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 func TestSlowPhaseCountedAndLogged(t *testing.T) {
-	t.Run("auth past 1ns", func(t *testing.T) {
+	// A subtest that skips checks nothing: the test fails unless every one ran.
+	var ran, subtests int
+	run := func(name string, f func(t *testing.T)) {
+		subtests++
+		t.Run(name, func(t *testing.T) {
+			f(t)
+			ran++ // not reached when f skips (or fails: Skip and Fatal end the goroutine)
+		})
+	}
+	run("auth past 1ns", func(t *testing.T) {
 		env := backendEnv(t)
 		env["THRESHOLD_AUTH"] = "1ns"
 		env["LOG_FORMAT"] = "json"
 		env["LOG_LEVEL"] = "warn"
 		in := start(t, env)
 		u := in.newUser(t, "free", nil)
-		if before := in.metric(t, "warmpath_slow_phase_total", `phase="auth"`); before != 0 {
+		if before := in.metric(t, "warmpath_slow_phase_total", "phase", "auth"); before != 0 {
 			t.Fatalf("slow auth before any request = %v", before)
 		}
 		const n = 3
@@ -749,7 +403,7 @@ func TestSlowPhaseCountedAndLogged(t *testing.T) {
 				t.Fatalf("query: %d %s", r.status, r.raw)
 			}
 		}
-		if got := in.metric(t, "warmpath_slow_phase_total", `phase="auth"`); got != n {
+		if got := in.metric(t, "warmpath_slow_phase_total", "phase", "auth"); got != n {
 			t.Errorf("slow auth = %v, want %d (one per request)", got, n)
 		}
 		// The [PERF] line is written before the response, so it is there.
@@ -771,7 +425,7 @@ func TestSlowPhaseCountedAndLogged(t *testing.T) {
 			}
 		}
 	})
-	t.Run("warn level, default thresholds", func(t *testing.T) {
+	run("warn level, default thresholds", func(t *testing.T) {
 		env := backendEnv(t)
 		env["LOG_FORMAT"] = "json"
 		env["LOG_LEVEL"] = "warn"
@@ -795,7 +449,7 @@ func TestSlowPhaseCountedAndLogged(t *testing.T) {
 			}
 		}
 	})
-	t.Run("text format", func(t *testing.T) {
+	run("text format", func(t *testing.T) {
 		env := backendEnv(t)
 		env["LOG_FORMAT"] = "text"
 		env["LOG_LEVEL"] = "info"
@@ -838,6 +492,9 @@ func TestSlowPhaseCountedAndLogged(t *testing.T) {
 			t.Errorf("items [PERF] line: %q", lines[1])
 		}
 	})
+	if ran != subtests && !t.Failed() {
+		t.Fatalf("%d of %d subtests ran: a skipped one checked nothing", ran, subtests)
+	}
 }
 
 // parseServerTiming parses a Server-Timing header as a list of
@@ -938,29 +595,6 @@ func secretForms(s string) []string {
 		base64.URLEncoding.EncodeToString(h[:]), base64.RawURLEncoding.EncodeToString(h[:])}
 }
 
-// spanText is everything of a span that an exporter sends, as text.
-func spanText(s tracetest.SpanStub) string {
-	var b strings.Builder
-	kvs := func(attrs []attribute.KeyValue) {
-		for _, kv := range attrs {
-			b.WriteString(string(kv.Key) + "=" + kv.Value.Emit() + "\n")
-		}
-	}
-	b.WriteString(s.Name + "\n" + s.Status.Description + "\n")
-	kvs(s.Attributes)
-	for _, e := range s.Events {
-		b.WriteString(e.Name + "\n")
-		kvs(e.Attributes)
-	}
-	for _, l := range s.Links {
-		kvs(l.Attributes)
-	}
-	if s.Resource != nil {
-		kvs(s.Resource.Attributes())
-	}
-	return b.String()
-}
-
 func TestNoSecretLeaks(t *testing.T) {
 	env := backendEnv(t)
 	env["LOG_LEVEL"] = "debug"
@@ -995,7 +629,7 @@ func TestNoSecretLeaks(t *testing.T) {
 	record(call(t, "POST", in.base+"/api/items", valid, map[string]any{"add": []string{"b"}}))
 	record(call(t, "POST", in.base+"/api/user/warmup", valid, nil))
 	// Ready means the job logged at DEBUG too ("warmup ready").
-	waitWarm(t, in, valid)
+	waitWarmup(t, in, valid, warmup.StateReady)
 	record(call(t, "GET", in.base+"/api/user/warmup", valid, nil))
 	record(call(t, "POST", q, valid, []byte(`{"items":`))) // malformed JSON after a valid token
 	record(call(t, "POST", q, unknown, items))
@@ -1083,27 +717,8 @@ func TestCORSOrigins(t *testing.T) {
 	}
 }
 
-// slowPostgres puts a toxiproxy proxy in front of env's Postgres, points
-// DATABASE_URL at it and returns it; it is stopped at cleanup.
-func slowPostgres(t *testing.T, env map[string]string) *toxiproxy.Proxy {
-	t.Helper()
-	u, err := url.Parse(env["DATABASE_URL"])
-	if err != nil || u.Port() == "" {
-		t.Fatalf("DATABASE_URL without host:port: %v", err)
-	}
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	px := toxiproxy.NewProxy(srv, "tl-postgres-"+randHex(4), "127.0.0.1:0", u.Host)
-	if err := px.Start(); err != nil {
-		t.Fatalf("start proxy: %v", err)
-	}
-	t.Cleanup(px.Stop)
-	u.Host = px.Listen
-	env["DATABASE_URL"] = u.String() // keeps the schema's search_path options
-	return px
-}
-
 func TestPprofRouteLabels(t *testing.T) {
-	env := backendEnv(t)
+	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in its handler")
 	env["WARMUP_STRATEGY"] = "off" // every query reads Postgres
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
 	px := slowPostgres(t, env)

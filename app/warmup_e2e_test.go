@@ -17,182 +17,15 @@ package main
 // the lock, not by timing.
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
-
-// slowDatabase puts a toxiproxy proxy with a latency toxic (every answer
-// from Postgres delayed by latency) in front of the Postgres of dbURL and
-// returns the same URL (schema options kept) pointing at the proxy. The
-// proxy stops at cleanup; register it before starting the instance that
-// uses it, so the instance stops first.
-func slowDatabase(t *testing.T, dbURL string, latency time.Duration) string {
-	t.Helper()
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatalf("parse DATABASE_URL: %v", err)
-	}
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "wu-postgres-"+randHex(4), "127.0.0.1:0", u.Host)
-	if err := proxy.Start(); err != nil {
-		t.Fatalf("start toxiproxy: %v", err)
-	}
-	t.Cleanup(proxy.Stop)
-	toxic := fmt.Sprintf(`{"name":"wu_latency","type":"latency","stream":"downstream","attributes":{"latency":%d}}`, latency.Milliseconds())
-	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(toxic)); err != nil {
-		t.Fatalf("add latency toxic: %v", err)
-	}
-	u.Host = proxy.Listen
-	return u.String()
-}
-
-// lockUsage holds an ACCESS EXCLUSIVE lock on the usage table of the
-// schema of dbURL (a direct connection, not through any proxy) until the
-// returned release is called (also at cleanup). Warmup jobs block on it in
-// their usage part; see the file comment.
-func lockUsage(t *testing.T, dbURL string) (release func()) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("lock usage: connect: %v", err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		conn.Close(ctx)
-		t.Fatalf("lock usage: begin: %v", err)
-	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE usage IN ACCESS EXCLUSIVE MODE`); err != nil {
-		conn.Close(ctx)
-		t.Fatalf("lock usage: %v", err)
-	}
-	var once sync.Once
-	release = func() {
-		once.Do(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = tx.Rollback(ctx)
-			_ = conn.Close(ctx)
-		})
-	}
-	t.Cleanup(release)
-	return release
-}
-
-// queryRow runs one query on the schema of dbURL and scans its single row.
-func queryRow(t *testing.T, dbURL, sql string, dest ...any) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if err := conn.QueryRow(ctx, sql).Scan(dest...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
-
-// systemWarmup reads GET /admin/warmup.
-func systemWarmup(t testing.TB, in *instance) warmup.SystemStatus {
-	t.Helper()
-	r := call(t, "GET", in.admin+"/admin/warmup", "", nil)
-	if r.status != 200 {
-		t.Fatalf("GET /admin/warmup: %d %s", r.status, r.raw)
-	}
-	var st warmup.SystemStatus
-	if err := json.Unmarshal(r.raw, &st); err != nil {
-		t.Fatalf("decode /admin/warmup: %v: %s", err, r.raw)
-	}
-	return st
-}
-
-// userWarmup reads the caller's GET /api/user/warmup; raw is the warmupStatus
-// object as sent, for comparisons across instances.
-func userWarmup(t testing.TB, in *instance, token string) (st warmup.Status, raw json.RawMessage) {
-	t.Helper()
-	r := call(t, "GET", in.base+"/api/user/warmup", token, nil)
-	if r.status != 200 {
-		t.Fatalf("GET /api/user/warmup: %d %s", r.status, r.raw)
-	}
-	var body struct {
-		WarmupStatus json.RawMessage `json:"warmupStatus"`
-	}
-	if err := json.Unmarshal(r.raw, &body); err != nil || body.WarmupStatus == nil {
-		t.Fatalf("decode warmup status: %v: %s", err, r.raw)
-	}
-	if err := json.Unmarshal(body.WarmupStatus, &st); err != nil {
-		t.Fatalf("decode warmup status: %v: %s", err, r.raw)
-	}
-	return st, body.WarmupStatus
-}
-
-// postWarmup sends POST /api/user/warmup.
-func postWarmup(t testing.TB, in *instance, token string) reply {
-	t.Helper()
-	return call(t, "POST", in.base+"/api/user/warmup", token, nil)
-}
-
-// waitWarmup polls the user's warmup status until it is want.
-func waitWarmup(t testing.TB, in *instance, token string, want warmup.State) warmup.Status {
-	t.Helper()
-	var st warmup.Status
-	eventually(t, 20*time.Second, "warmup state "+string(want), func() bool {
-		st, _ = userWarmup(t, in, token)
-		if st.State == warmup.StateFailed && want != warmup.StateFailed {
-			t.Fatalf("warmup failed: %s", st.Error)
-		}
-		return st.State == want
-	})
-	return st
-}
-
-// queryAsync sends a query without a testing.TB (it runs in its own
-// goroutine, where t.Fatal is not allowed); a transport error comes back as
-// status 0 with the error in raw.
-func queryAsync(in *instance, token string, items ...string) <-chan reply {
-	out := make(chan reply, 1)
-	go func() {
-		body, _ := json.Marshal(map[string]any{"items": items})
-		req, err := http.NewRequest("POST", in.base+"/api/hasNotEngine-ultra-fast", bytes.NewReader(body))
-		if err != nil {
-			out <- reply{raw: []byte(err.Error())}
-			return
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := client.Do(req)
-		if err != nil {
-			out <- reply{raw: []byte(err.Error())}
-			return
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		r := reply{status: resp.StatusCode, header: resp.Header, raw: raw}
-		_ = json.Unmarshal(raw, &r.body)
-		out <- r
-	}()
-	return out
-}
 
 // provision creates n users through the admin API of in, each with items
 // "a" and "b" and, when query is set, one metered query (which seeds the
@@ -274,7 +107,7 @@ func waitSystemWarmupDone(t *testing.T, in *instance) {
 // that is already warm succeed while the other hot users are still queued.
 func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	const hot = 300
-	env := backendEnv(t)
+	env := realBackendEnv(t, "a second instance must find the users the first made active in Postgres; toxiproxy slows Postgres")
 
 	// A first instance makes 300 users "recently active": one query each,
 	// synced to Postgres. It never warms anyone, so all start cold.
@@ -319,7 +152,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	}
 
 	waitWarmup(t, in, head.token, warmup.StateReady)
-	hits := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
+	hits := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
 	r := in.query(t, head.token, "a", "b", "z")
 	if r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
@@ -327,7 +160,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
 		t.Fatalf("missing (-want +got):\n%s", d)
 	}
-	if got := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 1 {
+	if got := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 1 {
 		t.Fatalf("the warm query should be answered by the item cache: %v hits", got)
 	}
 	if r := call(t, "GET", in.base+"/livez", "", nil); r.status != 200 {
@@ -348,7 +181,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 // TestWarmupAcrossInstances: warmed through A, the status reads the same
 // through B, and B answers the user's query from the cache.
 func TestWarmupAcrossInstances(t *testing.T) {
-	env := backendEnv(t)
+	env := realBackendEnv(t, "two instances share one Postgres and one Valkey")
 	// No hot users: a system job of B for the new user would hold its lock,
 	// and A's login warmup would then ride on that job (no session part);
 	// see TestWarmupLoginOvertakesOtherInstanceSystemJob.
@@ -374,8 +207,8 @@ func TestWarmupAcrossInstances(t *testing.T) {
 		}
 	}
 
-	hits := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
-	misses := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`)
+	hits := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
+	misses := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	r := b.query(t, u.token, "k1", "x")
 	if r.status != 200 {
 		t.Fatalf("query through B: %d %s", r.status, r.raw)
@@ -383,10 +216,10 @@ func TestWarmupAcrossInstances(t *testing.T) {
 	if d := cmp.Diff([]any{"x"}, r.body["missing"]); d != "" {
 		t.Fatalf("missing (-want +got):\n%s", d)
 	}
-	if got := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 1 {
+	if got := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 1 {
 		t.Fatalf("B item-cache hits +%v, want +1", got)
 	}
-	if got := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`) - misses; got != 0 {
+	if got := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss") - misses; got != 0 {
 		t.Fatalf("B item-cache misses +%v, want +0", got)
 	}
 }
@@ -396,7 +229,7 @@ func TestWarmupAcrossInstances(t *testing.T) {
 // not ready; the inline query is answered only after its warmup finished.
 // Both warmups are held running by lockUsage (see the file comment).
 func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
-	env := backendEnv(t)
+	env := realBackendEnv(t, "two instances share one Postgres; a table lock in Postgres holds the warmups")
 	prov := provisioner(t, env)
 	// One query each seeds the usage counters in Valkey: the query path then
 	// never reads the locked table. Items stay cold (strategy off).
@@ -413,8 +246,8 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 	release := lockUsage(t, env["DATABASE_URL"])
 
 	// async: answered from Postgres at once; the warmup cannot be ready.
-	hits := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
-	misses := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`)
+	hits := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
+	misses := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	r := async.query(t, asyncUser.token, "a", "z")
 	st, _ := userWarmup(t, async, asyncUser.token)
 	if r.status != 200 {
@@ -426,10 +259,10 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 	if st.State != warmup.StateQueued && st.State != warmup.StateRunning {
 		t.Fatalf("async: warmup state right after the answer = %q, want queued or running", st.State)
 	}
-	if got := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`) - misses; got != 1 {
+	if got := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss") - misses; got != 1 {
 		t.Fatalf("async: item-cache misses +%v, want +1 (answered from Postgres)", got)
 	}
-	if got := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 0 {
+	if got := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 0 {
 		t.Fatalf("async: item-cache hits +%v, want +0", got)
 	}
 
@@ -457,7 +290,7 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 	if st.State != warmup.StateReady {
 		t.Fatalf("inline: warmup state right after the answer = %q (%s), want ready", st.State, st.Error)
 	}
-	if got := inline.metric(t, "warmpath_warmup_jobs_total", `kind="inline"`, `result="ready"`); got != 1 {
+	if got := inline.metric(t, "warmpath_warmup_jobs_total", "kind", "inline", "result", "ready"); got != 1 {
 		t.Fatalf(`warmpath_warmup_jobs_total{kind="inline",result="ready"} = %v, want 1`, got)
 	}
 	// The async warmup, released, finishes too.
@@ -468,7 +301,7 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 // of one, further users' warmups are refused with 503 + Retry-After, and
 // their queries still answer 200.
 func TestWarmupQueueFullAnswers503(t *testing.T) {
-	env := backendEnv(t)
+	env := realBackendEnv(t, "a table lock in Postgres holds the worker (the embedded-default 503 is TestOpenAPIUnavailable)")
 	prov := provisioner(t, env)
 	users := provision(t, prov, 5, true) // usage counters seeded: see file comment
 	if err := prov.stop(); err != nil {
@@ -528,7 +361,7 @@ func TestWarmupFirstQueryMetric(t *testing.T) {
 	}
 	waitWarmup(t, in, u.token, warmup.StateReady)
 	metric := func() float64 {
-		return in.metric(t, "warmpath_first_query_total", `warmup="ready"`)
+		return in.metric(t, "warmpath_first_query_total", "warmup", "ready")
 	}
 	before := metric()
 	for i, want := range []float64{1, 1} {
@@ -555,7 +388,7 @@ func TestWarmupFirstQueryMetric(t *testing.T) {
 // over a system job's lock while that job is still queued.
 func TestWarmupLoginOvertakesOtherInstanceSystemJob(t *testing.T) {
 	const hot = 40
-	env := backendEnv(t)
+	env := realBackendEnv(t, "two instances share one Postgres and one Valkey lock")
 	prov := provisioner(t, env)
 	users := provision(t, prov, hot, true)
 	if err := prov.stop(); err != nil { // the final flush marks them all active
