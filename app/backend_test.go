@@ -1,5 +1,7 @@
 package main
 
+// Direct reads and locks on the real backends, bypassing the service.
+
 import (
 	"context"
 	"strconv"

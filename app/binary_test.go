@@ -1,5 +1,7 @@
 package main
 
+// Building and running the service binary as a separate process.
+
 import (
 	"fmt"
 	"net/http"

@@ -1,5 +1,7 @@
 package main
 
+// HTTP calls to a running instance: the validating client, the public API, warmup and sync status.
+
 import (
 	"bytes"
 	"encoding/json"

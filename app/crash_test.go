@@ -2,7 +2,7 @@ package main
 
 // End-to-end tests of the built binary: the write-behind usage sync through
 // SIGKILLs (exactly once), the embedded default, and a SIGTERM that drains a
-// request in flight. Every top-level identifier here starts with "sy".
+// request in flight.
 
 import (
 	"context"
@@ -232,9 +232,7 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 func TestSIGTERMDrainsInFlight(t *testing.T) {
 	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in flight; the flush is read back from Postgres")
 	bin := binary(t)
-	direct := env["DATABASE_URL"]
-	px := newProxy(t, "pg", direct)
-	env["DATABASE_URL"] = viaProxy(t, direct, px.Listen)
+	px, direct := proxyPostgres(t, env)
 	env["HTTP_ADDR"] = "127.0.0.1:0"
 	env["ADMIN_ADDR"] = "127.0.0.1:0"
 	env["WARMUP_STRATEGY"] = "off"

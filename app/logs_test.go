@@ -1,5 +1,7 @@
 package main
 
+// Reading the service's log output.
+
 import (
 	"encoding/json"
 	"strings"

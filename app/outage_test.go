@@ -2,8 +2,7 @@ package main
 
 // Outages of the service's backends, with toxiproxy (in process) between the
 // in-process service and Postgres or Valkey: cut, slow, restore, and the
-// usage counts that must come out exact. Every top-level identifier here
-// starts with "sy".
+// usage counts that must come out exact.
 
 import (
 	"testing"
@@ -43,9 +42,7 @@ func warmUsers(t *testing.T, in *instance, n int) []user {
 func pgProxyEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direct string) {
 	t.Helper()
 	env = realBackendEnv(t, "toxiproxy faults between the service and a real Postgres")
-	direct = env["DATABASE_URL"]
-	px = newProxy(t, "postgres", direct)
-	env["DATABASE_URL"] = viaProxy(t, direct, px.Listen)
+	px, direct = proxyPostgres(t, env)
 	env["SYNC_INTERVAL"] = "50ms"
 	return env, px, direct
 }

@@ -721,7 +721,7 @@ func TestPprofRouteLabels(t *testing.T) {
 	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in its handler")
 	env["WARMUP_STRATEGY"] = "off" // every query reads Postgres
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	px := slowPostgres(t, env)
+	px, _ := proxyPostgres(t, env)
 	in := start(t, env)
 	u := in.newUser(t, "free", nil)
 

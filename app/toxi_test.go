@@ -1,5 +1,7 @@
 package main
 
+// Fault proxies (toxiproxy, in process) between the service and a real Postgres or Valkey.
+
 import (
 	"context"
 	"fmt"
@@ -119,46 +121,24 @@ func addTap(t *testing.T, px *toxiproxy.Proxy) chan struct{} {
 	return ch
 }
 
-// slowDatabase puts a toxiproxy proxy with a latency toxic (every answer
-// from Postgres delayed by latency) in front of the Postgres of dbURL and
-// returns the same URL (schema options kept) pointing at the proxy. The
-// proxy stops at cleanup; register it before starting the instance that
-// uses it, so the instance stops first.
+// slowDatabase puts a proxy with a latency toxic (every answer from
+// Postgres delayed by latency) in front of the Postgres of dbURL and returns
+// the same URL (schema options kept) pointing at the proxy. The proxy stops
+// at cleanup; register it before starting the instance that uses it, so the
+// instance stops first.
 func slowDatabase(t *testing.T, dbURL string, latency time.Duration) string {
 	t.Helper()
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatalf("parse DATABASE_URL: %v", err)
-	}
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "wu-postgres-"+randHex(4), "127.0.0.1:0", u.Host)
-	if err := proxy.Start(); err != nil {
-		t.Fatalf("start toxiproxy: %v", err)
-	}
-	t.Cleanup(proxy.Stop)
-	toxic := fmt.Sprintf(`{"name":"wu_latency","type":"latency","stream":"downstream","attributes":{"latency":%d}}`, latency.Milliseconds())
-	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(toxic)); err != nil {
-		t.Fatalf("add latency toxic: %v", err)
-	}
-	u.Host = proxy.Listen
-	return u.String()
+	px := newProxy(t, "postgres", dbURL)
+	addToxic(t, px, fmt.Sprintf(`{"name":"latency","type":"latency","stream":"downstream","attributes":{"latency":%d}}`, latency.Milliseconds()))
+	return viaProxy(t, dbURL, px.Listen)
 }
 
-// slowPostgres puts a toxiproxy proxy in front of env's Postgres, points
-// DATABASE_URL at it and returns it; it is stopped at cleanup.
-func slowPostgres(t *testing.T, env map[string]string) *toxiproxy.Proxy {
+// proxyPostgres puts a proxy in front of env's Postgres and points env's
+// DATABASE_URL at it; direct is the URL that bypasses it.
+func proxyPostgres(t *testing.T, env map[string]string) (px *toxiproxy.Proxy, direct string) {
 	t.Helper()
-	u, err := url.Parse(env["DATABASE_URL"])
-	if err != nil || u.Port() == "" {
-		t.Fatalf("DATABASE_URL without host:port: %v", err)
-	}
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	px := toxiproxy.NewProxy(srv, "tl-postgres-"+randHex(4), "127.0.0.1:0", u.Host)
-	if err := px.Start(); err != nil {
-		t.Fatalf("start proxy: %v", err)
-	}
-	t.Cleanup(px.Stop)
-	u.Host = px.Listen
-	env["DATABASE_URL"] = u.String() // keeps the schema's search_path options
-	return px
+	direct = env["DATABASE_URL"]
+	px = newProxy(t, "postgres", direct)
+	env["DATABASE_URL"] = viaProxy(t, direct, px.Listen)
+	return px, direct
 }

@@ -1,5 +1,7 @@
 package main
 
+// Recorded spans: starting an instance with an in-memory exporter and walking its traces.
+
 import (
 	"context"
 	"crypto/rand"

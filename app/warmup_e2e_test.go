@@ -2,8 +2,7 @@ package main
 
 // End-to-end tests of warmup (issue 3): system warmup that never blocks
 // serving, warm answers across instances, the async and inline strategies,
-// the full queue, and the first-query metric. Every top-level name starts
-// with "wu" (this package is shared by several test files).
+// the full queue, and the first-query metric.
 //
 // Slow databases are made with toxiproxy (in process) between the service and
 // Postgres. Where a test must observe a warmup that has not finished yet, it
