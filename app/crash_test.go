@@ -2,21 +2,18 @@ package main
 
 // End-to-end tests of the built binary: the write-behind usage sync through
 // SIGKILLs (exactly once), the embedded default, and a SIGTERM that drains a
-// request in flight. Every top-level identifier here starts with "sy".
+// request in flight.
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptrace"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,155 +23,20 @@ import (
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/Shopify/toxiproxy/v2/toxics"
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
-	valkeygo "github.com/valkey-io/valkey-go"
-
-	"github.com/warmpath/warmpath/app/internal/usagesync"
-	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
-// syBuilt is the service binary, built once per test process.
-var syBuilt struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// syBinary builds the service binary (once per test process) and returns its
-// path. The binary lives in a per-process temporary directory; directories
-// left by earlier processes (older than 15 minutes, past the default go test
-// timeout) are removed, so only the binaries of recent runs stay behind.
-func syBinary(t *testing.T) string {
-	t.Helper()
-	syBuilt.once.Do(func() {
-		if old, _ := filepath.Glob(filepath.Join(os.TempDir(), "warmpath-sy-bin-*")); len(old) > 0 {
-			for _, d := range old {
-				if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 15*time.Minute {
-					_ = os.RemoveAll(d)
-				}
-			}
-		}
-		dir, err := os.MkdirTemp("", "warmpath-sy-bin-*")
-		if err != nil {
-			syBuilt.err = fmt.Errorf("temp dir: %w", err)
-			return
-		}
-		path := filepath.Join(dir, "warmpath")
-		cmd := exec.Command("go", "build", "-o", path, ".")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			syBuilt.err = fmt.Errorf("go build: %w\n%s", err, out)
-			return
-		}
-		syBuilt.path = path
-	})
-	if syBuilt.err != nil {
-		t.Fatalf("build the service binary: %v", syBuilt.err)
-	}
-	return syBuilt.path
-}
-
-// syProc is one run of the service binary.
-type syProc struct {
-	cmd         *exec.Cmd
-	base, admin string
-	stdout      *syncBuffer
-	stderr      *syncBuffer
-	done        chan struct{} // closed when the process has exited
-	exitCode    int
-}
-
-// syStartProc starts the binary in dir with exactly env (plus PATH and HOME),
-// waits for its "serving" line and for /readyz, and kills it at cleanup if it
-// is still running.
-func syStartProc(t *testing.T, bin, dir string, env map[string]string) *syProc {
-	t.Helper()
-	p := &syProc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin)
-	p.cmd.Dir = dir
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		p.exitCode = p.cmd.ProcessState.ExitCode() // -1 when killed by a signal
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("binary stderr (pid %d):\n%s", p.cmd.Process.Pid, tail(p.stderr.String(), 3000))
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if m := servingRE.FindStringSubmatch(p.stdout.String()); m != nil {
-			p.base, p.admin = "http://"+m[1], "http://"+m[2]
-			break
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("binary exited (%d) before serving:\nstdout:\n%s\nstderr:\n%s", p.exitCode, p.stdout.String(), tail(p.stderr.String(), 3000))
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("binary did not print its addresses; stderr:\n%s", tail(p.stderr.String(), 3000))
-		}
-	}
-	for {
-		resp, err := http.Get(p.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("binary never became ready; stderr:\n%s", tail(p.stderr.String(), 3000))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// inst views the process as an instance, for the harness helpers.
-func (p *syProc) inst() *instance { return &instance{base: p.base, admin: p.admin} }
-
-// wait waits for the process to exit and returns its exit code.
-func (p *syProc) wait(t *testing.T, within time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.exitCode
-	case <-time.After(within):
-		t.Fatalf("binary did not exit within %s; stderr:\n%s", within, tail(p.stderr.String(), 3000))
-		return 0
-	}
-}
-
-// syCrashTally counts what the clients saw in the crash test.
-type syCrashTally struct {
+// crashTally counts what the clients saw in the crash test.
+type crashTally struct {
 	ok        atomic.Int64 // 200: counted, and the client knows it
 	ambiguous atomic.Int64 // transport failure after the request may have been sent
 	refused   atomic.Int64 // connection refused: never reached the service
 	other     atomic.Int64 // any other status (must stay 0)
 }
 
-// syDriveUntilKill runs workers goroutines of queries against p, SIGKILLs it
+// driveUntilKill runs workers goroutines of queries against p, SIGKILLs it
 // after loadFor while they run, waits for them, and tallies the outcomes.
-func syDriveUntilKill(t *testing.T, p *syProc, users []user, workers int, loadFor time.Duration, tally *syCrashTally) {
+func driveUntilKill(t *testing.T, p *proc, users []user, workers int, loadFor time.Duration, tally *crashTally) {
 	t.Helper()
 	tr := &http.Transport{MaxIdleConnsPerHost: workers}
 	defer tr.CloseIdleConnections()
@@ -230,117 +92,14 @@ func syDriveUntilKill(t *testing.T, p *syProc, users []user, workers int, loadFo
 	wg.Wait()
 }
 
-// sySyncStatus reads GET /admin/sync.
-func sySyncStatus(t testing.TB, admin string) (usagesync.Status, int) {
-	t.Helper()
-	r := call(t, "GET", admin+"/admin/sync", "", nil)
-	var st usagesync.Status
-	if r.status == 200 {
-		if err := json.Unmarshal(r.raw, &st); err != nil {
-			t.Fatalf("decode /admin/sync: %v: %s", err, r.raw)
-		}
-	}
-	return st, r.status
-}
-
-// syDrain forces a sync and waits until nothing is pending and no batch is
-// held for retry.
-func syDrain(t testing.TB, admin string, within time.Duration) usagesync.Status {
-	t.Helper()
-	if r := call(t, "POST", admin+"/admin/sync", "", nil); r.status != 202 {
-		t.Fatalf("POST /admin/sync: %d %s", r.status, r.raw)
-	}
-	var last usagesync.Status
-	eventually(t, within, "usage sync drained (nothing pending, nothing held)", func() bool {
-		st, code := sySyncStatus(t, admin)
-		last = st
-		return code == 200 && st.PendingUsers == 0 && st.HeldBatches == 0
-	})
-	return last
-}
-
-// syPGUsage reads the persisted usage per user, straight from Postgres.
-func syPGUsage(t testing.TB, dbURL string) map[int64]int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("connect to postgres: %v", err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT user_id, sum(count)::bigint FROM usage GROUP BY user_id`)
-	if err != nil {
-		t.Fatalf("read usage: %v", err)
-	}
-	out := map[int64]int64{}
-	for rows.Next() {
-		var id, n int64
-		if err := rows.Scan(&id, &n); err != nil {
-			t.Fatalf("scan usage: %v", err)
-		}
-		out[id] = n
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatalf("read usage: %v", err)
-	}
-	return out
-}
-
-// syPGTotal is the total persisted usage, straight from Postgres.
-func syPGTotal(t testing.TB, dbURL string) int64 { return syTotal(syPGUsage(t, dbURL)) }
-
-// syValkeyUsage reads each user's hot counters (<prefix>:{u:<id>}:use:<day>)
-// for today and yesterday (UTC: a run across midnight has both), straight
-// from Valkey.
-func syValkeyUsage(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
-	t.Helper()
-	opt, err := valkeygo.ParseURL(valkeyURL)
-	if err != nil {
-		t.Fatalf("parse VALKEY_URL: %v", err)
-	}
-	opt.DisableCache = true
-	c, err := valkeygo.NewClient(opt)
-	if err != nil {
-		t.Fatalf("connect to valkey: %v", err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	now := time.Now().UTC()
-	out := map[int64]int64{}
-	for _, u := range users {
-		for _, day := range []time.Time{now, now.AddDate(0, 0, -1)} {
-			key := valkey.NewKeys(prefix).Counter(u.id, day)
-			n, err := c.Do(ctx, c.B().Get().Key(key).Build()).AsInt64()
-			switch {
-			case valkeygo.IsValkeyNil(err):
-			case err != nil:
-				t.Fatalf("GET %s: %v", key, err)
-			default:
-				out[u.id] += n
-			}
-		}
-	}
-	return out
-}
-
-func syTotal(m map[int64]int64) int64 {
-	var n int64
-	for _, v := range m {
-		n += v
-	}
-	return n
-}
-
 // TestSyncCrashExactlyOnce SIGKILLs the service at random moments under
 // load (SYNC_INTERVAL=20ms, so kills land during syncs), restarts it, forces
 // a sync, and checks that every count that reached Valkey reached Postgres
 // exactly once, and that Postgres holds the 200s seen (plus at most the
 // requests whose outcome the client could not know).
 func TestSyncCrashExactlyOnce(t *testing.T) {
-	env := backendEnv(t)
-	bin := syBinary(t)
+	env := realBackendEnv(t, "SIGKILLed processes must find their counts in a Postgres and a Valkey that outlive them")
+	bin := binary(t)
 	env["HTTP_ADDR"] = "127.0.0.1:0"
 	env["ADMIN_ADDR"] = "127.0.0.1:0"
 	env["SYNC_INTERVAL"] = "20ms"
@@ -360,9 +119,9 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 
 	const workers = 24
 	var users []user
-	var tally syCrashTally
+	var tally crashTally
 	for round := range rounds {
-		p := syStartProc(t, bin, ".", env)
+		p := startProc(t, bin, ".", env)
 		if round == 0 {
 			for range 10 {
 				users = append(users, p.inst().newUser(t, "free", ptr[int64](1_000_000_000)))
@@ -370,7 +129,7 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 		}
 		loadFor := 100*time.Millisecond + time.Duration(rng.Int64N(int64(300*time.Millisecond)))
 		before := tally.ok.Load()
-		syDriveUntilKill(t, p, users, workers, loadFor, &tally)
+		driveUntilKill(t, p, users, workers, loadFor, &tally)
 		t.Logf("round %d: killed after %s of load; %d ok so far (+%d)", round+1, loadFor.Round(time.Millisecond), tally.ok.Load(), tally.ok.Load()-before)
 	}
 
@@ -378,9 +137,9 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 	// claimed batches once the lease expires), then a clean stop.
 	final := maps.Clone(env)
 	final["LOG_LEVEL"] = "info" // to count the batches taken over
-	p := syStartProc(t, bin, ".", final)
-	st := syDrain(t, p.admin, 30*time.Second)
-	duplicates := p.inst().metric(t, "warmpath_usage_sync_batches_total", `result="duplicate"`)
+	p := startProc(t, bin, ".", final)
+	st := drainSync(t, p.admin, 30*time.Second)
+	duplicates := p.inst().metric(t, "warmpath_usage_sync_batches_total", "result", "duplicate")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
@@ -389,9 +148,9 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 	}
 	takenOver := strings.Count(p.stderr.String(), "taken over from a dead owner")
 
-	pg := syPGUsage(t, env["DATABASE_URL"])
-	vk := syValkeyUsage(t, env["VALKEY_URL"], env["VALKEY_PREFIX"], users)
-	pgTotal, vkTotal := syTotal(pg), syTotal(vk)
+	pg := persistedUsage(t, env["DATABASE_URL"])
+	vk := hotCounts(t, env["VALKEY_URL"], env["VALKEY_PREFIX"], users)
+	pgTotal, vkTotal := sumCounts(pg), sumCounts(vk)
 	ok, amb := tally.ok.Load(), tally.ambiguous.Load()
 	t.Logf("crash figures: rounds=%d ok=%d ambiguous=%d refused=%d other=%d postgres=%d valkey=%d "+
 		"(postgres-ok=%d) last batch=%+v duplicate batches after restart=%v batches taken over from dead owners=%d",
@@ -417,8 +176,8 @@ func TestSyncCrashExactlyOnce(t *testing.T) {
 // demo tokens, answers a query with one, and the "next" block's curl works as
 // printed.
 func TestBinaryEmbeddedDefault(t *testing.T) {
-	bin := syBinary(t)
-	p := syStartProc(t, bin, t.TempDir(), map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
+	bin := binary(t)
+	p := startProc(t, bin, t.TempDir(), map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"})
 	m := regexp.MustCompile(`demo user alice\s+plan=free\s+id=\d+ token=(wp_\S+)`).FindStringSubmatch(p.stdout.String())
 	if m == nil {
 		t.Fatalf("no demo token printed:\n%s", p.stdout.String())
@@ -464,73 +223,27 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 	}
 }
 
-// syTaps maps a tap toxic's id to the channel it signals on each chunk.
-var syTaps sync.Map // string → chan struct{}
-
-var syTapOnce sync.Once
-
-// syTapToxic passes data through unchanged and signals syTaps[ID] (without
-// blocking) on every chunk: the test learns that the proxy saw traffic.
-type syTapToxic struct {
-	ID string `json:"id"`
-}
-
-// Pipe implements toxics.Toxic.
-func (tp *syTapToxic) Pipe(stub *toxics.ToxicStub) {
-	for {
-		select {
-		case <-stub.Interrupt:
-			return
-		case c := <-stub.Input:
-			if c == nil {
-				stub.Close()
-				return
-			}
-			if ch, ok := syTaps.Load(tp.ID); ok {
-				select {
-				case ch.(chan struct{}) <- struct{}{}:
-				default:
-				}
-			}
-			stub.Output <- c
-		}
-	}
-}
-
-// syAddTap installs a tap on the proxy's upstream (service → backend) stream
-// and returns its channel.
-func syAddTap(t *testing.T, px *toxiproxy.Proxy) chan struct{} {
-	t.Helper()
-	syTapOnce.Do(func() { toxics.Register("sy_tap", new(syTapToxic)) })
-	id := randHex(6)
-	ch := make(chan struct{}, 1)
-	syTaps.Store(id, ch)
-	t.Cleanup(func() { syTaps.Delete(id) })
-	syAddToxic(t, px, fmt.Sprintf(`{"name":"tap","type":"sy_tap","stream":"upstream","attributes":{"id":%q}}`, id))
-	return ch
-}
+// string → chan struct{}
 
 // TestSIGTERMDrainsInFlight sends SIGTERM while a slow query (Postgres
 // behind a 300 ms latency toxic, warmup off, so the query is cold) is being
 // handled: the query still gets its 200, its count is flushed, and the
 // process exits 0.
 func TestSIGTERMDrainsInFlight(t *testing.T) {
-	env := backendEnv(t)
-	bin := syBinary(t)
-	direct := env["DATABASE_URL"]
-	px := syNewProxy(t, "pg", direct)
-	env["DATABASE_URL"] = syViaProxy(t, direct, px.Listen)
+	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in flight; the flush is read back from Postgres")
+	bin := binary(t)
+	px, direct := proxyPostgres(t, env)
 	env["HTTP_ADDR"] = "127.0.0.1:0"
 	env["ADMIN_ADDR"] = "127.0.0.1:0"
 	env["WARMUP_STRATEGY"] = "off"
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
 	env["SHUTDOWN_TIMEOUT"] = "15s"
 	env["LOG_LEVEL"] = "warn"
-	p := syStartProc(t, bin, ".", env)
+	p := startProc(t, bin, ".", env)
 	u := p.inst().newUser(t, "free", nil)
 
-	syAddToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":300}}`)
-	tap := syAddTap(t, px)
+	addToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":300}}`)
+	tap := addTap(t, px)
 	select { // forget traffic from before the request
 	case <-tap:
 	default:
@@ -590,7 +303,7 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 		t.Fatalf("exit code %d after SIGTERM, want 0; stderr:\n%s", code, tail(p.stderr.String(), 3000))
 	}
 	// The drained request was counted and the shutdown flush persisted it.
-	if got := syPGTotal(t, direct); got != 1 {
+	if got := persistedTotal(t, direct); got != 1 {
 		t.Fatalf("postgres total after shutdown = %d, want 1", got)
 	}
 }

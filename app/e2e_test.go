@@ -5,7 +5,6 @@ import (
 	"errors"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -79,7 +78,7 @@ func TestReadYourWritesWhenWarm(t *testing.T) {
 		r := call(t, "GET", in.base+"/api/user/warmup", u.token, nil)
 		return r.body["warmupStatus"].(map[string]any)["state"] == "ready"
 	})
-	hitsBefore := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
+	hitsBefore := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
 	for i := range 20 {
 		item := "n" + string(rune('a'+i))
 		if r := in.items(t, u.token, []string{item}, []string{"k1"}); r.status != 200 {
@@ -91,7 +90,7 @@ func TestReadYourWritesWhenWarm(t *testing.T) {
 		}
 		in.items(t, u.token, []string{"k1"}, nil)
 	}
-	if hits := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`); hits-hitsBefore < 20 {
+	if hits := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit"); hits-hitsBefore < 20 {
 		t.Fatalf("warm queries should be served by the cache: %v hits", hits-hitsBefore)
 	}
 }
@@ -177,9 +176,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 }
 
 func TestQuotaBoundaryNeverOverAdmits(t *testing.T) {
-	env := backendEnv(t)
-	a := start(t, env)
-	b := start(t, env) // two instances share the counter
+	a, b := startPair(t, backendEnv(t)) // two instances share the counter
 	u := a.newUser(t, "free", ptr[int64](100))
 	const n = 400
 	var mu sync.Mutex
@@ -216,9 +213,7 @@ func TestQuotaBoundaryNeverOverAdmits(t *testing.T) {
 }
 
 func TestRevokedTokenRefusedWithinOneSecondEverywhere(t *testing.T) {
-	env := backendEnv(t)
-	a := start(t, env)
-	b := start(t, env)
+	a, b := startPair(t, backendEnv(t))
 	u := a.newUser(t, "pro", nil)
 	// Warm both instances' client-side caches.
 	for range 3 {
@@ -252,7 +247,7 @@ func TestColdUserAnsweredFromPostgres(t *testing.T) {
 	in := start(t, env)
 	u := in.newUser(t, "free", nil)
 	in.items(t, u.token, []string{"p", "q"}, nil)
-	missBefore := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`)
+	missBefore := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	for range 3 {
 		r := in.query(t, u.token, "p", "r")
 		if r.status != 200 {
@@ -262,7 +257,7 @@ func TestColdUserAnsweredFromPostgres(t *testing.T) {
 			t.Fatalf("missing (-want +got):\n%s", d)
 		}
 	}
-	if got := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`) - missBefore; got != 3 {
+	if got := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss") - missBefore; got != 3 {
 		t.Fatalf("want 3 item-cache misses answered from Postgres, got %v", got)
 	}
 }
@@ -322,8 +317,6 @@ func TestLivezAndReadyz(t *testing.T) {
 		t.Fatalf("verbose readyz must report warmup progress: %s", r.raw)
 	}
 }
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // A DEMO_USERS_FILE that is named but cannot be read stops the start (exit 2,
 // naming the variable) instead of silently creating other users.

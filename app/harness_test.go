@@ -5,13 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"regexp"
-	"strings"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -47,18 +45,43 @@ type instance struct {
 
 var servingRE = regexp.MustCompile(`serving http://(\S+) admin http://(\S+)`)
 
-// backendEnv returns the environment for a service on real Postgres (a fresh
-// schema) and Valkey (a fresh key prefix); the test is skipped without them.
+// backendEnv returns the environment of a service on this run's backends:
+// real Postgres (a fresh schema) when DATABASE_URL is set and real Valkey (a
+// fresh key prefix) when VALKEY_URL is set; each one left unset is the
+// embedded default (in-memory store, in-process Valkey).
 func backendEnv(t *testing.T) map[string]string {
 	t.Helper()
+	env := map[string]string{}
+	if os.Getenv("DATABASE_URL") != "" {
+		env["DATABASE_URL"] = pgtest.NewSchema(t)
+	}
+	if url := os.Getenv("VALKEY_URL"); url != "" {
+		env["VALKEY_URL"] = url
+		env["VALKEY_PREFIX"] = "wpt" + randHex(6)
+	}
+	return env
+}
+
+// realBackendEnv is backendEnv for a test that needs what only real servers
+// give (a fault proxy in front of them, data that outlives a process, two
+// instances sharing them); why says what, in one line. Without
+// DATABASE_URL and VALKEY_URL the test is skipped.
+func realBackendEnv(t *testing.T, why string) map[string]string {
+	t.Helper()
 	if os.Getenv("DATABASE_URL") == "" || os.Getenv("VALKEY_URL") == "" {
-		t.Skip("end-to-end test needs DATABASE_URL and VALKEY_URL (see .ci/run)")
+		t.Skip("needs DATABASE_URL and VALKEY_URL (see .ci/run): " + why)
 	}
-	return map[string]string{
-		"DATABASE_URL":  pgtest.NewSchema(t),
-		"VALKEY_URL":    os.Getenv("VALKEY_URL"),
-		"VALKEY_PREFIX": "wpt" + randHex(6),
-	}
+	return backendEnv(t)
+}
+
+// onPostgres reports whether env's store is a real Postgres (pgx spans, pool
+// metrics, rows a test can read directly).
+func onPostgres(env map[string]string) bool { return env["DATABASE_URL"] != "" }
+
+// shared reports whether env's backends are real servers that several
+// instances can share (the embedded ones live and die with one instance).
+func shared(env map[string]string) bool {
+	return env["DATABASE_URL"] != "" && env["VALKEY_URL"] != ""
 }
 
 func randHex(n int) string {
@@ -150,141 +173,26 @@ func startWith(t *testing.T, env map[string]string, opts options) *instance {
 	}
 }
 
+// startPair starts two instances on env's backends when they can be shared
+// (real servers); on the embedded default, whose backends live inside one
+// instance, it starts one and returns it twice: the test's assertions then
+// hold for one instance, and the cross-instance part needs DATABASE_URL and
+// VALKEY_URL.
+func startPair(t *testing.T, env map[string]string) (a, b *instance) {
+	t.Helper()
+	a = start(t, env)
+	if !shared(env) {
+		t.Log("embedded backends: one instance plays both (set DATABASE_URL and VALKEY_URL for two)")
+		return a, a
+	}
+	return a, start(t, env)
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
 	}
 	return s
-}
-
-// reply is a decoded HTTP response.
-type reply struct {
-	status int
-	header http.Header
-	body   map[string]any
-	raw    []byte
-}
-
-func (r reply) errCode() string {
-	if e, ok := r.body["error"].(map[string]any); ok {
-		s, _ := e["code"].(string)
-		return s
-	}
-	return ""
-}
-
-// client is what end-to-end tests call the service with. Its transport
-// validates every answer of a public listener (status, documented headers,
-// body) against openapi.json and fails the test that started the instance
-// on a mismatch (see apiValidator in openapi_test.go).
-var client = &http.Client{Timeout: 20 * time.Second, Transport: apiValidator{base: &http.Transport{MaxIdleConnsPerHost: 512}}}
-
-// call sends a request; body may be nil, a []byte (sent as is) or a value
-// (sent as JSON).
-func call(t testing.TB, method, url, token string, body any, headers ...string) reply {
-	t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		raw, err := json.Marshal(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		if headers[i+1] == "" {
-			req.Header.Del(headers[i])
-		} else {
-			req.Header.Set(headers[i], headers[i+1])
-		}
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	r := reply{status: resp.StatusCode, header: resp.Header, raw: raw}
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		_ = json.Unmarshal(raw, &r.body)
-	}
-	return r
-}
-
-// user is a provisioned user.
-type user struct {
-	id      int64
-	tokenID int64
-	token   string
-}
-
-// newUser provisions a user through the admin API, as the perf lab does.
-func (in *instance) newUser(t testing.TB, plan string, quota *int64) user {
-	t.Helper()
-	body := map[string]any{"name": "u-" + randHex(4), "plan": plan}
-	if quota != nil {
-		body["quota"] = *quota
-	}
-	r := call(t, "POST", in.admin+"/admin/users", "", body)
-	if r.status != 201 {
-		t.Fatalf("create user: %d %s", r.status, r.raw)
-	}
-	return user{id: int64(r.body["id"].(float64)), tokenID: int64(r.body["tokenId"].(float64)), token: r.body["token"].(string)}
-}
-
-func (in *instance) query(t testing.TB, token string, items ...string) reply {
-	t.Helper()
-	return call(t, "POST", in.base+"/api/hasNotEngine-ultra-fast", token, map[string]any{"items": items})
-}
-
-func (in *instance) items(t testing.TB, token string, add, remove []string) reply {
-	t.Helper()
-	return call(t, "POST", in.base+"/api/items", token, map[string]any{"add": add, "remove": remove})
-}
-
-// metric returns the sum of a metric's samples whose labels contain every
-// given `k="v"` pair, from the admin /metrics endpoint.
-func (in *instance) metric(t testing.TB, name string, labels ...string) float64 {
-	t.Helper()
-	r := call(t, "GET", in.admin+"/metrics", "", nil)
-	var sum float64
-	for _, line := range strings.Split(string(r.raw), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			ok = ok && strings.Contains(line, l)
-		}
-		if !ok {
-			continue
-		}
-		var v float64
-		rest := strings.TrimPrefix(line, name)
-		if i := strings.Index(rest, "} "); strings.HasPrefix(rest, "{") && i >= 0 {
-			rest = rest[i+1:]
-		}
-		fields := strings.Fields(rest)
-		if len(fields) > 0 {
-			fmt.Sscan(fields[0], &v)
-		}
-		sum += v
-	}
-	return sum
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -300,3 +208,5 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

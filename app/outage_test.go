@@ -2,85 +2,20 @@ package main
 
 // Outages of the service's backends, with toxiproxy (in process) between the
 // in-process service and Postgres or Valkey: cut, slow, restore, and the
-// usage counts that must come out exact. Every top-level identifier here
-// starts with "sy".
+// usage counts that must come out exact.
 
 import (
-	"context"
-	"net"
-	"net/url"
-	"strings"
 	"testing"
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/warmpath/warmpath/app/internal/usagesync"
 )
 
-// syNewProxy starts a toxiproxy proxy on 127.0.0.1:0 in front of the host:port
-// of rawURL; it is stopped at cleanup.
-func syNewProxy(t *testing.T, name, rawURL string) *toxiproxy.Proxy {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Host == "" {
-		t.Fatalf("proxy %s: cannot take host:port from the backend URL (%v)", name, err)
-	}
-	upstream := u.Host
-	if u.Port() == "" {
-		port := map[string]string{"postgres": "5432", "postgresql": "5432", "redis": "6379", "valkey": "6379"}[u.Scheme]
-		upstream = net.JoinHostPort(u.Hostname(), port)
-	}
-	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	px := toxiproxy.NewProxy(server, name, "127.0.0.1:0", upstream)
-	if err := px.Start(); err != nil {
-		t.Fatalf("start proxy %s: %v", name, err)
-	}
-	t.Cleanup(px.Stop)
-	return px
-}
-
-// syViaProxy returns rawURL with its host:port replaced by listen, keeping
-// everything else (the schema's search_path options, the database).
-func syViaProxy(t *testing.T, rawURL, listen string) string {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatalf("parse backend URL: %v", err)
-	}
-	u.Host = listen
-	return u.String()
-}
-
-// syAddToxic adds a toxic described in toxiproxy's JSON form.
-func syAddToxic(t *testing.T, px *toxiproxy.Proxy, js string) {
-	t.Helper()
-	if _, err := px.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-		t.Fatalf("add toxic %s: %v", js, err)
-	}
-}
-
-// syRemoveToxic removes a toxic by name.
-func syRemoveToxic(t *testing.T, px *toxiproxy.Proxy, name string) {
-	t.Helper()
-	if err := px.Toxics.RemoveToxic(context.Background(), name); err != nil {
-		t.Fatalf("remove toxic %s: %v", name, err)
-	}
-}
-
-// syRestart restores a cut proxy on the same address.
-func syRestart(t *testing.T, px *toxiproxy.Proxy) {
-	t.Helper()
-	if err := px.Start(); err != nil {
-		t.Fatalf("restore proxy %s on %s: %v", px.Name, px.Listen, err)
-	}
-}
-
-// syWarmUsers provisions n users with a high quota, warms each one (login
+// warmUsers provisions n users with a high quota, warms each one (login
 // warmup, waited until ready) and queries each once (all 200).
-func syWarmUsers(t *testing.T, in *instance, n int) []user {
+func warmUsers(t *testing.T, in *instance, n int) []user {
 	t.Helper()
 	users := make([]user, n)
 	for i := range users {
@@ -102,37 +37,35 @@ func syWarmUsers(t *testing.T, in *instance, n int) []user {
 	return users
 }
 
-// syPGEnv is the environment of an in-process service whose Postgres is
+// pgProxyEnv is the environment of an in-process service whose Postgres is
 // behind a proxy; direct is the schema URL that bypasses it.
-func syPGEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direct string) {
+func pgProxyEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direct string) {
 	t.Helper()
-	env = backendEnv(t)
-	direct = env["DATABASE_URL"]
-	px = syNewProxy(t, "postgres", direct)
-	env["DATABASE_URL"] = syViaProxy(t, direct, px.Listen)
+	env = realBackendEnv(t, "toxiproxy faults between the service and a real Postgres")
+	px, direct = proxyPostgres(t, env)
 	env["SYNC_INTERVAL"] = "50ms"
 	return env, px, direct
 }
 
-// syValkeyEnv is the environment of an in-process service whose Valkey is
+// valkeyProxyEnv is the environment of an in-process service whose Valkey is
 // behind a proxy.
-func syValkeyEnv(t *testing.T, failureMode string) (env map[string]string, px *toxiproxy.Proxy, direct string) {
+func valkeyProxyEnv(t *testing.T, failureMode string) (env map[string]string, px *toxiproxy.Proxy, direct string) {
 	t.Helper()
-	env = backendEnv(t)
-	px = syNewProxy(t, "valkey", env["VALKEY_URL"])
-	env["VALKEY_URL"] = syViaProxy(t, env["VALKEY_URL"], px.Listen)
+	env = realBackendEnv(t, "toxiproxy faults between the service and a real Valkey")
+	px = newProxy(t, "valkey", env["VALKEY_URL"])
+	env["VALKEY_URL"] = viaProxy(t, env["VALKEY_URL"], px.Listen)
 	env["SYNC_INTERVAL"] = "50ms"
 	env["USAGE_FAILURE_MODE"] = failureMode
 	return env, px, env["DATABASE_URL"]
 }
 
 func TestSyncOutagePostgresCut(t *testing.T) {
-	env, px, direct := syPGEnv(t)
+	env, px, direct := pgProxyEnv(t)
 	in := start(t, env)
-	users := syWarmUsers(t, in, 3)
+	users := warmUsers(t, in, 3)
 	ok := int64(len(users))
-	syDrain(t, in.admin, 15*time.Second)
-	if got := syPGTotal(t, direct); got != ok {
+	drainSync(t, in.admin, 15*time.Second)
+	if got := persistedTotal(t, direct); got != ok {
 		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
 	}
 
@@ -150,7 +83,7 @@ func TestSyncOutagePostgresCut(t *testing.T) {
 			ok++
 		}
 		var code int
-		st, code = sySyncStatus(t, in.admin)
+		st, code = syncStatus(t, in.admin)
 		if code != 200 {
 			t.Fatalf("GET /admin/sync during Postgres cut: %d", code)
 		}
@@ -164,25 +97,25 @@ func TestSyncOutagePostgresCut(t *testing.T) {
 		}
 	}
 	t.Logf("during the cut: %d ok, pending users seen %v, status %+v, last batch %+v", ok, sawPending, st, st.LastBatch)
-	if got := syPGTotal(t, direct); got != int64(len(users)) {
+	if got := persistedTotal(t, direct); got != int64(len(users)) {
 		t.Fatalf("postgres changed during the cut: %d", got)
 	}
 
-	syRestart(t, px)
-	final := syDrain(t, in.admin, 30*time.Second)
-	if got := syPGTotal(t, direct); got != ok {
+	restoreProxy(t, px)
+	final := drainSync(t, in.admin, 30*time.Second)
+	if got := persistedTotal(t, direct); got != ok {
 		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s (last batch %+v)", got, ok, final.LastBatch)
 	}
 }
 
 func TestSyncOutagePostgresSlow(t *testing.T) {
-	env, px, direct := syPGEnv(t)
+	env, px, direct := pgProxyEnv(t)
 	in := start(t, env)
-	users := syWarmUsers(t, in, 3)
+	users := warmUsers(t, in, 3)
 	ok := int64(len(users))
 
 	slowSince := time.Now()
-	syAddToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":150}}`)
+	addToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":150}}`)
 	// Queries keep being answered while batches crawl into Postgres; wait
 	// until at least one batch has landed through the slow link.
 	deadline := time.Now().Add(20 * time.Second)
@@ -193,7 +126,7 @@ func TestSyncOutagePostgresSlow(t *testing.T) {
 			}
 			ok++
 		}
-		st, _ := sySyncStatus(t, in.admin)
+		st, _ := syncStatus(t, in.admin)
 		if lb := st.LastBatch; lb != nil && lb.Result == usagesync.ResultApplied && lb.At.After(slowSince) && ok >= 30 {
 			t.Logf("batch applied through the slow link: %+v", *lb)
 			break
@@ -202,20 +135,20 @@ func TestSyncOutagePostgresSlow(t *testing.T) {
 			t.Fatalf("no batch applied while Postgres was slow: %+v", st.LastBatch)
 		}
 	}
-	syRemoveToxic(t, px, "slow")
-	syDrain(t, in.admin, 30*time.Second)
-	if got := syPGTotal(t, direct); got != ok {
+	removeToxic(t, px, "slow")
+	drainSync(t, in.admin, 30*time.Second)
+	if got := persistedTotal(t, direct); got != ok {
 		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
 	}
 }
 
 func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
-	env, px, direct := syValkeyEnv(t, "open")
+	env, px, direct := valkeyProxyEnv(t, "open")
 	in := start(t, env)
-	users := syWarmUsers(t, in, 3)
+	users := warmUsers(t, in, 3)
 	ok := int64(len(users))
-	syDrain(t, in.admin, 15*time.Second)
-	if got := syPGTotal(t, direct); got != ok {
+	drainSync(t, in.admin, 15*time.Second)
+	if got := persistedTotal(t, direct); got != ok {
 		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
 	}
 
@@ -232,10 +165,10 @@ func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 	}
 	// Counted in process, persisted straight to Postgres while Valkey is away.
 	eventually(t, 15*time.Second, "in-process counts persisted while Valkey is down", func() bool {
-		return syPGTotal(t, direct) == ok
+		return persistedTotal(t, direct) == ok
 	})
 
-	syRestart(t, px)
+	restoreProxy(t, px)
 	// Valkey is back: counting goes through it again.
 	eventually(t, 15*time.Second, "a query after Valkey is restored", func() bool {
 		r := in.query(t, users[0].token, "a")
@@ -244,18 +177,18 @@ func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 		}
 		return r.status == 200
 	})
-	syDrain(t, in.admin, 30*time.Second)
-	if got := syPGTotal(t, direct); got != ok {
+	drainSync(t, in.admin, 30*time.Second)
+	if got := persistedTotal(t, direct); got != ok {
 		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
 	}
 }
 
 func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
-	env, px, direct := syValkeyEnv(t, "closed")
+	env, px, direct := valkeyProxyEnv(t, "closed")
 	in := start(t, env)
-	users := syWarmUsers(t, in, 2)
+	users := warmUsers(t, in, 2)
 	ok := int64(len(users))
-	syDrain(t, in.admin, 15*time.Second)
+	drainSync(t, in.admin, 15*time.Second)
 
 	px.Stop()
 	for range 3 {
@@ -268,7 +201,7 @@ func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
 		}
 	}
 
-	syRestart(t, px)
+	restoreProxy(t, px)
 	var used any
 	eventually(t, 15*time.Second, "a query after Valkey is restored", func() bool {
 		r := in.query(t, users[0].token, "a")
@@ -282,17 +215,17 @@ func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
 	if used != 2.0 {
 		t.Fatalf("usage after the refused queries: used=%v, want 2", used)
 	}
-	syDrain(t, in.admin, 30*time.Second)
-	if got := syPGTotal(t, direct); got != ok {
+	drainSync(t, in.admin, 30*time.Second)
+	if got := persistedTotal(t, direct); got != ok {
 		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
 	}
 }
 
 func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
-	env, px, direct := syPGEnv(t)
+	env, px, direct := pgProxyEnv(t)
 	env["SYNC_INTERVAL"] = "1h" // only the forced sync moves anything
 	in := start(t, env)
-	users := syWarmUsers(t, in, 3)
+	users := warmUsers(t, in, 3)
 	ok := int64(len(users))
 	for range 4 {
 		for _, u := range users {
@@ -302,30 +235,30 @@ func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 			ok++
 		}
 	}
-	if st, _ := sySyncStatus(t, in.admin); st.PendingUsers != int64(len(users)) || st.LastBatch != nil {
+	if st, _ := syncStatus(t, in.admin); st.PendingUsers != int64(len(users)) || st.LastBatch != nil {
 		t.Fatalf("before the forced sync: want %d pending users and no batch yet, got %+v", len(users), st)
 	}
 
 	// The link to Postgres holds every byte for 10 s: the flush cannot
 	// finish before the toxic is removed.
-	syAddToxic(t, px, `{"name":"slow","type":"latency","stream":"upstream","attributes":{"latency":10000}}`)
+	addToxic(t, px, `{"name":"slow","type":"latency","stream":"upstream","attributes":{"latency":10000}}`)
 	r := call(t, "POST", in.admin+"/admin/sync", "", nil)
 	if r.status != 202 {
 		t.Fatalf("POST /admin/sync: %d %s", r.status, r.raw)
 	}
 	// Answered; the flush it triggered is still to come or under way.
-	st, _ := sySyncStatus(t, in.admin)
+	st, _ := syncStatus(t, in.admin)
 	if st.PendingUsers == 0 || st.LastBatch != nil || st.Triggered < 1 {
 		t.Fatalf("after the 202 the work should still be pending: %+v (last batch %+v)", st, st.LastBatch)
 	}
-	if got := syPGTotal(t, direct); got != 0 {
+	if got := persistedTotal(t, direct); got != 0 {
 		t.Fatalf("postgres already holds %d right after the 202", got)
 	}
 
-	syRemoveToxic(t, px, "slow")
+	removeToxic(t, px, "slow")
 	var last usagesync.Status
 	eventually(t, 30*time.Second, "the triggered flush completes", func() bool {
-		last, _ = sySyncStatus(t, in.admin)
+		last, _ = syncStatus(t, in.admin)
 		if last.HeldBatches > 0 {
 			// A try failed while the link was held: with a 1h interval the
 			// retry backoff is long, so ask again.
@@ -333,7 +266,7 @@ func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 		}
 		return last.PendingUsers == 0 && last.HeldBatches == 0 && last.LastBatch != nil
 	})
-	if got := syPGTotal(t, direct); got != ok {
+	if got := persistedTotal(t, direct); got != ok {
 		t.Fatalf("after the flush: postgres total %d, want %d (last batch %+v)", got, ok, last.LastBatch)
 	}
 	if last.LastBatch.Result != usagesync.ResultApplied {
@@ -344,7 +277,7 @@ func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 // A metered request whose query fails (Postgres down for a cold user) is not
 // counted: its unit is given back, in Valkey and in Postgres after the sync.
 func TestSyncFailedQueryIsNotCounted(t *testing.T) {
-	env, px, direct := syPGEnv(t)
+	env, px, direct := pgProxyEnv(t)
 	env["WARMUP_STRATEGY"] = "off" // items stay cold: every query needs Postgres
 	in := start(t, env)
 	u := in.newUser(t, "free", nil)
@@ -357,7 +290,7 @@ func TestSyncFailedQueryIsNotCounted(t *testing.T) {
 			t.Fatalf("cold query with Postgres cut: want 503, got %d %s", r.status, r.raw)
 		}
 	}
-	syRestart(t, px)
+	restoreProxy(t, px)
 	var used any
 	eventually(t, 15*time.Second, "a query after Postgres is restored", func() bool {
 		r := in.query(t, u.token, "a")
@@ -369,8 +302,8 @@ func TestSyncFailedQueryIsNotCounted(t *testing.T) {
 	if used != 2.0 {
 		t.Fatalf("used = %v after 1 ok, 3 failed and 1 ok query; want 2", used)
 	}
-	syDrain(t, in.admin, 15*time.Second)
-	if got := syPGTotal(t, direct); got != 2 {
+	drainSync(t, in.admin, 15*time.Second)
+	if got := persistedTotal(t, direct); got != 2 {
 		t.Fatalf("Postgres total = %d, want 2 (failed queries are refunded)", got)
 	}
 }

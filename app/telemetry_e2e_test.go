@@ -9,14 +9,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"io"
 	"net/http"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -24,193 +20,18 @@ import (
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/rs/zerolog"
-	"go.opentelemetry.io/otel/attribute"
+	"github.com/warmpath/warmpath/app/internal/warmup"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
 
-const tlQueryRoute = "/api/hasNotEngine-ultra-fast"
-
-// tlKeepSpans is an in-memory exporter that survives the service's shutdown:
-// tracetest.InMemoryExporter forgets its spans on Shutdown, and stopping the
-// service (which flushes the batch span processor) is how these tests make
-// sure every ended span has been exported, without waiting on a timer.
-type tlKeepSpans struct{ *tracetest.InMemoryExporter }
-
-// Shutdown keeps the recorded spans.
-func (tlKeepSpans) Shutdown(context.Context) error { return nil }
-
-// tlStartRecorded starts the service with every span recorded in memory.
-func tlStartRecorded(t *testing.T, env map[string]string) (*instance, *tracetest.InMemoryExporter) {
-	t.Helper()
-	rec := tracetest.NewInMemoryExporter()
-	return startWith(t, env, options{spanExporter: tlKeepSpans{rec}}), rec
-}
-
-// tlStopFlushed stops the service; its shutdown flushes every ended span to
-// the exporter, so what the exporter holds afterwards is complete.
-func tlStopFlushed(t *testing.T, in *instance) {
-	t.Helper()
-	if err := in.stop(); err != nil {
-		t.Fatalf("stop: %v", err)
-	}
-}
-
-// tlTraceparent returns a W3C traceparent header with fresh ids, so the
-// request's server span joins a trace the test knows.
-func tlTraceparent() (header string, tid trace.TraceID, parent trace.SpanID) {
-	_, _ = rand.Read(tid[:])
-	_, _ = rand.Read(parent[:])
-	return "00-" + tid.String() + "-" + parent.String() + "-01", tid, parent
-}
-
-// tlTrace returns the spans of one trace.
-func tlTrace(spans tracetest.SpanStubs, tid trace.TraceID) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.SpanContext.TraceID() == tid {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// tlNamed returns the spans called name.
-func tlNamed(spans []tracetest.SpanStub, name string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.Name == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// tlChildren returns the direct children of parent.
-func tlChildren(spans []tracetest.SpanStub, parent trace.SpanID) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.Parent.SpanID() == parent {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// tlDescendants returns every span below root (children, their children…).
-func tlDescendants(spans []tracetest.SpanStub, root trace.SpanID) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	frontier := []trace.SpanID{root}
-	for len(frontier) > 0 {
-		var next []trace.SpanID
-		for _, p := range frontier {
-			for _, c := range tlChildren(spans, p) {
-				out = append(out, c)
-				next = append(next, c.SpanContext.SpanID())
-			}
-		}
-		frontier = next
-	}
-	return out
-}
-
-// Instrumentation scopes of the client libraries' spans.
-const (
-	tlScopePgx    = "github.com/exaring/otelpgx"
-	tlScopeValkey = "github.com/valkey-io/valkey-go"
-)
-
-func tlFromScope(spans []tracetest.SpanStub, scope string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.InstrumentationScope.Name == scope {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-func tlAttr(s tracetest.SpanStub, key attribute.Key) (attribute.Value, bool) {
-	for _, kv := range s.Attributes {
-		if kv.Key == key {
-			return kv.Value, true
-		}
-	}
-	return attribute.Value{}, false
-}
-
-func tlSpanNames(spans []tracetest.SpanStub) []string {
-	var out []string
-	for _, s := range spans {
-		out = append(out, s.Name+"<"+s.InstrumentationScope.Name+">")
-	}
-	return out
-}
-
-// tlWaitWarm polls the caller's warmup status until it is ready.
-func tlWaitWarm(t *testing.T, in *instance, token string) {
-	t.Helper()
-	eventually(t, 10*time.Second, "warmup ready", func() bool {
-		r := call(t, "GET", in.base+"/api/user/warmup", token, nil)
-		ws, _ := r.body["warmupStatus"].(map[string]any)
-		return ws["state"] == "ready"
-	})
-}
-
-// tlCheckServerSpan checks the request's server span (the only child of the
-// remote parent the test sent) and its three phase children, and returns it.
-func tlCheckServerSpan(t *testing.T, spans []tracetest.SpanStub, parent trace.SpanID) (server tracetest.SpanStub, phases map[string]tracetest.SpanStub) {
-	t.Helper()
-	roots := tlChildren(spans, parent)
-	if len(roots) != 1 {
-		t.Fatalf("want one server span under the remote parent, got %v", tlSpanNames(roots))
-	}
-	server = roots[0]
-	if server.Name != "POST "+tlQueryRoute || server.SpanKind != trace.SpanKindServer || !server.Parent.IsRemote() {
-		t.Fatalf("server span: name %q kind %v remote parent %v", server.Name, server.SpanKind, server.Parent.IsRemote())
-	}
-	for key, want := range map[attribute.Key]attribute.Value{
-		"http.route":                attribute.StringValue(tlQueryRoute),
-		"http.request.method":       attribute.StringValue("POST"),
-		"http.response.status_code": attribute.IntValue(200),
-	} {
-		if got, ok := tlAttr(server, key); !ok || got != want {
-			t.Errorf("server span %s = %v (present %v), want %v", key, got.Emit(), ok, want.Emit())
-		}
-	}
-	// Every span of the trace hangs off the server span: no orphans, no
-	// second root.
-	below := tlDescendants(spans, server.SpanContext.SpanID())
-	if len(below)+1 != len(spans) {
-		t.Errorf("trace has %d spans but %d are below the server span: %v", len(spans), len(below), tlSpanNames(spans))
-	}
-	phases = map[string]tracetest.SpanStub{}
-	var own []string
-	for _, c := range tlChildren(spans, server.SpanContext.SpanID()) {
-		if c.InstrumentationScope.Name == tlScopePgx || c.InstrumentationScope.Name == tlScopeValkey {
-			continue
-		}
-		own = append(own, c.Name)
-		phases[c.Name] = c
-	}
-	slices.Sort(own)
-	if want := []string{"auth", "engine.query", "usage.check"}; !slices.Equal(own, want) {
-		t.Fatalf("server span children = %v, want %v", own, want)
-	}
-	return server, phases
-}
-
-func TestTlSpanTreeOfQuery(t *testing.T) {
+func TestSpanTreeOfQuery(t *testing.T) {
 	env := backendEnv(t)
 	// The system warmup must not pick u up (it is recently active) before
 	// its cold query: that query's own warmup is what must be linked.
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	in, rec := tlStartRecorded(t, env)
+	in, rec := startRecorded(t, env)
 	u := in.newUser(t, "free", nil)
 	if r := in.items(t, u.token, []string{"a", "b"}, nil); r.status != 200 {
 		t.Fatalf("items: %d %s", r.status, r.raw)
@@ -226,53 +47,54 @@ func TestTlSpanTreeOfQuery(t *testing.T) {
 	// Cold: neither the principal, the usage counter nor the items of u are
 	// in Valkey; the answer comes from Postgres and (WARMUP_STRATEGY=async)
 	// a warmup is enqueued, linked to this request.
-	coldTP, coldTrace, coldParent := tlTraceparent()
-	if r := call(t, "POST", in.base+tlQueryRoute, fresh, map[string]any{"items": []string{"a", "x"}}, "traceparent", coldTP); r.status != 200 {
+	coldTP, coldTrace, coldParent := traceparent()
+	if r := call(t, "POST", in.base+queryRoute, fresh, map[string]any{"items": []string{"a", "x"}}, "traceparent", coldTP); r.status != 200 {
 		t.Fatalf("cold query: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, u.token)
-	warmTP, warmTrace, warmParent := tlTraceparent()
-	if r := call(t, "POST", in.base+tlQueryRoute, u.token, map[string]any{"items": []string{"a", "y"}}, "traceparent", warmTP); r.status != 200 {
+	waitWarmup(t, in, u.token, warmup.StateReady)
+	warmTP, warmTrace, warmParent := traceparent()
+	if r := call(t, "POST", in.base+queryRoute, u.token, map[string]any{"items": []string{"a", "y"}}, "traceparent", warmTP); r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
 	}
 	// A login warmup of another user: its job links to the POST's server span.
 	v := in.newUser(t, "free", nil)
-	loginTP, loginTrace, loginParent := tlTraceparent()
+	loginTP, loginTrace, loginParent := traceparent()
 	if r := call(t, "POST", in.base+"/api/user/warmup", v.token, nil, "traceparent", loginTP); r.status != 202 {
 		t.Fatalf("warmup: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, v.token)
-	tlStopFlushed(t, in)
+	waitWarmup(t, in, v.token, warmup.StateReady)
+	stopFlushed(t, in)
 	all := rec.GetSpans()
 
 	t.Run("cold", func(t *testing.T) {
-		spans := tlTrace(all, coldTrace)
-		_, phases := tlCheckServerSpan(t, spans, coldParent)
+		spans := traceOf(all, coldTrace)
+		_, phases := checkServerSpan(t, spans, coldParent)
 		// Cold, every phase reaches both backends: auth and usage miss the
-		// cache and read Postgres, the items come from Postgres.
+		// cache and read the store, the items come from the store (pgx
+		// spans on Postgres; the in-memory store has no client to trace).
 		for _, name := range []string{"auth", "usage.check", "engine.query"} {
-			below := tlDescendants(spans, phases[name].SpanContext.SpanID())
-			if len(tlFromScope(below, tlScopePgx)) == 0 {
-				t.Errorf("no pgx span under %s: %v", name, tlSpanNames(below))
+			below := descendants(spans, phases[name].SpanContext.SpanID())
+			if onPostgres(env) && len(fromScope(below, scopePgx)) == 0 {
+				t.Errorf("no pgx span under %s: %v", name, spanNames(below))
 			}
-			if len(tlFromScope(below, tlScopeValkey)) == 0 {
-				t.Errorf("no valkey span under %s: %v", name, tlSpanNames(below))
+			if len(fromScope(below, scopeValkey)) == 0 {
+				t.Errorf("no valkey span under %s: %v", name, spanNames(below))
 			}
 		}
 	})
 	t.Run("warm", func(t *testing.T) {
-		spans := tlTrace(all, warmTrace)
-		_, phases := tlCheckServerSpan(t, spans, warmParent)
-		if pg := tlFromScope(spans, tlScopePgx); len(pg) > 0 {
-			t.Errorf("a warm query must not reach Postgres: %v", tlSpanNames(pg))
+		spans := traceOf(all, warmTrace)
+		_, phases := checkServerSpan(t, spans, warmParent)
+		if pg := fromScope(spans, scopePgx); len(pg) > 0 {
+			t.Errorf("a warm query must not reach Postgres: %v", spanNames(pg))
 		}
-		below := tlDescendants(spans, phases["engine.query"].SpanContext.SpanID())
-		if len(tlFromScope(below, tlScopeValkey)) == 0 {
-			t.Errorf("warm engine.query has no valkey span: %v", tlSpanNames(below))
+		below := descendants(spans, phases["engine.query"].SpanContext.SpanID())
+		if len(fromScope(below, scopeValkey)) == 0 {
+			t.Errorf("warm engine.query has no valkey span: %v", spanNames(below))
 		}
 	})
 	t.Run("warmup job links", func(t *testing.T) {
-		jobs := tlNamed(all, "warmup.job")
+		jobs := named(all, "warmup.job")
 		linkedTo := func(tid trace.TraceID) []tracetest.SpanStub {
 			var out []tracetest.SpanStub
 			for _, j := range jobs {
@@ -293,7 +115,7 @@ func TestTlSpanTreeOfQuery(t *testing.T) {
 			}
 			t.Fatalf("want 1 warmup.job linked to the cold query %s, got %d of %d jobs", coldTrace, len(cold), len(jobs))
 		}
-		coldSpans := tlTrace(all, coldTrace)
+		coldSpans := traceOf(all, coldTrace)
 		target := cold[0].Links[0].SpanContext.SpanID()
 		if !slices.ContainsFunc(coldSpans, func(s tracetest.SpanStub) bool { return s.SpanContext.SpanID() == target }) {
 			t.Errorf("cold job link points at no span of the request")
@@ -303,28 +125,28 @@ func TestTlSpanTreeOfQuery(t *testing.T) {
 		if len(login) != 1 {
 			t.Fatalf("want 1 warmup.job linked to the login warmup, got %d", len(login))
 		}
-		server := tlChildren(tlTrace(all, loginTrace), loginParent)
+		server := children(traceOf(all, loginTrace), loginParent)
 		if len(server) != 1 || login[0].Links[0].SpanContext.SpanID() != server[0].SpanContext.SpanID() {
-			t.Errorf("login job link = %v, want the server span %v", login[0].Links[0].SpanContext.SpanID(), tlSpanNames(server))
+			t.Errorf("login job link = %v, want the server span %v", login[0].Links[0].SpanContext.SpanID(), spanNames(server))
 		}
 		for _, j := range append(cold, login...) {
 			if j.Parent.IsValid() || j.SpanContext.TraceID() == coldTrace || j.SpanContext.TraceID() == loginTrace {
 				t.Errorf("warmup.job must be a root span of its own trace (parent %v)", j.Parent.SpanID())
 			}
-			below := tlDescendants(tlTrace(all, j.SpanContext.TraceID()), j.SpanContext.SpanID())
-			if len(tlFromScope(below, tlScopePgx)) == 0 || len(tlFromScope(below, tlScopeValkey)) == 0 {
-				t.Errorf("warmup.job should have pgx and valkey spans below it: %v", tlSpanNames(below))
+			below := descendants(traceOf(all, j.SpanContext.TraceID()), j.SpanContext.SpanID())
+			if onPostgres(env) && len(fromScope(below, scopePgx)) == 0 || len(fromScope(below, scopeValkey)) == 0 {
+				t.Errorf("warmup.job should have pgx (on Postgres) and valkey spans below it: %v", spanNames(below))
 			}
 		}
 	})
 }
 
-func TestTlSyncBatchSpansLinked(t *testing.T) {
+func TestSyncBatchSpansLinked(t *testing.T) {
 	env := backendEnv(t)
 	// No timer-driven pass: the only passes are the forced one and the
 	// final flush at shutdown.
 	env["SYNC_INTERVAL"] = "1h"
-	in, rec := tlStartRecorded(t, env)
+	in, rec := startRecorded(t, env)
 	u := in.newUser(t, "free", nil)
 	if r := in.query(t, u.token, "a"); r.status != 200 {
 		t.Fatalf("query: %d %s", r.status, r.raw)
@@ -333,21 +155,21 @@ func TestTlSyncBatchSpansLinked(t *testing.T) {
 		t.Fatalf("sync: %d %s", r.status, r.raw)
 	}
 	eventually(t, 10*time.Second, "the forced sync applied", func() bool {
-		return in.metric(t, "warmpath_usage_sync_batches_total", `result="applied"`) == 1
+		return in.metric(t, "warmpath_usage_sync_batches_total", "result", "applied") == 1
 	})
 	// Counted after the forced pass: applied by the shutdown flush, which
 	// the admin request did not cause.
 	if r := in.query(t, u.token, "a"); r.status != 200 {
 		t.Fatalf("query: %d %s", r.status, r.raw)
 	}
-	tlStopFlushed(t, in)
+	stopFlushed(t, in)
 	all := rec.GetSpans()
 
-	admin := tlNamed(all, "POST /admin/sync")
+	admin := named(all, "POST /admin/sync")
 	if len(admin) != 1 || admin[0].SpanKind != trace.SpanKindServer {
-		t.Fatalf("want one server span POST /admin/sync, got %v", tlSpanNames(admin))
+		t.Fatalf("want one server span POST /admin/sync, got %v", spanNames(admin))
 	}
-	batches := tlNamed(all, "usage.sync.batch")
+	batches := named(all, "usage.sync.batch")
 	if len(batches) != 2 {
 		t.Fatalf("want 2 usage.sync.batch spans (forced, flush), got %d", len(batches))
 	}
@@ -363,9 +185,9 @@ func TestTlSyncBatchSpansLinked(t *testing.T) {
 				t.Errorf("batch links to %v, not the forcing request", l.SpanContext.SpanID())
 			}
 		}
-		below := tlDescendants(tlTrace(all, b.SpanContext.TraceID()), b.SpanContext.SpanID())
-		if len(tlFromScope(below, tlScopePgx)) == 0 {
-			t.Errorf("no pgx span below the batch: %v", tlSpanNames(below))
+		below := descendants(traceOf(all, b.SpanContext.TraceID()), b.SpanContext.SpanID())
+		if onPostgres(env) && len(fromScope(below, scopePgx)) == 0 {
+			t.Errorf("no pgx span below the batch: %v", spanNames(below))
 		}
 	}
 	if linked != 1 {
@@ -373,166 +195,7 @@ func TestTlSyncBatchSpansLinked(t *testing.T) {
 	}
 }
 
-// tlExemplar is one exemplar of an OpenMetrics sample line.
-type tlExemplar struct {
-	series string            // the sample's name and labels, as written
-	labels map[string]string // the exemplar's labels (trace_id, span_id)
-}
-
-var (
-	tlExemplarRE = regexp.MustCompile(`^(\S+(?:\{.*?\})?) \S+ # \{(.*?)\} \S+( \S+)?$`)
-	tlLabelRE    = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
-	tlTraceIDRE  = regexp.MustCompile(`^[0-9a-f]{32}$`)
-)
-
-// tlScrape fetches /metrics in the OpenMetrics format and decodes it with
-// expfmt. expfmt's decoder is the classic text parser, which reads OpenMetrics
-// 1.0 except for three things this normalises first: exemplars (returned
-// separately), "# UNIT" and "# EOF" lines, and counter families, which
-// OpenMetrics names without the "_total" their samples carry.
-func tlScrape(t *testing.T, in *instance) (map[string]*dto.MetricFamily, []tlExemplar) {
-	t.Helper()
-	req, err := http.NewRequest("GET", in.admin+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/openmetrics-text")
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/openmetrics-text") {
-		t.Fatalf("scrape: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
-	}
-	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
-	if lines[len(lines)-1] != "# EOF" {
-		t.Fatalf("OpenMetrics exposition must end with # EOF, ends with %q", lines[len(lines)-1])
-	}
-	// counterAt reports whether line i is the TYPE line of a counter family
-	// named without _total (the HELP line comes right before it). Matched
-	// by position: the Go collector exposes a gauge and a counter under
-	// the same OpenMetrics family name (go_memstats_alloc_bytes).
-	counterAt := func(i int) (string, bool) {
-		if i < 0 || i >= len(lines) {
-			return "", false
-		}
-		f := strings.Fields(lines[i])
-		if len(f) == 4 && f[0] == "#" && f[1] == "TYPE" && f[3] == "counter" && !strings.HasSuffix(f[2], "_total") {
-			return f[2], true
-		}
-		return "", false
-	}
-	var b strings.Builder
-	var exemplars []tlExemplar
-	for i, l := range lines {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		if name, ok := counterAt(i); ok {
-			l = strings.Replace(l, name, name+"_total", 1)
-		} else if name, ok := counterAt(i + 1); ok && f[0] == "#" && f[1] == "HELP" && f[2] == name {
-			l = strings.Replace(l, name, name+"_total", 1)
-		}
-		switch {
-		case strings.HasPrefix(l, "# EOF"), strings.HasPrefix(l, "# UNIT "):
-			continue
-		case !strings.HasPrefix(l, "#") && strings.HasSuffix(strings.SplitN(f[0], "{", 2)[0], "_created"):
-			continue // OpenMetrics-only series; the classic parser has no place for them
-		case !strings.HasPrefix(l, "#") && strings.Contains(l, " # {"):
-			m := tlExemplarRE.FindStringSubmatch(l)
-			if m == nil {
-				t.Fatalf("unparsable exemplar line %q", l)
-			}
-			ex := tlExemplar{series: m[1], labels: map[string]string{}}
-			for _, kv := range tlLabelRE.FindAllStringSubmatch(m[2], -1) {
-				ex.labels[kv[1]] = kv[2]
-			}
-			exemplars = append(exemplars, ex)
-			l = l[:strings.Index(l, " # {")]
-		}
-		b.WriteString(l)
-		b.WriteByte('\n')
-	}
-	fams := map[string]*dto.MetricFamily{}
-	dec := expfmt.NewDecoder(strings.NewReader(b.String()), expfmt.NewFormat(expfmt.TypeOpenMetrics))
-	for {
-		mf := &dto.MetricFamily{}
-		if err := dec.Decode(mf); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("decode /metrics: %v", err)
-		}
-		fams[mf.GetName()] = mf
-	}
-	return fams, exemplars
-}
-
-// tlSeries returns the metrics of family name whose labels include every
-// given name=value pair.
-func tlSeries(fams map[string]*dto.MetricFamily, name string, labels ...string) []*dto.Metric {
-	var out []*dto.Metric
-	mf := fams[name]
-	if mf == nil {
-		return nil
-	}
-	for _, m := range mf.Metric {
-		have := map[string]string{}
-		for _, lp := range m.Label {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		ok := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			ok = ok && have[labels[i]] == labels[i+1]
-		}
-		if ok {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// tlLabelValues returns the values label takes in family name.
-func tlLabelValues(fams map[string]*dto.MetricFamily, name, label string) []string {
-	var out []string
-	for _, m := range tlSeries(fams, name) {
-		for _, lp := range m.Label {
-			if lp.GetName() == label && !slices.Contains(out, lp.GetValue()) {
-				out = append(out, lp.GetValue())
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// tlValue is the value of a counter, gauge or untyped sample, or the count of
-// a histogram.
-func tlValue(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	case m.Histogram != nil:
-		return float64(m.Histogram.GetSampleCount())
-	case m.Untyped != nil:
-		return m.Untyped.GetValue()
-	}
-	return 0
-}
-
-func tlSum(ms []*dto.Metric) float64 {
-	var s float64
-	for _, m := range ms {
-		s += tlValue(m)
-	}
-	return s
-}
-
-func TestTlMetricsScrape(t *testing.T) {
+func TestMetricsScrape(t *testing.T) {
 	env := backendEnv(t)
 	// Non-default thresholds, to see that the gauges report the configured
 	// values; usage_check at 1µs is passed by every check (a Valkey round
@@ -543,7 +206,7 @@ func TestTlMetricsScrape(t *testing.T) {
 	env["THRESHOLD_USAGE_CHECK"] = "1us"
 	env["DB_MAX_CONNS"] = "7"
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	in, _ := tlStartRecorded(t, env)
+	in, _ := startRecorded(t, env)
 
 	// Every endpoint, public and admin.
 	u := in.newUser(t, "free", nil)
@@ -553,7 +216,7 @@ func TestTlMetricsScrape(t *testing.T) {
 	if r := call(t, "POST", in.base+"/api/user/warmup", u.token, nil); r.status != 202 {
 		t.Fatalf("warmup: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, u.token) // GET /api/user/warmup
+	waitWarmup(t, in, u.token, warmup.StateReady) // GET /api/user/warmup
 	if r := in.query(t, u.token, "a", "z"); r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
 	}
@@ -561,7 +224,7 @@ func TestTlMetricsScrape(t *testing.T) {
 	if r := in.query(t, cold.token, "a"); r.status != 200 { // cold: the db phase runs
 		t.Fatalf("cold query: %d %s", r.status, r.raw)
 	}
-	tlWaitWarm(t, in, cold.token) // the warmup that query enqueued has finished
+	waitWarmup(t, in, cold.token, warmup.StateReady) // the warmup that query enqueued has finished
 	for _, ep := range []struct{ method, url string }{
 		{"GET", in.base + "/livez"}, {"GET", in.base + "/readyz?verbose"},
 		{"POST", in.admin + "/admin/sync"}, {"GET", in.admin + "/admin/sync"}, {"GET", in.admin + "/admin/warmup"},
@@ -571,19 +234,19 @@ func TestTlMetricsScrape(t *testing.T) {
 		}
 	}
 	eventually(t, 10*time.Second, "a usage sync batch applied", func() bool {
-		return in.metric(t, "warmpath_usage_sync_batches_total", `result="applied"`) >= 1
+		return in.metric(t, "warmpath_usage_sync_batches_total", "result", "applied") >= 1
 	})
 	// The last query on its series carries a known trace: the request
 	// histogram keeps the newest exemplar per bucket, so it must be there.
-	tp, tid, _ := tlTraceparent()
-	if r := call(t, "POST", in.base+tlQueryRoute, u.token, map[string]any{"items": []string{"b"}}, "traceparent", tp); r.status != 200 {
+	tp, tid, _ := traceparent()
+	if r := call(t, "POST", in.base+queryRoute, u.token, map[string]any{"items": []string{"b"}}, "traceparent", tp); r.status != 200 {
 		t.Fatalf("traced query: %d %s", r.status, r.raw)
 	}
 
-	fams, exemplars := tlScrape(t, in)
+	fams, exemplars := scrape(t, in)
 	has := func(t *testing.T, name string, labels ...string) []*dto.Metric {
 		t.Helper()
-		ms := tlSeries(fams, name, labels...)
+		ms := series(fams, name, labels...)
 		if len(ms) == 0 {
 			t.Errorf("no sample of %s%v", name, labels)
 		}
@@ -600,20 +263,20 @@ func TestTlMetricsScrape(t *testing.T) {
 		const name = "http_server_request_duration_seconds"
 		typeOf(t, name, dto.MetricType_HISTOGRAM)
 		for _, s := range []struct{ method, route, status string }{
-			{"POST", tlQueryRoute, "200"}, {"POST", "/api/items", "200"},
+			{"POST", queryRoute, "200"}, {"POST", "/api/items", "200"},
 			{"POST", "/api/user/warmup", "202"}, {"GET", "/api/user/warmup", "200"},
 			{"GET", "/livez", "200"}, {"GET", "/readyz", "200"},
 		} {
 			has(t, name, "http_request_method", s.method, "http_route", s.route, "http_response_status_code", s.status)
 		}
 		// Label values are what was sent, never bytes of a later request.
-		for _, m := range tlLabelValues(fams, name, "http_request_method") {
+		for _, m := range labelValues(fams, name, "http_request_method") {
 			if m != "GET" && m != "POST" {
 				t.Errorf("http_request_method=%q", m)
 			}
 		}
 		// Buckets go down to 100µs.
-		if ms := tlSeries(fams, name); len(ms) > 0 && ms[0].Histogram.Bucket[0].GetUpperBound() > 0.0001 {
+		if ms := series(fams, name); len(ms) > 0 && ms[0].Histogram.Bucket[0].GetUpperBound() > 0.0001 {
 			t.Errorf("smallest bucket is %v s, want ≤ 100µs", ms[0].Histogram.Bucket[0].GetUpperBound())
 		}
 		var found, bad int
@@ -621,10 +284,10 @@ func TestTlMetricsScrape(t *testing.T) {
 			if !strings.HasPrefix(ex.series, name+"_bucket{") {
 				continue
 			}
-			if !tlTraceIDRE.MatchString(ex.labels["trace_id"]) {
+			if !traceIDRE.MatchString(ex.labels["trace_id"]) {
 				bad++
 			}
-			if ex.labels["trace_id"] == tid.String() && strings.Contains(ex.series, `http_route="`+tlQueryRoute+`"`) {
+			if ex.labels["trace_id"] == tid.String() && strings.Contains(ex.series, `http_route="`+queryRoute+`"`) {
 				found++
 			}
 		}
@@ -644,12 +307,12 @@ func TestTlMetricsScrape(t *testing.T) {
 				t.Errorf("threshold %s = %v, want %v", p, ms[0].Gauge.GetValue(), v)
 			}
 		}
-		if got := tlLabelValues(fams, "warmpath_alert_threshold_seconds", "phase"); len(got) != len(want) {
+		if got := labelValues(fams, "warmpath_alert_threshold_seconds", "phase"); len(got) != len(want) {
 			t.Errorf("threshold phases = %v", got)
 		}
 		typeOf(t, "warmpath_slow_phase_total", dto.MetricType_COUNTER)
 		// Every metered request with a usage check: the warm, cold and traced queries.
-		if got := tlSum(has(t, "warmpath_slow_phase_total", "phase", "usage_check")); got != 3 {
+		if got := sumSamples(has(t, "warmpath_slow_phase_total", "phase", "usage_check")); got != 3 {
 			t.Errorf("slow usage_check = %v, want 3", got)
 		}
 	})
@@ -658,13 +321,13 @@ func TestTlMetricsScrape(t *testing.T) {
 		has(t, "warmpath_warmup_queue_depth")
 		typeOf(t, "warmpath_warmup_jobs_total", dto.MetricType_COUNTER)
 		// u's login warmup and the cold user's, enqueued by its cold query.
-		if got := tlSum(has(t, "warmpath_warmup_jobs_total", "kind", "login", "result", "ready")); got != 2 {
+		if got := sumSamples(has(t, "warmpath_warmup_jobs_total", "kind", "login", "result", "ready")); got != 2 {
 			t.Errorf("login warmups ready = %v, want 2", got)
 		}
 		typeOf(t, "warmpath_warmup_duration_seconds", dto.MetricType_HISTOGRAM)
 		has(t, "warmpath_warmup_duration_seconds", "kind", "login")
 		typeOf(t, "warmpath_first_query_total", dto.MetricType_COUNTER)
-		if got := tlSum(has(t, "warmpath_first_query_total", "warmup", "ready")); got != 1 {
+		if got := sumSamples(has(t, "warmpath_first_query_total", "warmup", "ready")); got != 1 {
 			t.Errorf("first queries after a ready warmup = %v, want 1", got)
 		}
 	})
@@ -683,7 +346,15 @@ func TestTlMetricsScrape(t *testing.T) {
 		typeOf(t, "warmpath_usage_sync_batches_total", dto.MetricType_COUNTER)
 		has(t, "warmpath_usage_sync_batches_total", "result", "applied")
 	})
-	t.Run("pool and runtime", func(t *testing.T) {
+	t.Run("pool", func(t *testing.T) {
+		if !onPostgres(env) { // no pool, no pgx: the in-memory store
+			for name := range fams {
+				if strings.HasPrefix(name, "warmpath_db_pool_") || name == "db_client_operation_duration_seconds" {
+					t.Errorf("%s without Postgres", name)
+				}
+			}
+			return
+		}
 		for _, g := range []string{"acquired_conns", "idle_conns", "total_conns", "max_conns", "constructing_conns"} {
 			has(t, "warmpath_db_pool_"+g)
 		}
@@ -691,56 +362,39 @@ func TestTlMetricsScrape(t *testing.T) {
 			"acquire_duration_seconds_total", "empty_acquire_wait_seconds_total"} {
 			has(t, "warmpath_db_pool_"+c)
 		}
-		if ms := tlSeries(fams, "warmpath_db_pool_max_conns"); len(ms) == 1 && ms[0].Gauge.GetValue() != 7 {
+		if ms := series(fams, "warmpath_db_pool_max_conns"); len(ms) == 1 && ms[0].Gauge.GetValue() != 7 {
 			t.Errorf("pool max_conns = %v, want DB_MAX_CONNS=7", ms[0].Gauge.GetValue())
 		}
-		if got := tlSum(tlSeries(fams, "warmpath_db_pool_acquires_total")); got < 1 {
+		if got := sumSamples(series(fams, "warmpath_db_pool_acquires_total")); got < 1 {
 			t.Errorf("pool acquires = %v", got)
 		}
 		has(t, "db_client_operation_duration_seconds") // otelpgx
+	})
+	t.Run("runtime", func(t *testing.T) {
 		for _, n := range []string{"go_goroutines", "go_memstats_alloc_bytes", "go_gc_duration_seconds", "process_cpu_seconds_total"} {
 			has(t, n)
 		}
 	})
 }
 
-// tlLogLines decodes the service's JSON log lines.
-func tlLogLines(t *testing.T, in *instance) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, l := range strings.Split(in.stderr.String(), "\n") {
-		if strings.TrimSpace(l) == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(l), &m); err != nil {
-			t.Fatalf("log line is not JSON: %q", l)
-		}
-		out = append(out, m)
+func TestSlowPhaseCountedAndLogged(t *testing.T) {
+	// A subtest that skips checks nothing: the test fails unless every one ran.
+	var ran, subtests int
+	run := func(name string, f func(t *testing.T)) {
+		subtests++
+		t.Run(name, func(t *testing.T) {
+			f(t)
+			ran++ // not reached when f skips (or fails: Skip and Fatal end the goroutine)
+		})
 	}
-	return out
-}
-
-// tlPerfLines returns the [PERF] lines of the JSON log.
-func tlPerfLines(lines []map[string]any) []map[string]any {
-	var out []map[string]any
-	for _, l := range lines {
-		if msg, _ := l["msg"].(string); strings.HasPrefix(msg, "[PERF] ") {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
-	t.Run("auth past 1ns", func(t *testing.T) {
+	run("auth past 1ns", func(t *testing.T) {
 		env := backendEnv(t)
 		env["THRESHOLD_AUTH"] = "1ns"
 		env["LOG_FORMAT"] = "json"
 		env["LOG_LEVEL"] = "warn"
 		in := start(t, env)
 		u := in.newUser(t, "free", nil)
-		if before := in.metric(t, "warmpath_slow_phase_total", `phase="auth"`); before != 0 {
+		if before := in.metric(t, "warmpath_slow_phase_total", "phase", "auth"); before != 0 {
 			t.Fatalf("slow auth before any request = %v", before)
 		}
 		const n = 3
@@ -749,11 +403,11 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 				t.Fatalf("query: %d %s", r.status, r.raw)
 			}
 		}
-		if got := in.metric(t, "warmpath_slow_phase_total", `phase="auth"`); got != n {
+		if got := in.metric(t, "warmpath_slow_phase_total", "phase", "auth"); got != n {
 			t.Errorf("slow auth = %v, want %d (one per request)", got, n)
 		}
 		// The [PERF] line is written before the response, so it is there.
-		perf := tlPerfLines(tlLogLines(t, in))
+		perf := perfLines(logLines(t, in))
 		if len(perf) != n {
 			t.Fatalf("want %d [PERF] lines, got %d:\n%s", n, len(perf), tail(in.stderr.String(), 2000))
 		}
@@ -761,17 +415,17 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 			msg := l["msg"].(string)
 			slow, _ := l["slow"].([]any)
 			bd, _ := l["breakdown"].(map[string]any)
-			if l["level"] != "WARN" || !strings.HasPrefix(msg, "[PERF] POST "+tlQueryRoute+" - Total: ") ||
+			if l["level"] != "WARN" || !strings.HasPrefix(msg, "[PERF] POST "+queryRoute+" - Total: ") ||
 				!strings.Contains(msg, "slow: auth") || !slices.Contains(slow, any("auth")) {
 				t.Errorf("slow [PERF] line: %v", l)
 			}
-			if l["status"] != 200.0 || l["path"] != tlQueryRoute || l["method"] != "POST" || bd == nil || bd["auth"].(float64) <= 0 ||
-				l["total_ms"].(float64) < bd["auth"].(float64) || !tlTraceIDRE.MatchString(l["trace_id"].(string)) {
+			if l["status"] != 200.0 || l["path"] != queryRoute || l["method"] != "POST" || bd == nil || bd["auth"].(float64) <= 0 ||
+				l["total_ms"].(float64) < bd["auth"].(float64) || !traceIDRE.MatchString(l["trace_id"].(string)) {
 				t.Errorf("[PERF] fields: %v", l)
 			}
 		}
 	})
-	t.Run("warn level, default thresholds", func(t *testing.T) {
+	run("warn level, default thresholds", func(t *testing.T) {
 		env := backendEnv(t)
 		env["LOG_FORMAT"] = "json"
 		env["LOG_LEVEL"] = "warn"
@@ -785,7 +439,7 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 		// Only slow requests are logged at warn. Whether one was slow on a
 		// loaded machine is read from the counter, not assumed.
 		slow := in.metric(t, "warmpath_slow_phase_total")
-		perf := tlPerfLines(tlLogLines(t, in))
+		perf := perfLines(logLines(t, in))
 		if slow == 0 && len(perf) != 0 || float64(len(perf)) > slow {
 			t.Fatalf("%d [PERF] lines for %v slow phases: %v", len(perf), slow, perf)
 		}
@@ -795,7 +449,7 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 			}
 		}
 	})
-	t.Run("text format", func(t *testing.T) {
+	run("text format", func(t *testing.T) {
 		env := backendEnv(t)
 		env["LOG_FORMAT"] = "text"
 		env["LOG_LEVEL"] = "info"
@@ -809,7 +463,7 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 			t.Fatalf("items: %d %s", r.status, r.raw)
 		}
 		// slog's text handler quotes the message.
-		re := regexp.MustCompile(`level=(\w+) msg="\[PERF\] POST ` + regexp.QuoteMeta(tlQueryRoute) +
+		re := regexp.MustCompile(`level=(\w+) msg="\[PERF\] POST ` + regexp.QuoteMeta(queryRoute) +
 			` - Total: ([0-9.]+)ms \{breakdown: \{auth: ([0-9.]+), usageCheck: ([0-9.]+), query: ([0-9.]+)(?:, db: [0-9.]+)?\}\}( - slow: usage_check)?"`)
 		var lines []string
 		for _, l := range strings.Split(in.stderr.String(), "\n") {
@@ -838,11 +492,14 @@ func TestTlSlowPhaseCountedAndLogged(t *testing.T) {
 			t.Errorf("items [PERF] line: %q", lines[1])
 		}
 	})
+	if ran != subtests && !t.Failed() {
+		t.Fatalf("%d of %d subtests ran: a skipped one checked nothing", ran, subtests)
+	}
 }
 
-// tlServerTiming parses a Server-Timing header as a list of
+// parseServerTiming parses a Server-Timing header as a list of
 // name;dur=float members and returns the durations by name.
-func tlServerTiming(t *testing.T, h string) map[string]float64 {
+func parseServerTiming(t *testing.T, h string) map[string]float64 {
 	t.Helper()
 	token := regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]*$`)
 	out := map[string]float64{}
@@ -877,10 +534,10 @@ func tlServerTiming(t *testing.T, h string) map[string]float64 {
 	return out
 }
 
-func TestTlServerTiming(t *testing.T) {
+func TestServerTiming(t *testing.T) {
 	in := start(t, backendEnv(t))
 	u := in.newUser(t, "free", ptr[int64](1))
-	q := in.base + tlQueryRoute
+	q := in.base + queryRoute
 	cases := []struct {
 		name   string
 		r      reply
@@ -903,7 +560,7 @@ func TestTlServerTiming(t *testing.T) {
 			if tc.r.status != tc.status {
 				t.Fatalf("status %d, want %d: %s", tc.r.status, tc.status, tc.r.raw)
 			}
-			st := tlServerTiming(t, tc.r.header.Get("Server-Timing"))
+			st := parseServerTiming(t, tc.r.header.Get("Server-Timing"))
 			total, ok := st["total"]
 			if !ok {
 				t.Fatalf("no total in %q", tc.r.header.Get("Server-Timing"))
@@ -930,43 +587,20 @@ func TestTlServerTiming(t *testing.T) {
 	}
 }
 
-// tlSecretForms returns s and the forms of its SHA-256 that could leak.
-func tlSecretForms(s string) []string {
+// secretForms returns s and the forms of its SHA-256 that could leak.
+func secretForms(s string) []string {
 	h := sha256.Sum256([]byte(s))
 	return []string{s, hex.EncodeToString(h[:]), strings.ToUpper(hex.EncodeToString(h[:])),
 		base64.StdEncoding.EncodeToString(h[:]), base64.RawStdEncoding.EncodeToString(h[:]),
 		base64.URLEncoding.EncodeToString(h[:]), base64.RawURLEncoding.EncodeToString(h[:])}
 }
 
-// tlSpanText is everything of a span that an exporter sends, as text.
-func tlSpanText(s tracetest.SpanStub) string {
-	var b strings.Builder
-	kvs := func(attrs []attribute.KeyValue) {
-		for _, kv := range attrs {
-			b.WriteString(string(kv.Key) + "=" + kv.Value.Emit() + "\n")
-		}
-	}
-	b.WriteString(s.Name + "\n" + s.Status.Description + "\n")
-	kvs(s.Attributes)
-	for _, e := range s.Events {
-		b.WriteString(e.Name + "\n")
-		kvs(e.Attributes)
-	}
-	for _, l := range s.Links {
-		kvs(l.Attributes)
-	}
-	if s.Resource != nil {
-		kvs(s.Resource.Attributes())
-	}
-	return b.String()
-}
-
-func TestTlNoSecretLeaks(t *testing.T) {
+func TestNoSecretLeaks(t *testing.T) {
 	env := backendEnv(t)
 	env["LOG_LEVEL"] = "debug"
 	env["ADMIN_TOKEN"] = "adm_" + randHex(24)
 	admin := env["ADMIN_TOKEN"]
-	in, rec := tlStartRecorded(t, env)
+	in, rec := startRecorded(t, env)
 
 	var bodies []string
 	record := func(r reply) reply {
@@ -986,7 +620,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	unknown := "wp_" + base64.RawURLEncoding.EncodeToString([]byte(randHex(16)))
 	malformed := "not a token " + randHex(8)
 	wrongAdmin := "adm_" + randHex(24)
-	q := in.base + tlQueryRoute
+	q := in.base + queryRoute
 	items := map[string]any{"items": []string{"a"}}
 
 	for range 4 { // the fourth is over quota (429)
@@ -995,7 +629,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	record(call(t, "POST", in.base+"/api/items", valid, map[string]any{"add": []string{"b"}}))
 	record(call(t, "POST", in.base+"/api/user/warmup", valid, nil))
 	// Ready means the job logged at DEBUG too ("warmup ready").
-	tlWaitWarm(t, in, valid)
+	waitWarmup(t, in, valid, warmup.StateReady)
 	record(call(t, "GET", in.base+"/api/user/warmup", valid, nil))
 	record(call(t, "POST", q, valid, []byte(`{"items":`))) // malformed JSON after a valid token
 	record(call(t, "POST", q, unknown, items))
@@ -1008,7 +642,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	record(call(t, "GET", in.admin+"/admin/warmup", wrongAdmin, nil))
 	record(call(t, "POST", in.admin+"/admin/users", "", map[string]any{"name": "x", "plan": "free"}))
 	record(call(t, "GET", in.admin+"/admin/sync", admin, nil, "Authorization", "Bearer "+wrongAdmin))
-	tlStopFlushed(t, in)
+	stopFlushed(t, in)
 
 	logs := in.stderr.String() + in.stdout.String()
 	spans := rec.GetSpans()
@@ -1016,7 +650,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 		t.Fatalf("nothing captured: %d spans, logs:\n%s", len(spans), tail(logs, 2000))
 	}
 	for _, secret := range []string{valid, unknown, malformed, admin, wrongAdmin} {
-		for _, form := range tlSecretForms(secret) {
+		for _, form := range secretForms(secret) {
 			if strings.Contains(logs, form) {
 				t.Errorf("log contains a secret form %q", form)
 			}
@@ -1026,7 +660,7 @@ func TestTlNoSecretLeaks(t *testing.T) {
 				}
 			}
 			for _, s := range spans {
-				if strings.Contains(tlSpanText(s), form) {
+				if strings.Contains(spanText(s), form) {
 					t.Errorf("span %q contains a secret form %q", s.Name, form)
 				}
 			}
@@ -1034,13 +668,13 @@ func TestTlNoSecretLeaks(t *testing.T) {
 	}
 }
 
-func TestTlCORS(t *testing.T) {
+func TestCORSOrigins(t *testing.T) {
 	env := backendEnv(t)
 	env["CORS_ORIGINS"] = "https://app.example"
 	in := start(t, env)
 	u := in.newUser(t, "free", nil)
 	const allowed, other = "https://app.example", "https://evil.example"
-	q := in.base + tlQueryRoute
+	q := in.base + queryRoute
 	body := map[string]any{"items": []string{"a"}}
 
 	for _, tc := range []struct {
@@ -1083,30 +717,11 @@ func TestTlCORS(t *testing.T) {
 	}
 }
 
-// tlSlowPostgres puts a toxiproxy proxy in front of env's Postgres, points
-// DATABASE_URL at it and returns it; it is stopped at cleanup.
-func tlSlowPostgres(t *testing.T, env map[string]string) *toxiproxy.Proxy {
-	t.Helper()
-	u, err := url.Parse(env["DATABASE_URL"])
-	if err != nil || u.Port() == "" {
-		t.Fatalf("DATABASE_URL without host:port: %v", err)
-	}
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	px := toxiproxy.NewProxy(srv, "tl-postgres-"+randHex(4), "127.0.0.1:0", u.Host)
-	if err := px.Start(); err != nil {
-		t.Fatalf("start proxy: %v", err)
-	}
-	t.Cleanup(px.Stop)
-	u.Host = px.Listen
-	env["DATABASE_URL"] = u.String() // keeps the schema's search_path options
-	return px
-}
-
-func TestTlPprofRouteLabels(t *testing.T) {
-	env := backendEnv(t)
+func TestPprofRouteLabels(t *testing.T) {
+	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in its handler")
 	env["WARMUP_STRATEGY"] = "off" // every query reads Postgres
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	px := tlSlowPostgres(t, env)
+	px, _ := proxyPostgres(t, env)
 	in := start(t, env)
 	u := in.newUser(t, "free", nil)
 
@@ -1118,7 +733,7 @@ func TestTlPprofRouteLabels(t *testing.T) {
 	}
 	done := make(chan int, 1)
 	go func() {
-		req, _ := http.NewRequest("POST", in.base+tlQueryRoute, strings.NewReader(`{"items":["a"]}`))
+		req, _ := http.NewRequest("POST", in.base+queryRoute, strings.NewReader(`{"items":["a"]}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+u.token)
 		resp, err := client.Do(req)
@@ -1129,7 +744,7 @@ func TestTlPprofRouteLabels(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
-	want := `# labels: {"route":"` + tlQueryRoute + `"}`
+	want := `# labels: {"route":"` + queryRoute + `"}`
 	var seen bool
 	for !seen {
 		r := call(t, "GET", in.admin+"/debug/pprof/goroutine?debug=1", "", nil)

@@ -2,8 +2,7 @@ package main
 
 // End-to-end tests of warmup (issue 3): system warmup that never blocks
 // serving, warm answers across instances, the async and inline strategies,
-// the full queue, and the first-query metric. Every top-level name starts
-// with "wu" (this package is shared by several test files).
+// the full queue, and the first-query metric.
 //
 // Slow databases are made with toxiproxy (in process) between the service and
 // Postgres. Where a test must observe a warmup that has not finished yet, it
@@ -17,188 +16,21 @@ package main
 // the lock, not by timing.
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
-// wuSlowDatabase puts a toxiproxy proxy with a latency toxic (every answer
-// from Postgres delayed by latency) in front of the Postgres of dbURL and
-// returns the same URL (schema options kept) pointing at the proxy. The
-// proxy stops at cleanup; register it before starting the instance that
-// uses it, so the instance stops first.
-func wuSlowDatabase(t *testing.T, dbURL string, latency time.Duration) string {
-	t.Helper()
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatalf("parse DATABASE_URL: %v", err)
-	}
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "wu-postgres-"+randHex(4), "127.0.0.1:0", u.Host)
-	if err := proxy.Start(); err != nil {
-		t.Fatalf("start toxiproxy: %v", err)
-	}
-	t.Cleanup(proxy.Stop)
-	toxic := fmt.Sprintf(`{"name":"wu_latency","type":"latency","stream":"downstream","attributes":{"latency":%d}}`, latency.Milliseconds())
-	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(toxic)); err != nil {
-		t.Fatalf("add latency toxic: %v", err)
-	}
-	u.Host = proxy.Listen
-	return u.String()
-}
-
-// wuLockUsage holds an ACCESS EXCLUSIVE lock on the usage table of the
-// schema of dbURL (a direct connection, not through any proxy) until the
-// returned release is called (also at cleanup). Warmup jobs block on it in
-// their usage part; see the file comment.
-func wuLockUsage(t *testing.T, dbURL string) (release func()) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("lock usage: connect: %v", err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		conn.Close(ctx)
-		t.Fatalf("lock usage: begin: %v", err)
-	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE usage IN ACCESS EXCLUSIVE MODE`); err != nil {
-		conn.Close(ctx)
-		t.Fatalf("lock usage: %v", err)
-	}
-	var once sync.Once
-	release = func() {
-		once.Do(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = tx.Rollback(ctx)
-			_ = conn.Close(ctx)
-		})
-	}
-	t.Cleanup(release)
-	return release
-}
-
-// wuDB runs one query on the schema of dbURL and scans its single row.
-func wuDB(t *testing.T, dbURL, sql string, dest ...any) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if err := conn.QueryRow(ctx, sql).Scan(dest...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
-
-// wuSystem reads GET /admin/warmup.
-func wuSystem(t testing.TB, in *instance) warmup.SystemStatus {
-	t.Helper()
-	r := call(t, "GET", in.admin+"/admin/warmup", "", nil)
-	if r.status != 200 {
-		t.Fatalf("GET /admin/warmup: %d %s", r.status, r.raw)
-	}
-	var st warmup.SystemStatus
-	if err := json.Unmarshal(r.raw, &st); err != nil {
-		t.Fatalf("decode /admin/warmup: %v: %s", err, r.raw)
-	}
-	return st
-}
-
-// wuStatus reads the caller's GET /api/user/warmup; raw is the warmupStatus
-// object as sent, for comparisons across instances.
-func wuStatus(t testing.TB, in *instance, token string) (st warmup.Status, raw json.RawMessage) {
-	t.Helper()
-	r := call(t, "GET", in.base+"/api/user/warmup", token, nil)
-	if r.status != 200 {
-		t.Fatalf("GET /api/user/warmup: %d %s", r.status, r.raw)
-	}
-	var body struct {
-		WarmupStatus json.RawMessage `json:"warmupStatus"`
-	}
-	if err := json.Unmarshal(r.raw, &body); err != nil || body.WarmupStatus == nil {
-		t.Fatalf("decode warmup status: %v: %s", err, r.raw)
-	}
-	if err := json.Unmarshal(body.WarmupStatus, &st); err != nil {
-		t.Fatalf("decode warmup status: %v: %s", err, r.raw)
-	}
-	return st, body.WarmupStatus
-}
-
-// wuPostWarmup sends POST /api/user/warmup.
-func wuPostWarmup(t testing.TB, in *instance, token string) reply {
-	t.Helper()
-	return call(t, "POST", in.base+"/api/user/warmup", token, nil)
-}
-
-// wuWaitState polls the user's warmup status until it is want.
-func wuWaitState(t testing.TB, in *instance, token string, want warmup.State) warmup.Status {
-	t.Helper()
-	var st warmup.Status
-	eventually(t, 20*time.Second, "warmup state "+string(want), func() bool {
-		st, _ = wuStatus(t, in, token)
-		if st.State == warmup.StateFailed && want != warmup.StateFailed {
-			t.Fatalf("warmup failed: %s", st.Error)
-		}
-		return st.State == want
-	})
-	return st
-}
-
-// wuQueryAsync sends a query without a testing.TB (it runs in its own
-// goroutine, where t.Fatal is not allowed); a transport error comes back as
-// status 0 with the error in raw.
-func wuQueryAsync(in *instance, token string, items ...string) <-chan reply {
-	out := make(chan reply, 1)
-	go func() {
-		body, _ := json.Marshal(map[string]any{"items": items})
-		req, err := http.NewRequest("POST", in.base+"/api/hasNotEngine-ultra-fast", bytes.NewReader(body))
-		if err != nil {
-			out <- reply{raw: []byte(err.Error())}
-			return
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := client.Do(req)
-		if err != nil {
-			out <- reply{raw: []byte(err.Error())}
-			return
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		r := reply{status: resp.StatusCode, header: resp.Header, raw: raw}
-		_ = json.Unmarshal(raw, &r.body)
-		out <- r
-	}()
-	return out
-}
-
-// wuProvision creates n users through the admin API of in, each with items
+// provision creates n users through the admin API of in, each with items
 // "a" and "b" and, when query is set, one metered query (which seeds the
 // user's usage counter in Valkey and, once synced, marks the user active).
 // At most 16 requests are in flight.
-func wuProvision(t *testing.T, in *instance, n int, query bool) []user {
+func provision(t *testing.T, in *instance, n int, query bool) []user {
 	t.Helper()
 	users := make([]user, n)
 	errs := make(chan string, n)
@@ -228,9 +60,9 @@ func wuProvision(t *testing.T, in *instance, n int, query bool) []user {
 	return users
 }
 
-// wuProvisioner starts an instance straight on Postgres (no proxy) that
+// provisioner starts an instance straight on Postgres (no proxy) that
 // never warms anyone, for provisioning users that stay cold.
-func wuProvisioner(t *testing.T, env map[string]string) *instance {
+func provisioner(t *testing.T, env map[string]string) *instance {
 	t.Helper()
 	penv := map[string]string{"WARMUP_STRATEGY": "off", "SYSTEM_WARMUP_HOT_USERS": "0"}
 	for k, v := range env {
@@ -239,13 +71,13 @@ func wuProvisioner(t *testing.T, env map[string]string) *instance {
 	return start(t, penv)
 }
 
-// wuSlowEnv is env with DATABASE_URL through a slow proxy, no migration (the
+// slowEnv is env with DATABASE_URL through a slow proxy, no migration (the
 // provisioner applied it), no hot users, and a DB_TIMEOUT long enough that a
-// job blocked by wuLockUsage stays running instead of timing out.
-func wuSlowEnv(t *testing.T, env map[string]string, extra ...string) map[string]string {
+// job blocked by lockUsage stays running instead of timing out.
+func slowEnv(t *testing.T, env map[string]string, extra ...string) map[string]string {
 	t.Helper()
 	out := map[string]string{
-		"DATABASE_URL":            wuSlowDatabase(t, env["DATABASE_URL"], 20*time.Millisecond),
+		"DATABASE_URL":            slowDatabase(t, env["DATABASE_URL"], 20*time.Millisecond),
 		"AUTO_MIGRATE":            "false",
 		"SYSTEM_WARMUP_HOT_USERS": "0",
 		"DB_TIMEOUT":              "30s",
@@ -259,12 +91,12 @@ func wuSlowEnv(t *testing.T, env map[string]string, extra ...string) map[string]
 	return out
 }
 
-// wuWaitSystemDone waits until the system warmup has finished, so its steps
-// (which prepare statements on the usage table) do not meet wuLockUsage.
-func wuWaitSystemDone(t *testing.T, in *instance) {
+// waitSystemWarmupDone waits until the system warmup has finished, so its steps
+// (which prepare statements on the usage table) do not meet lockUsage.
+func waitSystemWarmupDone(t *testing.T, in *instance) {
 	t.Helper()
 	eventually(t, 20*time.Second, "system warmup finished", func() bool {
-		st := wuSystem(t, in)
+		st := systemWarmup(t, in)
 		return st.State == warmup.StateReady || st.State == warmup.StateFailed
 	})
 }
@@ -274,12 +106,12 @@ func wuWaitSystemDone(t *testing.T, in *instance) {
 // that is already warm succeed while the other hot users are still queued.
 func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	const hot = 300
-	env := backendEnv(t)
+	env := realBackendEnv(t, "a second instance must find the users the first made active in Postgres; toxiproxy slows Postgres")
 
 	// A first instance makes 300 users "recently active": one query each,
 	// synced to Postgres. It never warms anyone, so all start cold.
-	first := wuProvisioner(t, env)
-	users := wuProvision(t, first, hot, true)
+	first := provisioner(t, env)
+	users := provision(t, first, hot, true)
 	if r := call(t, "POST", first.admin+"/admin/sync", "", nil); r.status != 202 {
 		t.Fatalf("force sync: %d %s", r.status, r.raw)
 	}
@@ -288,7 +120,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 		return r.status == 200 && r.body["pendingUsers"] == 0.0 && r.body["heldBatches"] == 0.0
 	})
 	var active int
-	wuDB(t, env["DATABASE_URL"], `SELECT count(*) FROM users WHERE last_active_at IS NOT NULL`, &active)
+	queryRow(t, env["DATABASE_URL"], `SELECT count(*) FROM users WHERE last_active_at IS NOT NULL`, &active)
 	if active != hot {
 		t.Fatalf("%d of %d users marked active after the sync", active, hot)
 	}
@@ -298,7 +130,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	// The hot list is ordered by activity: with one worker its head is
 	// warmed first.
 	var headID int64
-	wuDB(t, env["DATABASE_URL"], `SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC LIMIT 1`, &headID)
+	queryRow(t, env["DATABASE_URL"], `SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC LIMIT 1`, &headID)
 	var head user
 	for _, u := range users {
 		if u.id == headID {
@@ -309,17 +141,17 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 		t.Fatalf("head of the hot list %d is not a provisioned user", headID)
 	}
 
-	in := start(t, wuSlowEnv(t, env, "SYSTEM_WARMUP_HOT_USERS", itoa(hot), "WARMUP_WORKERS", "1"))
+	in := start(t, slowEnv(t, env, "SYSTEM_WARMUP_HOT_USERS", itoa(hot), "WARMUP_WORKERS", "1"))
 
 	if r := call(t, "GET", in.base+"/livez", "", nil); r.status != 200 {
 		t.Fatalf("livez: %d", r.status)
 	}
-	if st := wuSystem(t, in); st.State == warmup.StateReady && st.Queue.Depth+st.Queue.Running == 0 {
+	if st := systemWarmup(t, in); st.State == warmup.StateReady && st.Queue.Depth+st.Queue.Running == 0 {
 		t.Fatalf("system warmup already done when /livez answered: %+v", st)
 	}
 
-	wuWaitState(t, in, head.token, warmup.StateReady)
-	hits := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
+	waitWarmup(t, in, head.token, warmup.StateReady)
+	hits := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
 	r := in.query(t, head.token, "a", "b", "z")
 	if r.status != 200 {
 		t.Fatalf("warm query: %d %s", r.status, r.raw)
@@ -327,7 +159,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
 		t.Fatalf("missing (-want +got):\n%s", d)
 	}
-	if got := in.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 1 {
+	if got := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 1 {
 		t.Fatalf("the warm query should be answered by the item cache: %v hits", got)
 	}
 	if r := call(t, "GET", in.base+"/livez", "", nil); r.status != 200 {
@@ -335,7 +167,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	}
 	// Only the hot-user warmup adds to the queue here, so work still queued
 	// or running now was queued or running during the query and /livez.
-	st := wuSystem(t, in)
+	st := systemWarmup(t, in)
 	if st.Queue.Depth+st.Queue.Running == 0 {
 		t.Fatalf("hot users all warm already; the test proves nothing: %+v", st)
 	}
@@ -348,7 +180,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 // TestWarmupAcrossInstances: warmed through A, the status reads the same
 // through B, and B answers the user's query from the cache.
 func TestWarmupAcrossInstances(t *testing.T) {
-	env := backendEnv(t)
+	env := realBackendEnv(t, "two instances share one Postgres and one Valkey")
 	// No hot users: a system job of B for the new user would hold its lock,
 	// and A's login warmup would then ride on that job (no session part);
 	// see TestWarmupLoginOvertakesOtherInstanceSystemJob.
@@ -359,12 +191,12 @@ func TestWarmupAcrossInstances(t *testing.T) {
 	if r := a.items(t, u.token, []string{"k1", "k2"}, nil); r.status != 200 {
 		t.Fatalf("items: %d %s", r.status, r.raw)
 	}
-	if r := wuPostWarmup(t, a, u.token); r.status != 202 {
+	if r := postWarmup(t, a, u.token); r.status != 202 {
 		t.Fatalf("warmup through A: %d %s", r.status, r.raw)
 	}
-	wuWaitState(t, b, u.token, warmup.StateReady)
-	_, fromA := wuStatus(t, a, u.token)
-	stB, fromB := wuStatus(t, b, u.token)
+	waitWarmup(t, b, u.token, warmup.StateReady)
+	_, fromA := userWarmup(t, a, u.token)
+	stB, fromB := userWarmup(t, b, u.token)
 	if d := cmp.Diff(string(fromA), string(fromB)); d != "" {
 		t.Fatalf("status differs between instances (-A +B):\n%s", d)
 	}
@@ -374,8 +206,8 @@ func TestWarmupAcrossInstances(t *testing.T) {
 		}
 	}
 
-	hits := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
-	misses := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`)
+	hits := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
+	misses := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	r := b.query(t, u.token, "k1", "x")
 	if r.status != 200 {
 		t.Fatalf("query through B: %d %s", r.status, r.raw)
@@ -383,10 +215,10 @@ func TestWarmupAcrossInstances(t *testing.T) {
 	if d := cmp.Diff([]any{"x"}, r.body["missing"]); d != "" {
 		t.Fatalf("missing (-want +got):\n%s", d)
 	}
-	if got := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 1 {
+	if got := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 1 {
 		t.Fatalf("B item-cache hits +%v, want +1", got)
 	}
-	if got := b.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`) - misses; got != 0 {
+	if got := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss") - misses; got != 0 {
 		t.Fatalf("B item-cache misses +%v, want +0", got)
 	}
 }
@@ -394,29 +226,29 @@ func TestWarmupAcrossInstances(t *testing.T) {
 // TestWarmupAsyncVsInlineOnSlowDatabase: on a cold user with a slow
 // database, the async query is answered from Postgres while its warmup is
 // not ready; the inline query is answered only after its warmup finished.
-// Both warmups are held running by wuLockUsage (see the file comment).
+// Both warmups are held running by lockUsage (see the file comment).
 func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
-	env := backendEnv(t)
-	prov := wuProvisioner(t, env)
+	env := realBackendEnv(t, "two instances share one Postgres; a table lock in Postgres holds the warmups")
+	prov := provisioner(t, env)
 	// One query each seeds the usage counters in Valkey: the query path then
 	// never reads the locked table. Items stay cold (strategy off).
-	users := wuProvision(t, prov, 2, true)
+	users := provision(t, prov, 2, true)
 	if err := prov.stop(); err != nil {
 		t.Fatalf("stop provisioner: %v", err)
 	}
 	asyncUser, inlineUser := users[0], users[1]
-	async := start(t, wuSlowEnv(t, env, "WARMUP_STRATEGY", "async"))
-	inline := start(t, wuSlowEnv(t, env, "WARMUP_STRATEGY", "inline"))
-	wuWaitSystemDone(t, async)
-	wuWaitSystemDone(t, inline)
+	async := start(t, slowEnv(t, env, "WARMUP_STRATEGY", "async"))
+	inline := start(t, slowEnv(t, env, "WARMUP_STRATEGY", "inline"))
+	waitSystemWarmupDone(t, async)
+	waitSystemWarmupDone(t, inline)
 
-	release := wuLockUsage(t, env["DATABASE_URL"])
+	release := lockUsage(t, env["DATABASE_URL"])
 
 	// async: answered from Postgres at once; the warmup cannot be ready.
-	hits := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`)
-	misses := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`)
+	hits := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
+	misses := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	r := async.query(t, asyncUser.token, "a", "z")
-	st, _ := wuStatus(t, async, asyncUser.token)
+	st, _ := userWarmup(t, async, asyncUser.token)
 	if r.status != 200 {
 		t.Fatalf("async query: %d %s", r.status, r.raw)
 	}
@@ -426,16 +258,16 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 	if st.State != warmup.StateQueued && st.State != warmup.StateRunning {
 		t.Fatalf("async: warmup state right after the answer = %q, want queued or running", st.State)
 	}
-	if got := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="miss"`) - misses; got != 1 {
+	if got := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss") - misses; got != 1 {
 		t.Fatalf("async: item-cache misses +%v, want +1 (answered from Postgres)", got)
 	}
-	if got := async.metric(t, "warmpath_cache_requests_total", `cache="items"`, `result="hit"`) - hits; got != 0 {
+	if got := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 0 {
 		t.Fatalf("async: item-cache hits +%v, want +0", got)
 	}
 
 	// inline: the query waits for the warmup, which is held running.
-	done := wuQueryAsync(inline, inlineUser.token, "a", "z")
-	running := wuWaitState(t, inline, inlineUser.token, warmup.StateRunning)
+	done := queryAsync(inline, inlineUser.token, "a", "z")
+	running := waitWarmup(t, inline, inlineUser.token, warmup.StateRunning)
 	select {
 	case r := <-done:
 		t.Fatalf("inline query answered (%d %s) while its warmup was %s", r.status, r.raw, running.State)
@@ -447,7 +279,7 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("inline query did not return after the warmup could finish")
 	}
-	st, _ = wuStatus(t, inline, inlineUser.token)
+	st, _ = userWarmup(t, inline, inlineUser.token)
 	if r.status != 200 {
 		t.Fatalf("inline query: %d %s", r.status, r.raw)
 	}
@@ -457,37 +289,37 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 	if st.State != warmup.StateReady {
 		t.Fatalf("inline: warmup state right after the answer = %q (%s), want ready", st.State, st.Error)
 	}
-	if got := inline.metric(t, "warmpath_warmup_jobs_total", `kind="inline"`, `result="ready"`); got != 1 {
+	if got := inline.metric(t, "warmpath_warmup_jobs_total", "kind", "inline", "result", "ready"); got != 1 {
 		t.Fatalf(`warmpath_warmup_jobs_total{kind="inline",result="ready"} = %v, want 1`, got)
 	}
 	// The async warmup, released, finishes too.
-	wuWaitState(t, async, asyncUser.token, warmup.StateReady)
+	waitWarmup(t, async, asyncUser.token, warmup.StateReady)
 }
 
 // TestWarmupQueueFullAnswers503: with one worker held running and a queue
 // of one, further users' warmups are refused with 503 + Retry-After, and
 // their queries still answer 200.
 func TestWarmupQueueFullAnswers503(t *testing.T) {
-	env := backendEnv(t)
-	prov := wuProvisioner(t, env)
-	users := wuProvision(t, prov, 5, true) // usage counters seeded: see file comment
+	env := realBackendEnv(t, "a table lock in Postgres holds the worker (the embedded-default 503 is TestOpenAPIUnavailable)")
+	prov := provisioner(t, env)
+	users := provision(t, prov, 5, true) // usage counters seeded: see file comment
 	if err := prov.stop(); err != nil {
 		t.Fatalf("stop provisioner: %v", err)
 	}
-	in := start(t, wuSlowEnv(t, env, "WARMUP_QUEUE_SIZE", "1", "WARMUP_WORKERS", "1"))
-	wuWaitSystemDone(t, in)
-	release := wuLockUsage(t, env["DATABASE_URL"])
+	in := start(t, slowEnv(t, env, "WARMUP_QUEUE_SIZE", "1", "WARMUP_WORKERS", "1"))
+	waitSystemWarmupDone(t, in)
+	release := lockUsage(t, env["DATABASE_URL"])
 
-	if r := wuPostWarmup(t, in, users[0].token); r.status != 202 {
+	if r := postWarmup(t, in, users[0].token); r.status != 202 {
 		t.Fatalf("first warmup: %d %s", r.status, r.raw)
 	}
-	wuWaitState(t, in, users[0].token, warmup.StateRunning) // the only worker is now held
-	r := wuPostWarmup(t, in, users[1].token)
+	waitWarmup(t, in, users[0].token, warmup.StateRunning) // the only worker is now held
+	r := postWarmup(t, in, users[1].token)
 	if r.status != 202 || r.body["warmupStatus"].(map[string]any)["state"] != "queued" {
 		t.Fatalf("second warmup should take the one queue slot: %d %s", r.status, r.raw)
 	}
 	for _, u := range users[2:] {
-		r := wuPostWarmup(t, in, u.token)
+		r := postWarmup(t, in, u.token)
 		if r.status != 503 || r.errCode() != "warmup_queue_full" {
 			t.Fatalf("warmup with a full queue: %d %s", r.status, r.raw)
 		}
@@ -504,14 +336,14 @@ func TestWarmupQueueFullAnswers503(t *testing.T) {
 			t.Fatalf("missing (-want +got):\n%s", d)
 		}
 	}
-	if st := wuSystem(t, in); st.Queue.Depth != 1 || st.Queue.Running != 1 {
+	if st := systemWarmup(t, in); st.Queue.Depth != 1 || st.Queue.Running != 1 {
 		t.Fatalf("queue should still be full: %+v", st.Queue)
 	}
 
 	release()
-	wuWaitState(t, in, users[0].token, warmup.StateReady)
-	wuWaitState(t, in, users[1].token, warmup.StateReady)
-	if r := wuPostWarmup(t, in, users[2].token); r.status != 202 {
+	waitWarmup(t, in, users[0].token, warmup.StateReady)
+	waitWarmup(t, in, users[1].token, warmup.StateReady)
+	if r := postWarmup(t, in, users[2].token); r.status != 202 {
 		t.Fatalf("warmup once the queue drained: %d %s", r.status, r.raw)
 	}
 }
@@ -523,12 +355,12 @@ func TestWarmupFirstQueryMetric(t *testing.T) {
 	in := start(t, backendEnv(t))
 	u := in.newUser(t, "pro", nil)
 	in.items(t, u.token, []string{"a"}, nil)
-	if r := wuPostWarmup(t, in, u.token); r.status != 202 {
+	if r := postWarmup(t, in, u.token); r.status != 202 {
 		t.Fatalf("warmup: %d %s", r.status, r.raw)
 	}
-	wuWaitState(t, in, u.token, warmup.StateReady)
+	waitWarmup(t, in, u.token, warmup.StateReady)
 	metric := func() float64 {
-		return in.metric(t, "warmpath_first_query_total", `warmup="ready"`)
+		return in.metric(t, "warmpath_first_query_total", "warmup", "ready")
 	}
 	before := metric()
 	for i, want := range []float64{1, 1} {
@@ -555,14 +387,14 @@ func TestWarmupFirstQueryMetric(t *testing.T) {
 // over a system job's lock while that job is still queued.
 func TestWarmupLoginOvertakesOtherInstanceSystemJob(t *testing.T) {
 	const hot = 40
-	env := backendEnv(t)
-	prov := wuProvisioner(t, env)
-	users := wuProvision(t, prov, hot, true)
+	env := realBackendEnv(t, "two instances share one Postgres and one Valkey lock")
+	prov := provisioner(t, env)
+	users := provision(t, prov, hot, true)
 	if err := prov.stop(); err != nil { // the final flush marks them all active
 		t.Fatalf("stop provisioner: %v", err)
 	}
 	var lastID int64
-	wuDB(t, env["DATABASE_URL"], `SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC OFFSET `+itoa(hot-1)+` LIMIT 1`, &lastID)
+	queryRow(t, env["DATABASE_URL"], `SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC OFFSET `+itoa(hot-1)+` LIMIT 1`, &lastID)
 	var last user
 	for _, u := range users {
 		if u.id == lastID {
@@ -571,20 +403,20 @@ func TestWarmupLoginOvertakesOtherInstanceSystemJob(t *testing.T) {
 	}
 	// B warms the hot users one at a time on a slow database; the last of
 	// the list waits at the back of its system queue.
-	b := start(t, wuSlowEnv(t, env, "SYSTEM_WARMUP_HOT_USERS", itoa(hot), "WARMUP_WORKERS", "1"))
+	b := start(t, slowEnv(t, env, "SYSTEM_WARMUP_HOT_USERS", itoa(hot), "WARMUP_WORKERS", "1"))
 	eventually(t, 20*time.Second, "B: every hot user enqueued", func() bool {
-		return wuSystem(t, b).HotUsers.Enqueued == hot
+		return systemWarmup(t, b).HotUsers.Enqueued == hot
 	})
-	a := start(t, wuSlowEnv(t, env))
-	r := wuPostWarmup(t, a, last.token)
+	a := start(t, slowEnv(t, env))
+	r := postWarmup(t, a, last.token)
 	if r.status != 202 {
 		t.Fatalf("login warmup through A: %d %s", r.status, r.raw)
 	}
-	t.Logf("POST through A: %s; B's queue then: %+v", r.raw, wuSystem(t, b).Queue)
-	st := wuWaitState(t, a, last.token, warmup.StateReady)
+	t.Logf("POST through A: %s; B's queue then: %+v", r.raw, systemWarmup(t, b).Queue)
+	st := waitWarmup(t, a, last.token, warmup.StateReady)
 	// Ordering, not timing: the login warmup must finish while B still has
 	// system jobs queued (it would be last of all if it waited behind them).
-	if q := wuSystem(t, b).Queue; q.System == 0 {
+	if q := systemWarmup(t, b).Queue; q.System == 0 {
 		t.Fatalf("the login warmup finished only after B's system queue drained: %+v", q)
 	}
 	if p := st.Parts[warmup.PartSession]; p.State != warmup.StateReady {

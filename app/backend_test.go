@@ -1,0 +1,137 @@
+package main
+
+// Direct reads and locks on the real backends, bypassing the service.
+
+import (
+	"context"
+	"github.com/warmpath/warmpath/app/internal/valkey"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	valkeygo "github.com/valkey-io/valkey-go"
+)
+
+// persistedUsage reads the persisted usage per user, straight from Postgres.
+func persistedUsage(t testing.TB, dbURL string) map[int64]int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("connect to postgres: %v", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT user_id, sum(count)::bigint FROM usage GROUP BY user_id`)
+	if err != nil {
+		t.Fatalf("read usage: %v", err)
+	}
+	out := map[int64]int64{}
+	for rows.Next() {
+		var id, n int64
+		if err := rows.Scan(&id, &n); err != nil {
+			t.Fatalf("scan usage: %v", err)
+		}
+		out[id] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read usage: %v", err)
+	}
+	return out
+}
+
+// persistedTotal is the total persisted usage, straight from Postgres.
+func persistedTotal(t testing.TB, dbURL string) int64 { return sumCounts(persistedUsage(t, dbURL)) }
+
+// hotCounts reads each user's hot counters (valkey.Keys.Counter)
+// for today and yesterday (UTC: a run across midnight has both), straight
+// from Valkey.
+func hotCounts(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
+	t.Helper()
+	opt, err := valkeygo.ParseURL(valkeyURL)
+	if err != nil {
+		t.Fatalf("parse VALKEY_URL: %v", err)
+	}
+	opt.DisableCache = true
+	c, err := valkeygo.NewClient(opt)
+	if err != nil {
+		t.Fatalf("connect to valkey: %v", err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now := time.Now().UTC()
+	out := map[int64]int64{}
+	for _, u := range users {
+		for _, day := range []time.Time{now, now.AddDate(0, 0, -1)} {
+			key := valkey.NewKeys(prefix).Counter(u.id, day)
+			n, err := c.Do(ctx, c.B().Get().Key(key).Build()).AsInt64()
+			switch {
+			case valkeygo.IsValkeyNil(err):
+			case err != nil:
+				t.Fatalf("GET %s: %v", key, err)
+			default:
+				out[u.id] += n
+			}
+		}
+	}
+	return out
+}
+
+func sumCounts(m map[int64]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// lockUsage holds an ACCESS EXCLUSIVE lock on the usage table of the
+// schema of dbURL (a direct connection, not through any proxy) until the
+// returned release is called (also at cleanup). Warmup jobs block on it in
+// their usage part; see the file comment.
+func lockUsage(t *testing.T, dbURL string) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("lock usage: connect: %v", err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		conn.Close(ctx)
+		t.Fatalf("lock usage: begin: %v", err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE usage IN ACCESS EXCLUSIVE MODE`); err != nil {
+		conn.Close(ctx)
+		t.Fatalf("lock usage: %v", err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = tx.Rollback(ctx)
+			_ = conn.Close(ctx)
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// queryRow runs one query on the schema of dbURL and scans its single row.
+func queryRow(t *testing.T, dbURL, sql string, dest ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, sql).Scan(dest...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
