@@ -40,6 +40,8 @@ type host struct {
 	log        *slog.Logger
 	stdout     io.Writer // demo users are printed here
 	publicAddr net.Addr  // GET /demo/users only on a loopback listener
+	// wrapStore, when set, wraps the opened store (a test seam).
+	wrapStore func(store.Store) store.Store
 }
 
 // application is everything build made: what serve starts and stops, and
@@ -82,6 +84,9 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	a := &application{cfg: cfg, log: log}
 	if err := a.openBackends(ctx, tel); err != nil {
 		return a, err
+	}
+	if h.wrapStore != nil {
+		a.store = h.wrapStore(a.store)
 	}
 	if len(a.embedded) > 0 {
 		log.Warn("EMBEDDED MODE: data is NOT persisted and is lost when the process exits; set DATABASE_URL and VALKEY_URL for real use", "embedded", a.embedded)

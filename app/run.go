@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/warmpath/warmpath/app/internal/store"
 	"io"
 	"log/slog"
 	"net"
@@ -30,6 +31,9 @@ Configuration is read from the environment; see README.md.`
 type options struct {
 	// spanExporter, when set, receives every span (tests record them).
 	spanExporter sdktrace.SpanExporter
+	// wrapStore, when set, wraps the store every component uses (tests
+	// hold or fail store calls on any backend, the embedded one included).
+	wrapStore func(store.Store) store.Store
 }
 
 // run is the whole program; main only wires the process to it.
@@ -87,7 +91,7 @@ func runServe(ctx context.Context, getenv func(string) string, stdout, stderr io
 	}
 	defer stopTelemetry()
 
-	a, err := build(ctx, cfg, host{tel: tel, log: log, stdout: stdout, publicAddr: pubLn.Addr()})
+	a, err := build(ctx, cfg, host{tel: tel, log: log, stdout: stdout, publicAddr: pubLn.Addr(), wrapStore: opts.wrapStore})
 	defer a.close()
 	if err != nil {
 		return err

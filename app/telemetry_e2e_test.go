@@ -8,7 +8,6 @@ package main
 // running service wires them together.
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -718,19 +717,15 @@ func TestCORSOrigins(t *testing.T) {
 }
 
 func TestPprofRouteLabels(t *testing.T) {
-	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in its handler")
-	env["WARMUP_STRATEGY"] = "off" // every query reads Postgres
+	env := backendEnv(t)
+	env["WARMUP_STRATEGY"] = "off" // every query reads the store
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	px, _ := proxyPostgres(t, env)
-	in := start(t, env)
+	in, gs := startGated(t, env)
 	u := in.newUser(t, "free", nil)
 
-	// Slow Postgres holds a query in its handler long enough to see the
+	// A held store call keeps a query in its handler long enough to see the
 	// handler goroutine's labels in a goroutine profile.
-	const toxic = "tl-latency"
-	if _, err := px.Toxics.AddToxicJson(strings.NewReader(`{"name":"` + toxic + `","type":"latency","stream":"downstream","attributes":{"latency":300}}`)); err != nil {
-		t.Fatalf("add toxic: %v", err)
-	}
+	gs.items.hold()
 	done := make(chan int, 1)
 	go func() {
 		req, _ := http.NewRequest("POST", in.base+queryRoute, strings.NewReader(`{"items":["a"]}`))
@@ -758,9 +753,7 @@ func TestPprofRouteLabels(t *testing.T) {
 		case <-time.After(5 * time.Millisecond): // poll interval, bounds the load
 		}
 	}
-	if err := px.Toxics.RemoveToxic(context.Background(), toxic); err != nil {
-		t.Fatalf("remove toxic: %v", err)
-	}
+	gs.items.release()
 	if code := <-done; code != 200 {
 		t.Fatalf("labelled query: %d", code)
 	}

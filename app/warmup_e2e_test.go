@@ -300,15 +300,19 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 // of one, further users' warmups are refused with 503 + Retry-After, and
 // their queries still answer 200.
 func TestWarmupQueueFullAnswers503(t *testing.T) {
-	env := realBackendEnv(t, "a table lock in Postgres holds the worker (the embedded-default 503 is TestOpenAPIUnavailable)")
-	prov := provisioner(t, env)
-	users := provision(t, prov, 5, true) // usage counters seeded: see file comment
-	if err := prov.stop(); err != nil {
-		t.Fatalf("stop provisioner: %v", err)
-	}
-	in := start(t, slowEnv(t, env, "WARMUP_QUEUE_SIZE", "1", "WARMUP_WORKERS", "1"))
-	waitSystemWarmupDone(t, in)
-	release := lockUsage(t, env["DATABASE_URL"])
+	env := backendEnv(t)
+	env["WARMUP_QUEUE_SIZE"], env["WARMUP_WORKERS"] = "1", "1"
+	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
+	env["WARMUP_TTL"] = "1ms" // the provisioning warmups do not make later ones "ready"
+	in, gs := startGated(t, env)
+	users := provision(t, in, 5, true) // usage counters seeded: queries never read the store's usage
+	eventually(t, 20*time.Second, "provisioning warmups finished", func() bool {
+		q := systemWarmup(t, in).Queue
+		return q.Depth == 0 && q.Running == 0
+	})
+	// A warmup job reads its user's persisted usage: held, it stays running.
+	gs.usage.hold()
+	release := gs.usage.release
 
 	if r := postWarmup(t, in, users[0].token); r.status != 202 {
 		t.Fatalf("first warmup: %d %s", r.status, r.raw)
