@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"github.com/warmpath/warmpath/app/internal/valkey"
-	"sync"
 	"testing"
 	"time"
 
@@ -85,40 +84,6 @@ func sumCounts(m map[int64]int64) int64 {
 		n += v
 	}
 	return n
-}
-
-// lockUsage holds an ACCESS EXCLUSIVE lock on the usage table of the
-// schema of dbURL (a direct connection, not through any proxy) until the
-// returned release is called (also at cleanup). Warmup jobs block on it in
-// their usage part; see the file comment.
-func lockUsage(t *testing.T, dbURL string) (release func()) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("lock usage: connect: %v", err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		conn.Close(ctx)
-		t.Fatalf("lock usage: begin: %v", err)
-	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE usage IN ACCESS EXCLUSIVE MODE`); err != nil {
-		conn.Close(ctx)
-		t.Fatalf("lock usage: %v", err)
-	}
-	var once sync.Once
-	release = func() {
-		once.Do(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = tx.Rollback(ctx)
-			_ = conn.Close(ctx)
-		})
-	}
-	t.Cleanup(release)
-	return release
 }
 
 // queryRow runs one query on the schema of dbURL and scans its single row.

@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/warmpath/warmpath/app/internal/domain"
 	"sync"
 	"testing"
 	"time"
@@ -53,15 +57,28 @@ func (g *gate) wait(ctx context.Context) error {
 
 // gatedStore is the service's store with gates on the calls tests hold:
 // items answers a cold query (ItemsHaving), usage reads a persisted counter
-// (what a usage seed, and so every warmup job, waits on).
+// (what a usage seed, and so every warmup job, waits on), load reads a whole
+// item set (warmup only, never a query).
 type gatedStore struct {
 	store.Store
-	items, usage *gate
+	items, usage, load *gate
+	// failItems makes ItemsHaving fail as an unreachable database does.
+	failItems *atomic.Bool
+}
+
+func (s gatedStore) LoadItems(ctx context.Context, userID int64, chunkSize int, fn func(chunk []string) error) (int64, error) {
+	if err := s.load.wait(ctx); err != nil {
+		return 0, err
+	}
+	return s.Store.LoadItems(ctx, userID, chunkSize, fn)
 }
 
 func (s gatedStore) ItemsHaving(ctx context.Context, userID int64, items []string) ([]string, error) {
 	if err := s.items.wait(ctx); err != nil {
 		return nil, err
+	}
+	if s.failItems.Load() {
+		return nil, fmt.Errorf("gated store: %w", domain.ErrUnavailable)
 	}
 	return s.Store.ItemsHaving(ctx, userID, items)
 }
@@ -78,11 +95,11 @@ func (s gatedStore) Usage(ctx context.Context, userID int64, start time.Time) (i
 // the shutdown.
 func startGated(t *testing.T, env map[string]string) (*instance, *gatedStore) {
 	t.Helper()
-	gs := &gatedStore{items: &gate{}, usage: &gate{}}
+	gs := &gatedStore{items: &gate{}, usage: &gate{}, load: &gate{}, failItems: &atomic.Bool{}}
 	in := startWith(t, env, options{wrapStore: func(s store.Store) store.Store {
 		gs.Store = s
 		return *gs
 	}})
-	t.Cleanup(func() { gs.items.release(); gs.usage.release() })
+	t.Cleanup(func() { gs.items.release(); gs.usage.release(); gs.load.release() })
 	return in, gs
 }

@@ -5,6 +5,8 @@ package main
 // usage counts that must come out exact.
 
 import (
+	"context"
+	"github.com/warmpath/warmpath/app/internal/domain"
 	"testing"
 	"time"
 
@@ -274,36 +276,35 @@ func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 	}
 }
 
-// A metered request whose query fails (Postgres down for a cold user) is not
-// counted: its unit is given back, in Valkey and in Postgres after the sync.
+// A metered request whose query fails (the database unreachable for a cold
+// user) is not counted: its unit is given back, in Valkey and in the store
+// after the sync.
 func TestSyncFailedQueryIsNotCounted(t *testing.T) {
-	env, px, direct := pgProxyEnv(t)
-	env["WARMUP_STRATEGY"] = "off" // items stay cold: every query needs Postgres
-	in := start(t, env)
+	env := backendEnv(t)
+	env["WARMUP_STRATEGY"] = "off" // items stay cold: every query needs the store
+	in, gs := startGated(t, env)
 	u := in.newUser(t, "free", nil)
 	if r := in.query(t, u.token, "a"); r.status != 200 {
 		t.Fatalf("first query: %d %s", r.status, r.raw)
 	}
-	px.Stop()
+	gs.failItems.Store(true)
 	for range 3 {
 		if r := in.query(t, u.token, "a"); r.status != 503 {
-			t.Fatalf("cold query with Postgres cut: want 503, got %d %s", r.status, r.raw)
+			t.Fatalf("cold query with the database failing: want 503, got %d %s", r.status, r.raw)
 		}
 	}
-	restoreProxy(t, px)
-	var used any
-	eventually(t, 15*time.Second, "a query after Postgres is restored", func() bool {
-		r := in.query(t, u.token, "a")
-		if r.status == 200 {
-			used = r.body["usage"].(map[string]any)["used"]
-		}
-		return r.status == 200
-	})
-	if used != 2.0 {
+	gs.failItems.Store(false)
+	r := in.query(t, u.token, "a")
+	if r.status != 200 {
+		t.Fatalf("query after recovery: %d %s", r.status, r.raw)
+	}
+	if used := r.body["usage"].(map[string]any)["used"]; used != 2.0 {
 		t.Fatalf("used = %v after 1 ok, 3 failed and 1 ok query; want 2", used)
 	}
 	drainSync(t, in.admin, 15*time.Second)
-	if got := persistedTotal(t, direct); got != 2 {
-		t.Fatalf("Postgres total = %d, want 2 (failed queries are refunded)", got)
+	start, _ := domain.PeriodDay.Window(time.Now())
+	got, err := gs.Store.Usage(context.Background(), u.id, start)
+	if err != nil || got != 2 {
+		t.Fatalf("persisted usage = %d (%v), want 2 (failed queries are refunded)", got, err)
 	}
 }

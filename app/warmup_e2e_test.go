@@ -6,14 +6,12 @@ package main
 //
 // Slow databases are made with toxiproxy (in process) between the service and
 // Postgres. Where a test must observe a warmup that has not finished yet, it
-// does not rely on latency alone (that would be a race against the clock):
-// it holds an ACCESS EXCLUSIVE lock on the schema's usage table from a direct
-// connection. A warmup job reads the persisted usage of its user, so it
-// blocks (running, parts.usage running) until the lock is released, while
-// the query path never touches that table for a user whose usage counter is
-// already in Valkey (the tests seed the counters first through a provisioning
-// instance with WARMUP_STRATEGY=off). The order of events is then fixed by
-// the lock, not by timing.
+// does not rely on latency alone (that would be a race against the clock): it
+// holds the store call a warmup job waits on behind a gate (gate_test.go) —
+// loading the item set, which no query does, or reading the persisted usage,
+// which a query skips for a user whose counter is already seeded — on any
+// backend, the embedded default included. The order of events is then fixed
+// by the gate, not by timing.
 
 import (
 	"fmt"
@@ -72,8 +70,7 @@ func provisioner(t *testing.T, env map[string]string) *instance {
 }
 
 // slowEnv is env with DATABASE_URL through a slow proxy, no migration (the
-// provisioner applied it), no hot users, and a DB_TIMEOUT long enough that a
-// job blocked by lockUsage stays running instead of timing out.
+// provisioner applied it), no hot users, and a generous DB_TIMEOUT.
 func slowEnv(t *testing.T, env map[string]string, extra ...string) map[string]string {
 	t.Helper()
 	out := map[string]string{
@@ -89,16 +86,6 @@ func slowEnv(t *testing.T, env map[string]string, extra ...string) map[string]st
 		out[extra[i]] = extra[i+1]
 	}
 	return out
-}
-
-// waitSystemWarmupDone waits until the system warmup has finished, so its steps
-// (which prepare statements on the usage table) do not meet lockUsage.
-func waitSystemWarmupDone(t *testing.T, in *instance) {
-	t.Helper()
-	eventually(t, 20*time.Second, "system warmup finished", func() bool {
-		st := systemWarmup(t, in)
-		return st.State == warmup.StateReady || st.State == warmup.StateFailed
-	})
 }
 
 // TestWarmupStartupServesWhileHotUsersWarm: with 300 hot users, a slow
@@ -226,23 +213,27 @@ func TestWarmupAcrossInstances(t *testing.T) {
 // TestWarmupAsyncVsInlineOnSlowDatabase: on a cold user with a slow
 // database, the async query is answered from Postgres while its warmup is
 // not ready; the inline query is answered only after its warmup finished.
-// Both warmups are held running by lockUsage (see the file comment).
+// Both warmups are held running by a gate on LoadItems (see the file comment).
 func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
-	env := realBackendEnv(t, "two instances share one Postgres; a table lock in Postgres holds the warmups")
-	prov := provisioner(t, env)
-	// One query each seeds the usage counters in Valkey: the query path then
-	// never reads the locked table. Items stay cold (strategy off).
-	users := provision(t, prov, 2, true)
-	if err := prov.stop(); err != nil {
-		t.Fatalf("stop provisioner: %v", err)
+	env := backendEnv(t)
+	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
+	with := func(strategy string) map[string]string {
+		e := map[string]string{"WARMUP_STRATEGY": strategy}
+		for k, v := range env {
+			e[k] = v
+		}
+		return e
 	}
-	asyncUser, inlineUser := users[0], users[1]
-	async := start(t, slowEnv(t, env, "WARMUP_STRATEGY", "async"))
-	inline := start(t, slowEnv(t, env, "WARMUP_STRATEGY", "inline"))
-	waitSystemWarmupDone(t, async)
-	waitSystemWarmupDone(t, inline)
-
-	release := lockUsage(t, env["DATABASE_URL"])
+	async, ag := startGated(t, with("async"))
+	inline, ig := startGated(t, with("inline"))
+	// Each user on its own instance (embedded instances share nothing);
+	// no query yet, so both item sets are cold.
+	asyncUser, inlineUser := provision(t, async, 1, false)[0], provision(t, inline, 1, false)[0]
+	// A warmup job loads the whole item set, which no query does: held,
+	// the job stays running while queries still reach the store.
+	ag.load.hold()
+	ig.load.hold()
+	release := func() { ag.load.release(); ig.load.release() }
 
 	// async: answered from Postgres at once; the warmup cannot be ready.
 	hits := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
