@@ -34,3 +34,25 @@ func BenchmarkDecodeJSON(b *testing.B) {
 		}
 	}
 }
+
+// Fiber reuses the request body buffer after the handler returns: decoded
+// strings must not alias it.
+func TestDecodedStringsDoNotAliasTheBody(t *testing.T) {
+	app := fiber.New()
+	fctx := &fasthttp.RequestCtx{}
+	fctx.Request.Header.SetContentType(fiber.MIMEApplicationJSON)
+	fctx.Request.SetBody([]byte(`{"items":["abc","def"]}`))
+	c := app.AcquireCtx(fctx)
+	defer app.ReleaseCtx(c)
+	var req queryRequest
+	if err := decodeJSON(c, &req); err != nil {
+		t.Fatal(err)
+	}
+	body := c.Body()
+	for i := range body {
+		body[i] = 'z'
+	}
+	if len(req.Items) != 2 || req.Items[0] != "abc" || req.Items[1] != "def" {
+		t.Fatalf("items changed with the body: %q", req.Items)
+	}
+}
