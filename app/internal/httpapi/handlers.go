@@ -217,14 +217,38 @@ func (s *Server) handleLivez(c *fiber.Ctx) error {
 }
 
 type checkResult struct {
-	Name       string  `json:"name"`
-	OK         bool    `json:"ok"`
-	DurationMs float64 `json:"durationMs"`
-	Error      string  `json:"error,omitempty"`
+	Name       string     `json:"name"`
+	OK         bool       `json:"ok"`
+	State      CheckState `json:"state"`
+	DurationMs float64    `json:"durationMs"`
+	Error      string     `json:"error,omitempty"`
 }
 
-// handleReadyz reports whether dependencies are reachable. It is NOT gated on
-// warmup: a cold instance serves correctly, only slower.
+// readiness is the instance's state from its checks' results: down if a
+// check that it cannot answer without fails, or if every check fails
+// (nothing left to answer from); degraded if some check fails; else ok.
+func readiness(results []checkResult) CheckState {
+	state, failed := CheckOK, 0
+	for _, r := range results {
+		switch r.State {
+		case CheckOK:
+			continue
+		case CheckDown:
+			return CheckDown
+		}
+		state = CheckDegraded
+		failed++
+	}
+	if failed > 0 && failed == len(results) {
+		return CheckDown
+	}
+	return state
+}
+
+// handleReadyz answers 200 while the instance can answer requests, degraded
+// included, and 503 when it cannot answer at all or is draining at
+// shutdown. It is NOT gated on warmup: a cold instance serves correctly,
+// only slower.
 func (s *Server) handleReadyz(c *fiber.Ctx) error {
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.CheckTimeout)
 	defer cancel()
@@ -236,25 +260,30 @@ func (s *Server) handleReadyz(c *fiber.Ctx) error {
 			defer wg.Done()
 			start := time.Now()
 			err := chk.Run(ctx)
-			results[i] = checkResult{Name: chk.Name, OK: err == nil, DurationMs: ms(time.Since(start))}
+			results[i] = checkResult{Name: chk.Name, OK: err == nil, State: CheckOK, DurationMs: ms(time.Since(start))}
 			if err != nil {
 				results[i].Error = err.Error()
+				results[i].State = chk.Failure
+				if results[i].State != CheckDegraded {
+					results[i].State = CheckDown
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	ready := true
-	for _, r := range results {
-		ready = ready && r.OK
-	}
+	state := readiness(results)
+	draining := s.conns.draining.Load()
 	code := fiber.StatusOK
 	statusText := "ready"
-	if !ready {
+	if state == CheckDown || draining {
 		code = fiber.StatusServiceUnavailable
 		statusText = "unavailable"
 		c.Set(fiber.HeaderRetryAfter, "1")
 	}
-	body := fiber.Map{"status": statusText}
+	body := fiber.Map{"status": statusText, "state": state}
+	if draining {
+		body["draining"] = true
+	}
 	if c.Request().URI().QueryArgs().Has("verbose") {
 		body["checks"] = results
 		body["warmup"] = s.cfg.Warmup.System()
