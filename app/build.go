@@ -135,7 +135,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	if a.public, err = httpapi.NewServer(httpapi.Config{
 		Logger: log, TracerProvider: tel.TracerProvider, MeterProvider: tel.MeterProvider, Metrics: tel.Metrics,
 		Auth: authn, Query: queries, Items: eng, Warmup: a.warmup,
-		Checks: []httpapi.Check{{Name: "store", Run: a.store.Ping}, {Name: "valkey", Run: a.cache.Ping}}, CORSOrigins: cfg.CORSOrigins,
+		Checks: readyChecks(cfg, a.store.Ping, a.cache.Ping), CORSOrigins: cfg.CORSOrigins,
 		Web: web.Files, DemoUsers: demoRoute,
 	}); err != nil {
 		return a, err
@@ -290,4 +290,24 @@ func (d dbTimed) UpdateItems(ctx context.Context, userID int64, add, remove []st
 func (d dbTimed) Usage(ctx context.Context, userID int64, periodStart time.Time) (int64, error) {
 	defer telemetry.AddPhase(ctx, telemetry.PhaseDB, time.Now())
 	return d.Store.Usage(ctx, userID, periodStart)
+}
+
+// readyChecks are /readyz's checks and what a failure of each means:
+//   - valkey down: in USAGE_FAILURE_MODE=open the instance still answers
+//     (principals and items from Postgres, counts in process) → degraded; in
+//     closed mode every metered query is a 503 → down.
+//   - store down: warm users are still answered from Valkey (principal,
+//     items and count all cached), only cold users fail → degraded. Taking
+//     every instance out of the load balancer for a shared Postgres outage
+//     would turn a partial outage into a full one.
+//   - both down: nothing is left to answer from → down (httpapi's rule).
+func readyChecks(cfg config.Config, storePing, cachePing func(context.Context) error) []httpapi.Check {
+	valkeyFailure := httpapi.CheckDown
+	if cfg.UsageFailureMode == config.FailOpen {
+		valkeyFailure = httpapi.CheckDegraded
+	}
+	return []httpapi.Check{
+		{Name: "store", Run: storePing, Failure: httpapi.CheckDegraded},
+		{Name: "valkey", Run: cachePing, Failure: valkeyFailure},
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -25,6 +26,9 @@ type Public struct {
 type connTracker struct {
 	mu sync.Mutex
 	m  map[net.Conn]*connInfo
+	// draining is set once Shutdown has begun: /readyz answers 503 from
+	// then on, so a load balancer stops sending.
+	draining atomic.Bool
 }
 
 type connInfo struct {
@@ -98,6 +102,7 @@ func (p *Public) Serve(ln net.Listener) error { return p.App.Listener(ln) }
 // Shutdown stops accepting, lets in-flight requests finish, and closes
 // connections that carry no request, all within ctx's deadline.
 func (p *Public) Shutdown(ctx context.Context) error {
+	p.conns.draining.Store(true)
 	done := make(chan error, 1)
 	go func() { done <- p.App.ShutdownWithContext(ctx) }()
 	tick := time.NewTicker(20 * time.Millisecond)

@@ -3,13 +3,14 @@ package httpapi
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
@@ -54,6 +55,12 @@ type warmupResponse struct {
 
 // decodeJSON checks the content type and decodes the body into v; every
 // failure is a 4xx with a message that says what to fix.
+//
+// The decoder is github.com/go-json-experiment/json (the upstream of Go's
+// encoding/json/v2) with its strict defaults: invalid UTF-8 and lone
+// surrogate escapes ("\ud800") are refused, never replaced, so an item is
+// never stored different from what was sent; a duplicate object key and
+// data after the value are refused; field names match case-sensitively.
 func decodeJSON(c *fiber.Ctx, v any) error {
 	ct := c.Request().Header.ContentType()
 	if i := bytes.IndexByte(ct, ';'); i >= 0 {
@@ -63,19 +70,43 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 		return apperr.New(apperr.UnsupportedMedia, "the body must be application/json")
 	}
 	body := c.Body()
-	// encoding/json silently replaces invalid UTF-8; refuse it instead so an
-	// item is never stored different from what was sent.
 	if !utf8.Valid(body) {
 		return apperr.New(apperr.InvalidRequest, "the body is not valid UTF-8")
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return apperr.New(apperr.InvalidRequest, "field %q has the wrong type: want %s", te.Field, te.Type)
-		}
-		return apperr.New(apperr.InvalidRequest, "the body is not valid JSON")
+		return decodeError(err)
 	}
 	return nil
+}
+
+// decodeError turns a decoding error into a 400 that says what to fix.
+func decodeError(err error) error {
+	var se *jsontext.SyntacticError
+	if errors.As(err, &se) {
+		switch {
+		case errors.Is(se.Err, jsontext.ErrDuplicateName):
+			return apperr.New(apperr.InvalidRequest, "the body has a duplicate key %q", topField(se.JSONPointer))
+		}
+		// The library's own words say what is wrong (invalid UTF-8 after
+		// decoding an escape, characters after the top-level value, …).
+		return apperr.New(apperr.InvalidRequest, "the body is not valid JSON: %s (at byte %d)", se.Err, se.ByteOffset)
+	}
+	var te *json.SemanticError
+	if errors.As(err, &te) && te.GoType != nil {
+		if f := topField(te.JSONPointer); f != "" {
+			return apperr.New(apperr.InvalidRequest, "field %q has the wrong type: want %s", f, te.GoType)
+		}
+		return apperr.New(apperr.InvalidRequest, "the body has the wrong type: want a JSON object")
+	}
+	return apperr.New(apperr.InvalidRequest, "the body is not valid JSON")
+}
+
+// topField is the top-level member a JSON pointer is in ("" for the root).
+func topField(p jsontext.Pointer) string {
+	for tok := range p.Tokens() {
+		return tok
+	}
+	return ""
 }
 
 func (s *Server) handleQuery(c *fiber.Ctx) error {
@@ -186,14 +217,38 @@ func (s *Server) handleLivez(c *fiber.Ctx) error {
 }
 
 type checkResult struct {
-	Name       string  `json:"name"`
-	OK         bool    `json:"ok"`
-	DurationMs float64 `json:"durationMs"`
-	Error      string  `json:"error,omitempty"`
+	Name       string     `json:"name"`
+	OK         bool       `json:"ok"`
+	State      CheckState `json:"state"`
+	DurationMs float64    `json:"durationMs"`
+	Error      string     `json:"error,omitempty"`
 }
 
-// handleReadyz reports whether dependencies are reachable. It is NOT gated on
-// warmup: a cold instance serves correctly, only slower.
+// readiness is the instance's state from its checks' results: down if a
+// check that it cannot answer without fails, or if every check fails
+// (nothing left to answer from); degraded if some check fails; else ok.
+func readiness(results []checkResult) CheckState {
+	state, failed := CheckOK, 0
+	for _, r := range results {
+		switch r.State {
+		case CheckOK:
+			continue
+		case CheckDown:
+			return CheckDown
+		}
+		state = CheckDegraded
+		failed++
+	}
+	if failed > 0 && failed == len(results) {
+		return CheckDown
+	}
+	return state
+}
+
+// handleReadyz answers 200 while the instance can answer requests, degraded
+// included, and 503 when it cannot answer at all or is draining at
+// shutdown. It is NOT gated on warmup: a cold instance serves correctly,
+// only slower.
 func (s *Server) handleReadyz(c *fiber.Ctx) error {
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.CheckTimeout)
 	defer cancel()
@@ -205,25 +260,30 @@ func (s *Server) handleReadyz(c *fiber.Ctx) error {
 			defer wg.Done()
 			start := time.Now()
 			err := chk.Run(ctx)
-			results[i] = checkResult{Name: chk.Name, OK: err == nil, DurationMs: ms(time.Since(start))}
+			results[i] = checkResult{Name: chk.Name, OK: err == nil, State: CheckOK, DurationMs: ms(time.Since(start))}
 			if err != nil {
 				results[i].Error = err.Error()
+				results[i].State = chk.Failure
+				if results[i].State != CheckDegraded {
+					results[i].State = CheckDown
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	ready := true
-	for _, r := range results {
-		ready = ready && r.OK
-	}
+	state := readiness(results)
+	draining := s.conns.draining.Load()
 	code := fiber.StatusOK
 	statusText := "ready"
-	if !ready {
+	if state == CheckDown || draining {
 		code = fiber.StatusServiceUnavailable
 		statusText = "unavailable"
 		c.Set(fiber.HeaderRetryAfter, "1")
 	}
-	body := fiber.Map{"status": statusText}
+	body := fiber.Map{"status": statusText, "state": state}
+	if draining {
+		body["draining"] = true
+	}
 	if c.Request().URI().QueryArgs().Has("verbose") {
 		body["checks"] = results
 		body["warmup"] = s.cfg.Warmup.System()

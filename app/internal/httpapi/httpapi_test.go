@@ -148,6 +148,24 @@ func TestJSONDecoding(t *testing.T) {
 		{"not JSON", "application/json", `{"items":`, 400, "invalid_request"},
 		{"wrong type", "application/json", `{"items":"a"}`, 400, "invalid_request"},
 		{"wrong element type", "application/json", `{"items":[1]}`, 400, "invalid_request"},
+		// Strict input: refused, never repaired, never counted.
+		{"lone high surrogate escape", "application/json", `{"items":["\ud800"]}`, 400, "invalid_request"},
+		{"lone low surrogate escape", "application/json", `{"items":["a\udc00b"]}`, 400, "invalid_request"},
+		{"reversed surrogate pair", "application/json", `{"items":["\ude00\ud83d"]}`, 400, "invalid_request"},
+		{"high surrogate then non-surrogate", "application/json", `{"items":["\ud83d\u0041"]}`, 400, "invalid_request"},
+		{"lone surrogate in a key", "application/json", `{"\ud800":1,"items":["a"]}`, 400, "invalid_request"},
+		{"UTF-8 encoded surrogate", "application/json", "{\"items\":[\"\xed\xa0\x80\"]}", 400, "invalid_request"},
+		{"overlong UTF-8", "application/json", "{\"items\":[\"\xc0\xaf\"]}", 400, "invalid_request"},
+		{"duplicate key", "application/json", `{"items":["a"],"items":["b"]}`, 400, "invalid_request"},
+		{"duplicate key in another case is unknown, not a duplicate", "application/json", `{"items":["a"],"Items":["b"]}`, 200, ""},
+		{"duplicate key through an escape", "application/json", `{"items":["a"],"\u0069tems":["b"]}`, 400, "invalid_request"},
+		{"trailing data", "application/json", `{"items":["a"]} {"items":["b"]}`, 400, "invalid_request"},
+		{"trailing garbage", "application/json", `{"items":["a"]}x`, 400, "invalid_request"},
+		{"trailing comma", "application/json", `{"items":["a"],}`, 400, "invalid_request"},
+		{"trailing whitespace is fine", "application/json", "{\"items\":[\"a\"]}\n\t ", 200, ""},
+		{"not an object", "application/json", `["a"]`, 400, "invalid_request"},
+		{"valid surrogate pair (emoji)", "application/json", `{"items":["\ud83d\ude00"]}`, 200, ""},
+		{"raw emoji", "application/json", `{"items":["😀"]}`, 200, ""},
 		{"no items", "application/json", `{"items":[]}`, 400, "invalid_items"},
 		{"too many items", "application/json", `{"items":[` + strings.Repeat(`"a",`, 1000) + `"a"]}`, 400, "invalid_items"},
 		{"item too long", "application/json", `{"items":["` + strings.Repeat("a", 257) + `"]}`, 400, "invalid_items"},
@@ -171,6 +189,25 @@ func TestJSONDecoding(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a surrogate pair decodes to the one character sent", func(t *testing.T) {
+		q := &fakeQuery{ans: query.Answer{Metered: true, Usage: usage.Decision{Allowed: true, Limit: 1000, ResetAt: time.Now().Add(time.Hour)}}}
+		pub := apiServer(t, fakeAuth{p: domain.Principal{UserID: 1, Plan: dayPlan}}, q, fakeItems{})
+		if resp := do(t, pub, "POST", "/api/hasNotEngine-ultra-fast", "application/json", `{"items":["\ud83d\ude00"]}`); resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if len(q.items) != 1 || q.items[0] != "😀" {
+			t.Fatalf("items %q, want [😀]", q.items)
+		}
+	})
+	t.Run("items endpoint refuses the same", func(t *testing.T) {
+		for _, body := range []string{`{"add":["\ud800"]}`, `{"add":["a"],"add":["b"]}`, `{"add":["a"]}]`} {
+			pub := apiServer(t, fakeAuth{}, &fakeQuery{}, fakeItems{})
+			resp := do(t, pub, "POST", "/api/items", "application/json", body)
+			if resp.StatusCode != 400 || errorCode(t, resp) != "invalid_request" {
+				t.Fatalf("%s: status %d, want 400 invalid_request", body, resp.StatusCode)
+			}
+		}
+	})
 	t.Run("wrong type names the field", func(t *testing.T) {
 		pub := apiServer(t, fakeAuth{}, &fakeQuery{}, fakeItems{})
 		b, _ := io.ReadAll(do(t, pub, "POST", "/api/items", "application/json", `{"add":"x"}`).Body)

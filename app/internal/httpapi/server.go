@@ -47,10 +47,26 @@ type SystemWarmup interface {
 	System() warmup.SystemStatus
 }
 
+// CheckState is the state of a readiness check, or of the instance.
+type CheckState string
+
+// The states /readyz reports.
+const (
+	CheckOK       CheckState = "ok"       // the dependency answers
+	CheckDegraded CheckState = "degraded" // it does not, and the instance still answers requests without it
+	CheckDown     CheckState = "down"     // it does not, and the instance cannot answer requests
+)
+
 // Check is a named readiness check.
 type Check struct {
 	Name string
 	Run  func(ctx context.Context) error
+	// Failure is the state while Run fails: CheckDegraded for a dependency
+	// the instance answers without (from the other dependencies), CheckDown
+	// (the default) for one without which it answers nothing. When every
+	// check fails the instance is down whatever their Failure: there is
+	// nothing left to answer from.
+	Failure CheckState
 }
 
 // Config is everything the public server needs.

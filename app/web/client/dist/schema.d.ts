@@ -90,7 +90,7 @@ export interface paths {
         };
         /**
          * This instance can serve
-         * @description Not gated on warmup: a cold instance serves correctly, only slower. `?verbose` lists each named check and the system warmup's progress.
+         * @description 200 while this instance can answer requests, degraded included (Valkey down in `open` mode still serves); 503 only when it cannot answer at all or is draining at shutdown. Not gated on warmup: a cold instance serves correctly, only slower. `?verbose` lists each named check, its state (`ok`, `degraded`, `down`) and the system warmup's progress.
          */
         get: operations["readyz"];
         put?: never;
@@ -260,11 +260,26 @@ export interface components {
             status: "ok";
         };
         Readyz: {
-            /** @enum {string} */
+            /**
+             * @description `ready` (200) while the instance can answer requests, degraded included; `unavailable` (503) when it cannot answer at all or is draining at shutdown.
+             * @enum {string}
+             */
             status: "ready" | "unavailable";
+            /**
+             * @description `ok`: every check passes; `degraded`: a dependency is down and the instance still answers (e.g. Valkey down with USAGE_FAILURE_MODE=open, or Postgres down with Valkey up: warm users are answered); `down`: it cannot answer (Valkey down in `closed` mode, or every dependency down).
+             * @enum {string}
+             */
+            state: "ok" | "degraded" | "down";
+            /** @description Present (true) once shutdown has begun: the answer is 503 whatever the checks say. */
+            draining?: boolean;
             checks?: {
                 name: string;
                 ok: boolean;
+                /**
+                 * @description `ok`, or while the check fails: `degraded` if the instance still answers without this dependency, `down` if it cannot.
+                 * @enum {string}
+                 */
+                state: "ok" | "degraded" | "down";
                 durationMs: number;
                 error?: string;
             }[];
@@ -809,7 +824,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Ready. */
+            /** @description Ready: the instance answers requests (its state is `ok` or `degraded`). */
             200: {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -819,13 +834,14 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "status": "ready"
+                     *       "status": "ready",
+                     *       "state": "ok"
                      *     }
                      */
                     "application/json": components["schemas"]["Readyz"];
                 };
             };
-            /** @description Not ready: a dependency it cannot serve without is down, or it is shutting down. */
+            /** @description Not ready: it cannot answer at all (state `down`), or it is shutting down (`draining`). */
             503: {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -836,7 +852,8 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "status": "unavailable"
+                     *       "status": "unavailable",
+                     *       "state": "down"
                      *     }
                      */
                     "application/json": components["schemas"]["Readyz"];
