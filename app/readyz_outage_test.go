@@ -41,9 +41,9 @@ func TestReadyzValkeyCut(t *testing.T) {
 		{"closed", "down", "down", 503, 503},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			env, px, _ := syValkeyEnv(t, tc.mode)
+			env, px, _ := valkeyProxyEnv(t, tc.mode)
 			in := start(t, env)
-			users := syWarmUsers(t, in, 1)
+			users := warmUsers(t, in, 1)
 			if r := ryWaitReadyz(t, in, 200, "valkey", "ok"); r.body["state"] != "ok" {
 				t.Fatalf("before the cut: %s", r.raw)
 			}
@@ -64,7 +64,7 @@ func TestReadyzValkeyCut(t *testing.T) {
 				t.Fatalf("query during the cut: %d, want %d: %s", q.status, tc.query, q.raw)
 			}
 
-			syRestart(t, px)
+			restoreProxy(t, px)
 			if r := ryWaitReadyz(t, in, 200, "valkey", "ok"); r.body["state"] != "ok" {
 				t.Fatalf("after restore: %s", r.raw)
 			}
@@ -75,9 +75,9 @@ func TestReadyzValkeyCut(t *testing.T) {
 // Postgres cut with Valkey up: warm users are still answered (from Valkey),
 // so the instance stays in the load balancer, degraded.
 func TestReadyzPostgresCut(t *testing.T) {
-	env, px, _ := syPGEnv(t)
+	env, px, _ := pgProxyEnv(t)
 	in := start(t, env)
-	users := syWarmUsers(t, in, 1)
+	users := warmUsers(t, in, 1)
 
 	px.Stop()
 	r := ryWaitReadyz(t, in, 200, "store", "degraded")
@@ -88,6 +88,6 @@ func TestReadyzPostgresCut(t *testing.T) {
 		t.Fatalf("warm query during the Postgres cut: %d %s", q.status, q.raw)
 	}
 
-	syRestart(t, px)
+	restoreProxy(t, px)
 	ryWaitReadyz(t, in, 200, "store", "ok")
 }
