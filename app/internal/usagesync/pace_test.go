@@ -2,6 +2,7 @@ package usagesync
 
 import (
 	"context"
+	"github.com/warmpath/warmpath/app/internal/clocktest"
 	"sync"
 	"testing"
 	"time"
@@ -11,37 +12,14 @@ import (
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
 
-// fakeClock is a manual clock: it moves only when a test (or a fake that
-// "takes time") advances it, so pacing is checked without sleeping.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// Wait is a Config.Wait that passes d on the clock at once.
-func (c *fakeClock) Wait(ctx context.Context, d time.Duration) error {
-	c.Advance(d)
-	return ctx.Err()
+func newFakeClock() *clocktest.Clock {
+	return clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 }
 
 // slowLedger takes `took` of the clock per batch and records when each began.
 type slowLedger struct {
 	*fakeLedger
-	clock  *fakeClock
+	clock  *clocktest.Clock
 	took   time.Duration
 	mu     sync.Mutex
 	starts []time.Time

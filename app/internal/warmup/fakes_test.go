@@ -3,6 +3,7 @@ package warmup_test
 import (
 	"context"
 	"fmt"
+	"github.com/warmpath/warmpath/app/internal/clocktest"
 	"sync"
 	"testing"
 	"time"
@@ -12,25 +13,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
-// clock is a settable time source.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)) }
 
 // fakeStore is an in-memory system of record whose LoadItems can be gated.
 type fakeStore struct {
@@ -440,7 +423,7 @@ type rig struct {
 	cache *fakeCache
 	state *memState
 	obs   *fakeObserver
-	clock *clock
+	clock *clocktest.Clock
 	cfg   warmup.Config
 }
 
