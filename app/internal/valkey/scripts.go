@@ -7,8 +7,10 @@ import (
 	valkey "github.com/valkey-io/valkey-go"
 )
 
-// checkAndCountLua returns {outcome, used}; the outcome codes equal the
-// Outcome values.
+// checkAndCountLua returns {outcome, used[, first]}; the outcome codes equal
+// the Outcome values. first is 1 when this count took the period's pending
+// delta from 0 to 1: only then must the user be marked dirty (see
+// Cache.CheckAndCount).
 //
 // KEYS: counter, pending. ARGV: limit, period field, ttl ms.
 const checkAndCountLua = `
@@ -17,9 +19,10 @@ if not cur then return {3, 0} end
 cur = tonumber(cur)
 if cur >= tonumber(ARGV[1]) then return {2, cur} end
 local n = redis.call('INCR', KEYS[1])
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+local p = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return {1, n}
+if p == 1 then return {1, n, 1} end
+return {1, n, 0}
 `
 
 // seedUsageLua creates the counter as persisted + the period's deltas not yet

@@ -52,35 +52,36 @@ func (c *Cache) CheckAndCount(ctx context.Context, userID int64, start, reset ti
 	period := PeriodField(start)
 	keys := []string{c.keys.counter(userID, period), c.keys.Pending(userID)}
 	args := []string{strconv.FormatInt(limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(reset)), 10)}
-	vals, err := c.countAndMark(ctx, userID, keys, args).AsIntSlice()
+	vals, err := c.count(ctx, keys, args).AsIntSlice()
 	if err != nil {
 		return UsageResult{}, wrapErr("check and count", err)
 	}
-	if len(vals) != 2 || vals[0] < int64(Allowed) || vals[0] > int64(Cold) {
+	if len(vals) < 2 || vals[0] < int64(Allowed) || vals[0] > int64(Cold) {
 		return UsageResult{}, fmt.Errorf("valkey check and count: %w: %v", errUnexpected, vals)
+	}
+	if len(vals) == 3 && vals[2] == 1 {
+		// The first pending unit since the last claim: mark the user dirty,
+		// after the count, so the usage sync finds it without scanning.
+		// A claim removes its users from the dirty index before it moves
+		// their pending deltas, and leaves pending at 0, so every count
+		// either finds a delta still waiting to be moved (its user marked or
+		// about to be claimed) or starts a new one and marks. The mark
+		// costs a round trip only once per user per sync; its error is not
+		// reported (the count ran) and SyncQueue.Sweep repairs a lost one.
+		_ = c.client.Do(ctx, c.markDirtyCmd(userID)).Error()
 	}
 	return UsageResult{Outcome: Outcome(vals[0]), Used: vals[1]}, nil
 }
 
-// countAndMark runs the count script and, pipelined after it, the dirty
-// mark. The mark runs for every count, whatever the outcome: marking a user
-// with nothing pending is harmless (it is claimed empty and dropped).
-func (c *Cache) countAndMark(ctx context.Context, userID int64, keys, args []string) valkey.ValkeyResult {
+// count runs the count script by its hash, and by its source when the
+// server's script cache was flushed (nothing ran then).
+func (c *Cache) count(ctx context.Context, keys, args []string) valkey.ValkeyResult {
 	b := c.client.B()
-	res := c.client.DoMulti(ctx,
-		b.Evalsha().Sha1(c.scripts.checkAndCountSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(),
-		c.markDirtyCmd(userID))
-	if ve, ok := valkey.IsValkeyErr(res[0].Error()); ok && ve.IsNoScript() {
-		// The script cache was flushed (or never loaded): nothing ran, so
-		// send the source. The mark runs twice, which it tolerates (NX).
-		res = c.client.DoMulti(ctx,
-			b.Eval().Script(checkAndCountLua).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(),
-			c.markDirtyCmd(userID))
+	res := c.client.Do(ctx, b.Evalsha().Sha1(c.scripts.checkAndCountSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+	if ve, ok := valkey.IsValkeyErr(res.Error()); ok && ve.IsNoScript() {
+		res = c.client.Do(ctx, b.Eval().Script(checkAndCountLua).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
 	}
-	// res[1] (the mark) is deliberately not checked: when the count ran,
-	// reporting an error would make the caller treat a counted request as
-	// failed; SyncQueue.Sweep repairs a missing mark.
-	return res[0]
+	return res
 }
 
 // SeedUsage creates the user's counter of the period [start, reset) as

@@ -195,10 +195,13 @@ func TestSeedUsageCountsInFlightDeltas(t *testing.T) {
 	})
 }
 
-// TestCountMarksDirty: every count marks its user dirty for the usage sync
-// in the same pipeline, after the count, also when the script is not yet
-// loaded (a fresh miniredis answers NOSCRIPT first, and count and mark are
-// resent), and the count still happens exactly once. The mark keeps the
+// TestCountMarksDirty: the count that starts a user's pending delta marks the
+// user dirty for the usage sync, after the count, also when the script is
+// not yet loaded (a fresh miniredis answers NOSCRIPT first and the source is
+// resent), and the count still happens exactly once. A count that finds a
+// delta waiting sends no mark (a claim removes users from the index before it
+// moves their deltas, so the waiting delta is either marked or about to be
+// claimed); the next delta after a claim marks again. The mark keeps the
 // first time (the adapter's clock) and a refund marks again.
 func TestCountMarksDirty(t *testing.T) {
 	m := miniredis.RunT(t)
@@ -252,5 +255,31 @@ func TestCountMarksDirty(t *testing.T) {
 	}
 	if p := m.HGet(k.Pending(5), "20250314"); p != "1" {
 		t.Fatalf("pending after a refund = %q, want 1", p)
+	}
+
+	// A delta already waiting: no mark per count.
+	u := int64(6)
+	if err := c.SeedUsage(ctx, u, day, reset(day), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CheckAndCount(ctx, u, day, reset(day), 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.ZRem(k.SyncDirty(), "6"); err != nil { // as a claim does first
+		t.Fatal(err)
+	}
+	if _, err := c.CheckAndCount(ctx, u, day, reset(day), 100); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := m.ZScore(k.SyncDirty(), "6"); ok != 0 {
+		t.Fatalf("a count that found a waiting delta marked the user (score %v)", ok)
+	}
+	// The claim then moves the delta (pending back to 0): the next count marks.
+	m.HDel(k.Pending(u), "20250314")
+	if _, err := c.CheckAndCount(ctx, u, day, reset(day), 100); err != nil {
+		t.Fatal(err)
+	}
+	if members, _ := m.ZMembers(k.SyncDirty()); !slices.Contains(members, "6") {
+		t.Fatalf("the first delta after a claim did not mark: dirty index %v", members)
 	}
 }
