@@ -2,6 +2,7 @@ package valkey_test
 
 import (
 	"errors"
+	vk "github.com/valkey-io/valkey-go"
 	"net"
 	"strings"
 	"testing"
@@ -140,5 +141,38 @@ func TestStartEmbedded(t *testing.T) {
 	}
 	if r, err := c.CheckAndCount(t.Context(), 1, day, reset(day), 1); err != nil || r.Outcome != valkey.Allowed {
 		t.Fatalf("CheckAndCount = %+v, %v", r, err)
+	}
+}
+
+// The embedded server expires keys on the wall clock by itself: a warmup
+// lock or a cached principal must not live forever.
+func TestStartEmbeddedExpires(t *testing.T) {
+	url, stop, err := valkey.StartEmbedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c, err := vk.NewClient(vk.ClientOption{InitAddress: []string{strings.TrimPrefix(url, "redis://")}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := t.Context()
+	if err := c.Do(ctx, c.B().Set().Key("k").Value("v").Px(150*time.Millisecond).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := c.Do(ctx, c.B().Exists().Key("k").Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a key with a 150 ms TTL still exists after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval, not a wait for an outcome
 	}
 }

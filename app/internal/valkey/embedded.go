@@ -2,21 +2,50 @@ package valkey
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 )
+
+// embeddedTick is how often the embedded server's TTLs are advanced: the
+// precision of its expiry.
+const embeddedTick = 100 * time.Millisecond
 
 // StartEmbedded starts an in-process, Valkey-compatible server (miniredis) on
 // a random 127.0.0.1 port, for the embedded default. Connect to url with
 // Config.DisableClientCache set: miniredis has no CLIENT TRACKING. Data lives
 // in memory only and is gone after stop. TTLs run on the wall clock, as on a
-// real server.
+// real server, advanced every embeddedTick.
+//
+// miniredis's own wall-clock mode (ClockTTL) advances every TTL on every
+// command by walking and sorting the whole keyspace, so each command costs
+// O(keys·log keys) and the server saturates once a few thousand keys exist;
+// one FastForward per tick pays that walk ten times a second instead.
 func StartEmbedded() (url string, stop func(), err error) {
 	m, err := miniredis.Run()
 	if err != nil {
 		return "", nil, fmt.Errorf("valkey: start embedded server: %w", err)
 	}
-	// Without ClockTTL miniredis never expires keys by itself.
-	m.ClockTTL(true)
-	return "redis://" + m.Addr(), m.Close, nil
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(embeddedTick)
+		defer t.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				m.FastForward(now.Sub(last))
+				last = now
+			}
+		}
+	}()
+	return "redis://" + m.Addr(), func() {
+		close(done)
+		<-exited
+		m.Close()
+	}, nil
 }
