@@ -28,9 +28,7 @@ func TestVerifyQuick(t *testing.T) {
 	defer cancel()
 	out := t.TempDir()
 	// Only the backends pass through: the rest of the environment is the
-	// lab's defaults. The embedded default's in-process Valkey saturates at
-	// the lab's quick rates on two cores (its calls then time out), which
-	// says nothing about whether the lab works.
+	// lab's defaults.
 	backend := "embedded"
 	env := map[string]string{}
 	if db, vk := os.Getenv("DATABASE_URL"), os.Getenv("VALKEY_URL"); db != "" && vk != "" {
