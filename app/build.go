@@ -64,6 +64,7 @@ type application struct {
 	warmup      *warmup.Manager
 	syncer      *usagesync.Syncer
 	invalidator *engine.Invalidator
+	meter       *usage.Service
 
 	demo       demo
 	demoListed bool // GET /demo/users is served
@@ -115,10 +116,13 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	authn := auth.New(auth.Config{Store: auth.NewCachedStore(db, a.cache, tel.Metrics, cfg.CacheTTL)})
 	a.invalidator = engine.NewInvalidator(engine.InvalidatorConfig{Cache: a.cache, Logger: log})
 	eng := engine.New(engine.Config{Items: engine.NewCachedItems(engine.FromStore(db), a.cache, tel.Metrics, a.invalidator)})
+	lease := idempotencyLease(cfg)
 	meter := usage.New(usage.Config{
 		Counter: a.cache, Ledger: db, Observer: tel.Metrics,
 		FailOpen: cfg.UsageFailureMode == config.FailOpen, Local: local,
+		IdemTTL: cfg.IdempotencyTTL, IdemLease: lease,
 	})
+	a.meter = meter
 	var err error
 	if a.warmup, err = newWarmup(cfg, a, meter, tel, log); err != nil {
 		return a, err
@@ -129,6 +133,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	}
 	queries := query.New(query.Config{
 		Usage: meter, Items: eng, Warmup: a.warmup, Observer: tel.Metrics, Strategy: cfg.WarmupStrategy,
+		Keys: a.cache, IdemTTL: cfg.IdempotencyTTL, IdemLease: lease,
 		Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/query"), Logger: log,
 	})
 
@@ -232,6 +237,14 @@ func newWarmup(cfg config.Config, a *application, us *usage.Service, tel *teleme
 // newSyncer wires the write-behind loop: pending deltas claimed from the
 // queue, applied to the store under an idempotency key, then acknowledged;
 // plus the in-process counts of fail-open mode through the same path.
+// idempotencyLease is how long the first request with an idempotency key
+// holds it: longer than any request can take (each of its Valkey and
+// Postgres calls is bounded), so a retry while it runs gets 409, and a retry
+// after its process died is answered afresh once the lease is over.
+func idempotencyLease(cfg config.Config) time.Duration {
+	return max(3*(cfg.ValkeyTimeout+cfg.DBTimeout), time.Second)
+}
+
 func newSyncer(cfg config.Config, st store.Store, q *valkey.SyncQueue, tel *telemetry.Telemetry, log *slog.Logger, local *usage.Local) (*usagesync.Syncer, error) {
 	hostname, _ := os.Hostname()
 	return usagesync.New(usagesync.Config{

@@ -45,7 +45,7 @@ func (s *slowStore) Usage(ctx context.Context, u int64, start time.Time) (int64,
 // coldCounter has no counter until it is seeded (a cold user).
 type coldCounter struct{ seeded bool }
 
-func (c *coldCounter) CheckAndCount(context.Context, int64, time.Time, time.Time, int64) (domain.UsageResult, error) {
+func (c *coldCounter) Count(context.Context, domain.CountRequest) (domain.UsageResult, error) {
 	if !c.seeded {
 		return domain.UsageResult{Outcome: domain.UsageCold}, nil
 	}
@@ -55,7 +55,9 @@ func (c *coldCounter) SeedUsage(context.Context, int64, time.Time, time.Time, in
 	c.seeded = true
 	return nil
 }
-func (c *coldCounter) Refund(context.Context, int64, time.Time) error { return nil }
+func (c *coldCounter) RefundIdem(context.Context, int64, time.Time, domain.IdemKey) error {
+	return nil
+}
 
 type noWarmup struct{}
 
@@ -98,7 +100,7 @@ func TestDBPhaseCountsEveryStoreCallOfAColdQuery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.Query(rctx, query.Caller{Principal: p, Hash: h}, []string{"a"}); err != nil {
+	if _, err := q.Query(rctx, query.Caller{Principal: p, Hash: h}, []string{"a"}, domain.IdemKey{}); err != nil {
 		t.Fatal(err)
 	}
 	calls := slow.calls.Load()

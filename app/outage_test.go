@@ -165,9 +165,11 @@ func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 			ok++
 		}
 	}
-	// Counted in process, persisted straight to Postgres while Valkey is away.
+	// Counted in process, persisted straight to Postgres while Valkey is
+	// away; except a count whose call died with the connection (its outcome
+	// is unknown: it is settled once Valkey answers again, below).
 	eventually(t, 15*time.Second, "in-process counts persisted while Valkey is down", func() bool {
-		return persistedTotal(t, direct) == ok
+		return persistedTotal(t, direct) >= ok-int64(len(users))
 	})
 
 	restoreProxy(t, px)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
@@ -47,6 +48,7 @@ func (a *application) serve(ctx context.Context, pubLn, admLn net.Listener, stdo
 	var tasks sync.WaitGroup // the background tasks that only need stopping
 	tasks.Go(func() { sweepEvery(bg, a.queue, 5*time.Minute, log) })
 	tasks.Go(func() { a.invalidator.Run(bg) })
+	tasks.Go(func() { reconcileEvery(bg, a.meter, time.Second, log) })
 
 	select {
 	case <-ctx.Done():
@@ -83,11 +85,52 @@ func (a *application) serve(ctx context.Context, pubLn, admLn net.Listener, stdo
 	}
 	flushCtx, cancelFlush := context.WithTimeout(context.WithoutCancel(ctx), max(time.Until(startedStop.Add(cfg.ShutdownTimeout)), cfg.ShutdownTimeout/4))
 	defer cancelFlush()
+	// Settle counts of unknown outcome first: their corrections join the
+	// in-process counts the flush persists.
+	if err := settleAll(flushCtx, a.meter, a.cache); err != nil {
+		log.Error("counts of unknown outcome left unsettled at shutdown; their served requests are persisted as counted", "err", err.Error(), "epochs", a.cache.Unsettled())
+		a.meter.Abandon(flushCtx)
+	}
 	if err := a.syncer.Flush(flushCtx); err != nil {
 		log.Error("final usage flush incomplete; pending deltas stay in Valkey for the next instance", "err", err.Error())
 	}
 	log.Info("stopped", "drain", drained, "warmup_stop", warmStopped, "flush", time.Since(step))
 	return nil
+}
+
+// reconcileEvery settles counts of unknown outcome once Valkey can tell
+// (cheap while there are none).
+func reconcileEvery(ctx context.Context, m *usage.Service, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := m.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			log.Debug("usage reconcile", "err", err.Error())
+		}
+	}
+}
+
+// settleAll reconciles until no count of unknown outcome is left (their
+// fences pass within a few Valkey timeouts), or ctx ends.
+func settleAll(ctx context.Context, m *usage.Service, c *valkey.Cache) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := m.Reconcile(ctx)
+		if c.Unsettled() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // sweepEvery runs the sync queue's safety net (it scans the keyspace, so it

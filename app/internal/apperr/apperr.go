@@ -35,6 +35,9 @@ const (
 	Internal             Code = "internal_error"
 	ShuttingDown         Code = "shutting_down"
 	ConflictingOperation Code = "conflict"
+	InvalidIdemKey       Code = "invalid_idempotency_key" // Idempotency-Key not 1-255 printable ASCII
+	IdemKeyInUse         Code = "idempotency_key_in_use"  // the key's first request is still being answered
+	IdemKeyReused        Code = "idempotency_key_reused"  // the key was used with another request
 )
 
 // Error is an error with a code and a human message. RetryAfter, when

@@ -49,6 +49,9 @@ type Config struct {
 	// as long as the batch took (0: flush a backlog at full speed).
 	SyncPace         float64 `env:"SYNC_PACE" envDefault:"1"`
 	UsageFailureMode string  `env:"USAGE_FAILURE_MODE" envDefault:"open"`
+	// IdempotencyTTL is how long an Idempotency-Key and its first answer
+	// are kept.
+	IdempotencyTTL time.Duration `env:"IDEMPOTENCY_TTL" envDefault:"24h"`
 
 	ThresholdTotal      time.Duration `env:"THRESHOLD_TOTAL" envDefault:"3s"`
 	ThresholdAuth       time.Duration `env:"THRESHOLD_AUTH" envDefault:"500ms"`
@@ -159,7 +162,7 @@ func (c *Config) validate() error {
 		{"WARMUP_TTL", c.WarmupTTL}, {"CACHE_TTL", c.CacheTTL}, {"SYNC_INTERVAL", c.SyncInterval},
 		{"THRESHOLD_TOTAL", c.ThresholdTotal}, {"THRESHOLD_AUTH", c.ThresholdAuth},
 		{"THRESHOLD_DB", c.ThresholdDB}, {"THRESHOLD_USAGE_CHECK", c.ThresholdUsageCheck},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout}, {"IDEMPOTENCY_TTL", c.IdempotencyTTL},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -312,6 +315,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("LOG_LEVEL", c.LogLevel),
 		slog.String("PYROSCOPE_SERVER_ADDRESS", maskURL(c.PyroscopeServerAddress)),
 		slog.Duration("SHUTDOWN_TIMEOUT", c.ShutdownTimeout),
+		slog.Duration("IDEMPOTENCY_TTL", c.IdempotencyTTL),
 		slog.String("CORS_ORIGINS", strings.Join(c.CORSOrigins, ",")),
 		slog.String("PLANS", strings.Join(plans, ",")),
 	)

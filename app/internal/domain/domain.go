@@ -118,6 +118,13 @@ const (
 	UsageAllowed UsageOutcome = iota + 1 // counted
 	UsageDenied                          // over quota, not counted
 	UsageCold                            // no counter in the cache yet: seed it first
+
+	// Outcomes of a count carrying an idempotency key (IdemKey).
+
+	UsageReplay     // the key's first answer is stored: replay it, nothing counted
+	UsageInUse      // the key's first request is still being answered
+	UsageReused     // the key was used with another request
+	UsageNotCounted // the key's first request was counted but its answer lost: answer afresh, do not count
 )
 
 // String returns the outcome's name.
@@ -129,6 +136,14 @@ func (o UsageOutcome) String() string {
 		return "denied"
 	case UsageCold:
 		return "cold"
+	case UsageReplay:
+		return "replay"
+	case UsageInUse:
+		return "in_use"
+	case UsageReused:
+		return "reused"
+	case UsageNotCounted:
+		return "not_counted"
 	}
 	return "UsageOutcome(?)"
 }
@@ -138,4 +153,46 @@ func (o UsageOutcome) String() string {
 type UsageResult struct {
 	Outcome UsageOutcome
 	Used    int64
+	// Answer is the stored first answer (UsageReplay).
+	Answer StoredAnswer
+	// RetryAfter is how long the key's first request may still hold it
+	// (UsageInUse).
+	RetryAfter time.Duration
+}
+
+// IdemKey is a request's Idempotency-Key as the stores see it: Key is a
+// digest of the client's key (per user: the stores key it under the user),
+// Fingerprint a digest of the request it was first used with.
+type IdemKey struct {
+	Key         string
+	Fingerprint string
+}
+
+// CountRequest is one metered request's check-and-count.
+type CountRequest struct {
+	UserID       int64
+	Start, Reset time.Time // the period [Start, Reset)
+	Limit        int64
+	// Idem, when its Key is set, is the request's idempotency key: the
+	// count and the key's record are one atomic step.
+	Idem IdemKey
+	// IdemTTL is how long the key is kept; IdemLease how long its first
+	// request holds it (after that, a retry is answered afresh).
+	IdemTTL, IdemLease time.Duration
+}
+
+// Settlement is what settling counts of unknown outcome found.
+type Settlement struct {
+	// Corrections are the deltas the system of record needs so that it
+	// holds one unit per served request: served − applied per user and
+	// period (zero deltas are left out).
+	Corrections []UsageDelta
+	// Applied and NotApplied count the unknown outcomes settled.
+	Applied, NotApplied int64
+}
+
+// StoredAnswer is the first answer of a request with an idempotency key.
+type StoredAnswer struct {
+	Status int
+	Body   string
 }

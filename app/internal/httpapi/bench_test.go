@@ -39,11 +39,11 @@ func (bPrincipalCache) DropPrincipal(context.Context, domain.TokenHash) error { 
 
 type bCounter struct{}
 
-func (bCounter) CheckAndCount(context.Context, int64, time.Time, time.Time, int64) (domain.UsageResult, error) {
+func (bCounter) Count(context.Context, domain.CountRequest) (domain.UsageResult, error) {
 	return domain.UsageResult{Outcome: domain.UsageAllowed, Used: 1}, nil
 }
 func (bCounter) SeedUsage(context.Context, int64, time.Time, time.Time, int64) error { return nil }
-func (bCounter) Refund(context.Context, int64, time.Time) error                      { return nil }
+func (bCounter) RefundIdem(context.Context, int64, time.Time, domain.IdemKey) error  { return nil }
 
 type bLedger struct{}
 

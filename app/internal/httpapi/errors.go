@@ -20,7 +20,7 @@ import (
 // status is the one place where error codes become HTTP statuses.
 func status(code apperr.Code) int {
 	switch code {
-	case apperr.InvalidRequest, apperr.InvalidItems, apperr.UnknownPlan:
+	case apperr.InvalidRequest, apperr.InvalidItems, apperr.UnknownPlan, apperr.InvalidIdemKey:
 		return http.StatusBadRequest
 	case apperr.MissingToken, apperr.MalformedToken, apperr.UnknownToken, apperr.ExpiredToken, apperr.RevokedToken:
 		return http.StatusUnauthorized
@@ -30,7 +30,7 @@ func status(code apperr.Code) int {
 		return http.StatusNotFound
 	case apperr.MethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case apperr.ConflictingOperation:
+	case apperr.ConflictingOperation, apperr.IdemKeyInUse:
 		return http.StatusConflict
 	case apperr.RequestTimeout:
 		return http.StatusRequestTimeout
@@ -38,7 +38,7 @@ func status(code apperr.Code) int {
 		return http.StatusRequestEntityTooLarge
 	case apperr.UnsupportedMedia:
 		return http.StatusUnsupportedMediaType
-	case apperr.TooManyItems:
+	case apperr.TooManyItems, apperr.IdemKeyReused:
 		return http.StatusUnprocessableEntity
 	case apperr.QuotaExceeded:
 		return http.StatusTooManyRequests

@@ -122,18 +122,40 @@ func (s *Server) handleQuery(c *fiber.Ctx) error {
 	if err := engine.ValidateItems("items", req.Items, 1); err != nil {
 		return err
 	}
-	ans, err := s.cfg.Query.Query(ctx, who, req.Items)
+	key, err := idemKey(c)
+	if err != nil {
+		return err
+	}
+	ans, err := s.cfg.Query.Query(ctx, who, req.Items, key)
 	if ans.Metered {
 		setRateLimit(c, who.Principal.Plan, ans.Usage)
 	}
 	if err != nil {
 		return err
 	}
-	return c.JSON(queryResponse{
-		Missing: ans.Missing,
-		Checked: len(req.Items),
-		Usage:   usageBody(ans.Usage),
-	})
+	if ans.Replayed {
+		return sendStored(c, ans.Stored, true)
+	}
+	if key.Key == "" {
+		return c.JSON(queryResponse{Missing: ans.Missing, Checked: len(req.Items), Usage: usageBody(ans.Usage)})
+	}
+	body, err := json.Marshal(queryResponse{Missing: ans.Missing, Checked: len(req.Items), Usage: usageBody(ans.Usage)})
+	if err != nil {
+		return err
+	}
+	stored := domain.StoredAnswer{Status: fiber.StatusOK, Body: string(body)}
+	s.cfg.Query.Remember(ctx, who, key, stored)
+	return sendStored(c, stored, false)
+}
+
+// sendStored sends a JSON answer that is (or becomes) a key's stored
+// answer; replayed marks a repeat (Idempotent-Replayed: true).
+func sendStored(c *fiber.Ctx, a domain.StoredAnswer, replayed bool) error {
+	if replayed {
+		c.Set(headerIdempotentReplayed, "true")
+	}
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Status(a.Status).SendString(a.Body)
 }
 
 func usageBody(d usage.Decision) usageJSON {
@@ -174,16 +196,27 @@ func (s *Server) handleItems(c *fiber.Ctx) error {
 	if err := engine.ValidateItems("remove", req.Remove, 0); err != nil {
 		return err
 	}
-	var ch domain.ItemChange
-	err = telemetry.RunSpan(ctx, s.tracer, telemetry.PhaseQuery, "engine.update", func(ctx context.Context) error {
-		var err error
-		ch, err = s.cfg.Items.Update(ctx, who.Principal.UserID, req.Add, req.Remove, who.Principal.Plan.MaxItems)
+	key, err := idemKey(c)
+	if err != nil {
 		return err
+	}
+	ans, err := s.cfg.Query.Keyed(ctx, who, key, func(ctx context.Context) (domain.StoredAnswer, error) {
+		var ch domain.ItemChange
+		err := telemetry.RunSpan(ctx, s.tracer, telemetry.PhaseQuery, "engine.update", func(ctx context.Context) error {
+			var err error
+			ch, err = s.cfg.Items.Update(ctx, who.Principal.UserID, req.Add, req.Remove, who.Principal.Plan.MaxItems)
+			return err
+		})
+		if err != nil {
+			return domain.StoredAnswer{}, err
+		}
+		body, err := json.Marshal(itemsResponse{Added: ch.Added, Removed: ch.Removed, Total: ch.Total})
+		return domain.StoredAnswer{Status: fiber.StatusOK, Body: string(body)}, err
 	})
 	if err != nil {
 		return err
 	}
-	return c.JSON(itemsResponse{Added: ch.Added, Removed: ch.Removed, Total: ch.Total})
+	return sendStored(c, ans.Stored, ans.Replayed)
 }
 
 func (s *Server) handleWarmupPost(c *fiber.Ctx) error {

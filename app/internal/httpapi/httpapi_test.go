@@ -39,7 +39,14 @@ type fakeQuery struct {
 	items []string // what Query was asked
 }
 
-func (f *fakeQuery) Query(_ context.Context, _ query.Caller, items []string) (query.Answer, error) {
+func (f *fakeQuery) Remember(context.Context, query.Caller, domain.IdemKey, domain.StoredAnswer) {}
+
+func (f *fakeQuery) Keyed(ctx context.Context, _ query.Caller, _ domain.IdemKey, do func(context.Context) (domain.StoredAnswer, error)) (query.Answer, error) {
+	a, err := do(ctx)
+	return query.Answer{Stored: a}, err
+}
+
+func (f *fakeQuery) Query(_ context.Context, _ query.Caller, items []string, _ domain.IdemKey) (query.Answer, error) {
 	f.items = items
 	return f.ans, f.err
 }

@@ -32,7 +32,9 @@ type Authenticator interface {
 
 // Querier runs metered queries and login warmups (query.Service).
 type Querier interface {
-	Query(ctx context.Context, c query.Caller, items []string) (query.Answer, error)
+	Query(ctx context.Context, c query.Caller, items []string, k domain.IdemKey) (query.Answer, error)
+	Remember(ctx context.Context, c query.Caller, k domain.IdemKey, a domain.StoredAnswer)
+	Keyed(ctx context.Context, c query.Caller, k domain.IdemKey, do func(ctx context.Context) (domain.StoredAnswer, error)) (query.Answer, error)
 	Warm(ctx context.Context, c query.Caller) (warmup.Status, error)
 	WarmupStatus(ctx context.Context, userID int64) (warmup.Status, error)
 }

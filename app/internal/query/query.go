@@ -26,7 +26,7 @@ import (
 
 // Usage checks and counts metered requests (usage.Service).
 type Usage interface {
-	Check(ctx context.Context, p domain.Principal) (usage.Decision, error)
+	CheckKey(ctx context.Context, p domain.Principal, k domain.IdemKey) (usage.Decision, error)
 	Refund(ctx context.Context, p domain.Principal, d usage.Decision) error
 }
 
@@ -42,9 +42,20 @@ type Warmup interface {
 	Status(ctx context.Context, userID int64) (warmup.Status, error)
 }
 
-// Observer counts first queries after a login warmup (telemetry.Metrics).
+// Observer counts first queries after a login warmup and idempotent
+// replays (telemetry.Metrics).
 type Observer interface {
 	FirstQuery(ctx context.Context, warmupState string)
+	IdempotentReplay(ctx context.Context)
+}
+
+// Keys keeps idempotency keys of requests that are not metered and the
+// first answers of all (valkey.Cache); a metered request's key is taken in
+// its count (Usage.CheckKey).
+type Keys interface {
+	IdemBegin(ctx context.Context, userID int64, k domain.IdemKey, ttl, lease time.Duration) (domain.UsageResult, error)
+	IdemStore(ctx context.Context, userID int64, k domain.IdemKey, a domain.StoredAnswer) error
+	IdemForget(ctx context.Context, userID int64, k domain.IdemKey) error
 }
 
 // Config configures a Service.
@@ -53,6 +64,10 @@ type Config struct {
 	Items    Items
 	Warmup   Warmup
 	Observer Observer
+	Keys     Keys
+	// IdemTTL is how long idempotency keys are kept (IDEMPOTENCY_TTL);
+	// IdemLease how long a key's first request holds it.
+	IdemTTL, IdemLease time.Duration
 	// Strategy is WARMUP_STRATEGY: config.StrategyAsync, StrategyInline or
 	// StrategyOff.
 	Strategy string
@@ -68,11 +83,14 @@ type Caller struct {
 }
 
 // Answer is a query's answer. Usage is the usage decision whenever the check
-// ran (Metered), also when the query then failed or was refused.
+// ran (Metered), also when the query then failed or was refused. Replayed
+// answers are the stored first answer (Stored) of the request's key.
 type Answer struct {
-	Missing []string
-	Usage   usage.Decision
-	Metered bool
+	Missing  []string
+	Usage    usage.Decision
+	Metered  bool
+	Replayed bool
+	Stored   domain.StoredAnswer
 }
 
 // Service runs metered queries.
@@ -101,16 +119,24 @@ func SystemHotUsers(strategy string, n int) int {
 // Query answers which of items the caller's set does not have, for one unit
 // of quota: usage check (a denial is apperr.QuotaExceeded), the has-not
 // answer, then the strategy's move on a cold answer. A query that fails
-// after it was counted is refunded.
-func (s *Service) Query(ctx context.Context, c Caller, items []string) (Answer, error) {
+// after it was counted is refunded. With an idempotency key (k.Key set) a
+// repeat is answered with the first answer (Replayed) and never counted
+// again; the caller stores the first answer with Remember.
+func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.IdemKey) (Answer, error) {
 	p := c.Principal
 	var ans Answer
 	err := telemetry.RunPhase(ctx, s.cfg.Tracer, telemetry.PhaseUsageCheck, func(ctx context.Context) error {
 		var err error
-		ans.Usage, err = s.cfg.Usage.Check(ctx, p)
+		ans.Usage, err = s.cfg.Usage.CheckKey(ctx, p, k)
 		return err
 	})
 	if err != nil {
+		return ans, err
+	}
+	if d := ans.Usage; d.Idem != 0 && d.Idem != domain.UsageNotCounted {
+		ans, err := s.keyOutcome(ctx, d.Idem, d.Answer, d.RetryAfter)
+		// A replay carries the quota as it is now.
+		ans.Usage, ans.Metered = d, ans.Replayed
 		return ans, err
 	}
 	ans.Metered = true
@@ -138,6 +164,62 @@ func (s *Service) Query(ctx context.Context, c Caller, items []string) (Answer, 
 		return ans, err
 	}
 	return ans, nil
+}
+
+// keyOutcome is the answer to a request whose idempotency key was used
+// before: the replay of its first answer, or the documented refusal.
+func (s *Service) keyOutcome(ctx context.Context, o domain.UsageOutcome, stored domain.StoredAnswer, retry time.Duration) (Answer, error) {
+	switch o {
+	case domain.UsageReplay:
+		if s.cfg.Observer != nil {
+			s.cfg.Observer.IdempotentReplay(ctx)
+		}
+		return Answer{Replayed: true, Stored: stored}, nil
+	case domain.UsageInUse:
+		return Answer{}, &apperr.Error{Code: apperr.IdemKeyInUse, Message: "a request with this Idempotency-Key is still being answered; retry shortly", RetryAfter: max(retry, time.Second)}
+	case domain.UsageReused:
+		return Answer{}, apperr.New(apperr.IdemKeyReused, "this Idempotency-Key was used with another request; use a new key for a new request")
+	}
+	return Answer{}, fmt.Errorf("idempotency: unexpected outcome %v", o)
+}
+
+// Remember stores the first answer of a request with an idempotency key,
+// for its repeats. A failure is logged, not returned: the answer still goes
+// out, and a repeat after the key's lease is answered afresh, uncounted.
+func (s *Service) Remember(ctx context.Context, c Caller, k domain.IdemKey, a domain.StoredAnswer) {
+	if k.Key == "" || s.cfg.Keys == nil {
+		return
+	}
+	if err := s.cfg.Keys.IdemStore(context.WithoutCancel(ctx), c.Principal.UserID, k, a); err != nil {
+		s.cfg.Logger.WarnContext(ctx, "store idempotent answer", "user_id", c.Principal.UserID, "err", err.Error())
+	}
+}
+
+// Keyed runs do, a request that is not metered, under the caller's
+// idempotency key: a repeat is answered with the first answer, a reuse or a
+// key still held is refused, and a failure forgets the key so a retry runs
+// afresh. Without a key it just runs do.
+func (s *Service) Keyed(ctx context.Context, c Caller, k domain.IdemKey, do func(ctx context.Context) (domain.StoredAnswer, error)) (Answer, error) {
+	if k.Key == "" || s.cfg.Keys == nil {
+		a, err := do(ctx)
+		return Answer{Stored: a}, err
+	}
+	res, err := s.cfg.Keys.IdemBegin(ctx, c.Principal.UserID, k, s.cfg.IdemTTL, s.cfg.IdemLease)
+	if err != nil {
+		return Answer{}, apperr.Temporary(err, "idempotency keys are temporarily unavailable; retry with the same key")
+	}
+	if res.Outcome != domain.UsageAllowed && res.Outcome != domain.UsageNotCounted {
+		return s.keyOutcome(ctx, res.Outcome, res.Answer, res.RetryAfter)
+	}
+	a, err := do(ctx)
+	if err != nil {
+		if ferr := s.cfg.Keys.IdemForget(context.WithoutCancel(ctx), c.Principal.UserID, k); ferr != nil {
+			s.cfg.Logger.WarnContext(ctx, "forget idempotency key of a failed request", "user_id", c.Principal.UserID, "err", ferr.Error())
+		}
+		return Answer{}, err
+	}
+	s.Remember(ctx, c, k, a)
+	return Answer{Stored: a}, nil
 }
 
 // cold is the warmup strategy for an answer the cache could not give: async

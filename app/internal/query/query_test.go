@@ -23,7 +23,7 @@ type fakeUsage struct {
 	refunded int
 }
 
-func (f *fakeUsage) Check(context.Context, domain.Principal) (usage.Decision, error) {
+func (f *fakeUsage) CheckKey(context.Context, domain.Principal, domain.IdemKey) (usage.Decision, error) {
 	return f.dec, f.err
 }
 func (f *fakeUsage) Refund(context.Context, domain.Principal, usage.Decision) error {
@@ -73,6 +73,7 @@ func (f *fakeWarmup) Status(context.Context, int64) (warmup.Status, error) {
 type firstSeen []string
 
 func (f *firstSeen) FirstQuery(_ context.Context, state string) { *f = append(*f, state) }
+func (f *firstSeen) IdempotentReplay(context.Context)           {}
 
 var caller = Caller{Principal: domain.Principal{UserID: 7, Plan: domain.Plan{Name: "free", Quota: 10, Period: domain.PeriodDay}}}
 
@@ -100,7 +101,7 @@ func TestStrategyOnAColdAnswer(t *testing.T) {
 		t.Run(tc.strategy, func(t *testing.T) {
 			it := &fakeItems{warm: tc.warm}
 			w := &fakeWarmup{items: it}
-			ans, err := newService(tc.strategy, allowed(), it, w, nil).Query(context.Background(), caller, []string{"a", "b"})
+			ans, err := newService(tc.strategy, allowed(), it, w, nil).Query(context.Background(), caller, []string{"a", "b"}, domain.IdemKey{})
 			if err != nil || !ans.Metered {
 				t.Fatalf("query: %+v %v", ans, err)
 			}
@@ -123,7 +124,7 @@ func TestStrategyOnAColdAnswer(t *testing.T) {
 func TestAFullWarmupQueueDoesNotFailAQuery(t *testing.T) {
 	it := &fakeItems{}
 	w := &fakeWarmup{items: it, err: warmup.ErrQueueFull}
-	if _, err := newService(config.StrategyAsync, allowed(), it, w, nil).Query(context.Background(), caller, []string{"a"}); err != nil {
+	if _, err := newService(config.StrategyAsync, allowed(), it, w, nil).Query(context.Background(), caller, []string{"a"}, domain.IdemKey{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -132,7 +133,7 @@ func TestRefundAndDenial(t *testing.T) {
 	t.Run("a failed query is refunded", func(t *testing.T) {
 		u := allowed()
 		it := &fakeItems{err: apperr.Temporary(errors.New("down"), "the item store is temporarily unavailable")}
-		ans, err := newService(config.StrategyAsync, u, it, &fakeWarmup{items: it}, nil).Query(context.Background(), caller, []string{"a"})
+		ans, err := newService(config.StrategyAsync, u, it, &fakeWarmup{items: it}, nil).Query(context.Background(), caller, []string{"a"}, domain.IdemKey{})
 		if apperr.CodeOf(err) != apperr.Unavailable || !ans.Metered || u.refunded != 1 {
 			t.Fatalf("err %v metered %v refunded %d: want unavailable, metered, one refund", err, ans.Metered, u.refunded)
 		}
@@ -140,7 +141,7 @@ func TestRefundAndDenial(t *testing.T) {
 	t.Run("over quota is a refusal with the decision", func(t *testing.T) {
 		u := &fakeUsage{dec: usage.Decision{Used: 10, Limit: 10, ResetAt: time.Now().Add(time.Hour), RetryAfter: time.Hour}}
 		it := &fakeItems{}
-		ans, err := newService(config.StrategyAsync, u, it, &fakeWarmup{items: it}, nil).Query(context.Background(), caller, []string{"a"})
+		ans, err := newService(config.StrategyAsync, u, it, &fakeWarmup{items: it}, nil).Query(context.Background(), caller, []string{"a"}, domain.IdemKey{})
 		e := apperr.As(err)
 		if e == nil || e.Code != apperr.QuotaExceeded || e.RetryAfter != time.Hour || !ans.Metered || it.calls != 0 || u.refunded != 0 {
 			t.Fatalf("got %+v %v (item calls %d, refunds %d)", ans, err, it.calls, u.refunded)
@@ -149,7 +150,7 @@ func TestRefundAndDenial(t *testing.T) {
 	t.Run("a check that fails is not metered", func(t *testing.T) {
 		u := &fakeUsage{err: apperr.Temporary(errors.New("down"), "usage metering is temporarily unavailable")}
 		it := &fakeItems{}
-		ans, err := newService(config.StrategyAsync, u, it, &fakeWarmup{items: it}, nil).Query(context.Background(), caller, []string{"a"})
+		ans, err := newService(config.StrategyAsync, u, it, &fakeWarmup{items: it}, nil).Query(context.Background(), caller, []string{"a"}, domain.IdemKey{})
 		if ans.Metered || apperr.CodeOf(err) != apperr.Unavailable || it.calls != 0 {
 			t.Fatalf("got %+v %v", ans, err)
 		}
@@ -177,14 +178,14 @@ func TestWarmAndFirstQuery(t *testing.T) {
 		w := &fakeWarmup{items: it, state: warmup.StateRunning}
 		var seen firstSeen
 		s := newService(config.StrategyAsync, allowed(), it, w, &seen)
-		if _, err := s.Query(ctx, caller, []string{"a"}); err != nil { // no warmup asked yet: not counted
+		if _, err := s.Query(ctx, caller, []string{"a"}, domain.IdemKey{}); err != nil { // no warmup asked yet: not counted
 			t.Fatal(err)
 		}
 		if _, err := s.Warm(ctx, caller); err != nil {
 			t.Fatal(err)
 		}
 		for range 2 {
-			if _, err := s.Query(ctx, caller, []string{"a"}); err != nil {
+			if _, err := s.Query(ctx, caller, []string{"a"}, domain.IdemKey{}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -63,6 +63,8 @@ type Metrics struct {
 	cacheRequests  metric.Int64Counter
 	firstQuery     metric.Int64Counter
 	syncBatches    metric.Int64Counter
+	replays        metric.Int64Counter
+	reconciled     metric.Int64Counter
 
 	// Precomputed attribute options: RecordRequest runs on every request
 	// and must not allocate attribute sets.
@@ -124,6 +126,14 @@ func NewMetrics(mp metric.MeterProvider, th Thresholds) (*Metrics, error) {
 	m.syncBatches, err = meter.Int64Counter("warmpath.usage_sync.batches",
 		metric.WithUnit("{batch}"),
 		metric.WithDescription("Usage write-behind batches by result (applied, duplicate, error)."))
+	check(err)
+	m.replays, err = meter.Int64Counter("warmpath.idempotent_replays",
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Requests answered with the stored first answer of their Idempotency-Key."))
+	check(err)
+	m.reconciled, err = meter.Int64Counter("warmpath.usage.reconciled",
+		metric.WithUnit("{request}"),
+		metric.WithDescription("Counts whose Valkey outcome was unknown, settled after recovery, by outcome (applied, not_applied)."))
 	check(err)
 
 	_, err = meter.Float64ObservableGauge("warmpath.alert_threshold",
@@ -196,6 +206,13 @@ func NewMetrics(mp metric.MeterProvider, th Thresholds) (*Metrics, error) {
 		[]string{CachePrincipal, CacheUsage, CacheItems}, []string{CacheHit, CacheMiss, CacheError})
 	pre("sync", []string{"result"}, []string{SyncApplied, SyncDuplicate, SyncError})
 	pre("first", []string{"warmup"}, []string{"ready", "running", "queued", "none", "idle", "failed"})
+	pre("reconciled", []string{"outcome"}, []string{ReconciledApplied, ReconciledNotApplied})
+	// Exported at 0 from the start: a panel of a healthy system shows 0.
+	ctx := context.Background()
+	m.replays.Add(ctx, 0)
+	for _, o := range []string{ReconciledApplied, ReconciledNotApplied} {
+		m.reconciled.Add(ctx, 0, m.addOpts[labelKey{"reconciled", o, ""}]...)
+	}
 	return m, nil
 }
 
@@ -311,6 +328,22 @@ func (m *Metrics) FirstQuery(ctx context.Context, warmupState string) {
 		return
 	}
 	m.firstQuery.Add(ctx, 1, metric.WithAttributes(attribute.String("warmup", warmupState)))
+}
+
+// The outcomes of warmpath_usage_reconciled_total.
+const (
+	ReconciledApplied    = "applied"
+	ReconciledNotApplied = "not_applied"
+)
+
+// IdempotentReplay counts a request answered with its key's stored first
+// answer: warmpath_idempotent_replays_total.
+func (m *Metrics) IdempotentReplay(ctx context.Context) { m.replays.Add(ctx, 1) }
+
+// UsageReconciled counts n settled counts of unknown outcome:
+// warmpath_usage_reconciled_total{outcome="applied|not_applied"}.
+func (m *Metrics) UsageReconciled(ctx context.Context, outcome string, n int64) {
+	m.reconciled.Add(ctx, n, m.addOpts[labelKey{"reconciled", outcome, ""}]...)
 }
 
 // SyncBatch counts a usage write-behind batch:

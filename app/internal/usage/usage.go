@@ -19,13 +19,33 @@ import (
 // Counter is the hot, shared counter of the period [start, reset); it owns
 // the counter's lifetime. CheckAndCount MUST be atomic across every
 // instance: concurrent calls never admit more than limit.
+//
+// A Count error whose outcome is unknown (the count may have been applied)
+// implements Settler; the Service settles it, and Reconcile (Reconciler)
+// later corrects the system of record once the counter answers again.
 type Counter interface {
-	CheckAndCount(ctx context.Context, userID int64, start, reset time.Time, limit int64) (domain.UsageResult, error)
+	Count(ctx context.Context, r domain.CountRequest) (domain.UsageResult, error)
 	// SeedUsage installs persisted (plus what waits to be synced) unless a
 	// counter already exists.
 	SeedUsage(ctx context.Context, userID int64, start, reset time.Time, persisted int64) error
-	// Refund takes back one counted request (its work failed).
-	Refund(ctx context.Context, userID int64, periodStart time.Time) error
+	// RefundIdem takes back one counted request (its work failed), and
+	// forgets its idempotency key, if any.
+	RefundIdem(ctx context.Context, userID int64, periodStart time.Time, k domain.IdemKey) error
+}
+
+// Settler is a count error of unknown outcome: the caller says whether it
+// served the request anyway.
+type Settler interface {
+	error
+	Settle(served bool)
+}
+
+// Reconciler settles counts of unknown outcome once the counter answers
+// again (valkey.Cache).
+type Reconciler interface {
+	Reconcile(ctx context.Context) (domain.Settlement, error)
+	// Abandon takes every count still unsettled as not applied.
+	Abandon() domain.Settlement
 }
 
 // Ledger is the system of record's view of usage.
@@ -36,6 +56,9 @@ type Ledger interface {
 // Observer is told about usage-counter cache hits and misses.
 type Observer interface {
 	CacheRequest(ctx context.Context, cache, result string)
+	// UsageReconciled counts settled unknown outcomes by outcome
+	// ("applied", "not_applied").
+	UsageReconciled(ctx context.Context, outcome string, n int64)
 }
 
 // Decision is the answer to "may this request run?". A denial is a value,
@@ -48,6 +71,13 @@ type Decision struct {
 	ResetAt    time.Time
 	RetryAfter time.Duration // until ResetAt, when denied
 	Degraded   bool          // counted in process because the counter was unreachable
+	// Idem is the outcome of the request's idempotency key when it was not
+	// simply counted: domain.UsageReplay (Answer is the first answer),
+	// UsageInUse (RetryAfter), UsageReused, or UsageNotCounted (Allowed:
+	// the first attempt was counted, this one is answered afresh).
+	Idem   domain.UsageOutcome
+	Answer domain.StoredAnswer
+	key    domain.IdemKey
 }
 
 // Config configures a Service.
@@ -60,6 +90,9 @@ type Config struct {
 	// in process (Local); otherwise such requests get apperr.Unavailable.
 	FailOpen bool
 	Local    *Local
+	// IdemTTL is how long idempotency keys are kept (IDEMPOTENCY_TTL);
+	// IdemLease how long a key's first request holds it.
+	IdemTTL, IdemLease time.Duration
 }
 
 // Service checks and counts usage.
@@ -78,34 +111,55 @@ func New(cfg Config) *Service {
 
 // Check decides and, when allowed, counts one request of p.
 func (s *Service) Check(ctx context.Context, p domain.Principal) (Decision, error) {
+	return s.CheckKey(ctx, p, domain.IdemKey{})
+}
+
+// CheckKey is Check of a request with an idempotency key (none when k.Key
+// is empty): the key and the count are one atomic step. A keyed request is
+// never counted in process: without the counter its key cannot be kept, so
+// it is refused (the client retries with the same key).
+func (s *Service) CheckKey(ctx context.Context, p domain.Principal, k domain.IdemKey) (Decision, error) {
 	now := s.cfg.Now()
 	start, reset := p.Plan.Period.Window(now)
-	limit := p.Plan.Quota
+	req := domain.CountRequest{UserID: p.UserID, Start: start, Reset: reset, Limit: p.Plan.Quota, Idem: k, IdemTTL: s.cfg.IdemTTL, IdemLease: s.cfg.IdemLease}
 
-	res, err := s.cfg.Counter.CheckAndCount(ctx, p.UserID, start, reset, limit)
+	res, err := s.cfg.Counter.Count(ctx, req)
 	if err == nil && res.Outcome == domain.UsageCold {
 		s.observe(ctx, "miss")
-		res, err = s.seedAndRetry(ctx, p.UserID, start, reset, limit)
+		res, err = s.seedAndRetry(ctx, req)
 	} else if err == nil {
 		s.observe(ctx, "hit")
 	}
 	if err != nil {
 		s.observe(ctx, "error")
-		if !s.cfg.FailOpen {
+		var unknown Settler
+		isUnknown := errors.As(err, &unknown)
+		if !s.cfg.FailOpen || k.Key != "" {
+			if isUnknown {
+				unknown.Settle(false)
+			}
 			return Decision{}, apperr.Temporary(err, "usage metering is temporarily unavailable")
 		}
-		return s.checkLocal(ctx, p.UserID, start, limit, reset, now)
+		d, err := s.checkLocal(ctx, p.UserID, start, req.Limit, reset, now, isUnknown)
+		if isUnknown {
+			unknown.Settle(err == nil && d.Allowed)
+		}
+		return d, err
 	}
 	// The shared counter answers again: forget the in-process bases and
 	// counts, so a later outage starts from the system of record afresh.
 	s.cfg.Local.resetIfUsed()
-	return decide(res, limit, reset, now, false), nil
+	d := decide(res, req.Limit, reset, now, false)
+	d.key = k
+	return d, nil
 }
 
 // Refund gives back the unit an allowed Decision counted, when the work it
-// paid for failed: only successful metered requests are counted.
+// paid for failed: only successful metered requests are counted. A request
+// answered afresh under a key that was counted before (UsageNotCounted)
+// counted nothing here and keeps its key.
 func (s *Service) Refund(ctx context.Context, p domain.Principal, d Decision) error {
-	if !d.Allowed {
+	if !d.Allowed || d.Idem == domain.UsageNotCounted {
 		return nil
 	}
 	start, _ := p.Plan.Period.Window(d.ResetAt.Add(-time.Nanosecond))
@@ -113,10 +167,46 @@ func (s *Service) Refund(ctx context.Context, p domain.Principal, d Decision) er
 		s.cfg.Local.refund(p.UserID, start)
 		return nil
 	}
-	if err := s.cfg.Counter.Refund(ctx, p.UserID, start); err != nil {
+	if err := s.cfg.Counter.RefundIdem(ctx, p.UserID, start, d.key); err != nil {
 		return fmt.Errorf("refund usage: %w", err)
 	}
 	return nil
+}
+
+// Reconcile settles counts whose outcome was unknown, if the counter can
+// tell now, and hands the corrections to Local, which the usage sync
+// persists. Call it periodically and once before the last sync at shutdown.
+func (s *Service) Reconcile(ctx context.Context) error {
+	r, ok := s.cfg.Counter.(Reconciler)
+	if !ok {
+		return nil
+	}
+	st, err := r.Reconcile(ctx)
+	s.apply(ctx, st)
+	return err
+}
+
+// Abandon gives up settling what is left (at shutdown, when the counter
+// cannot tell in time): served requests of unknown outcome are persisted as
+// counted, so none is lost; one the counter did apply is then doubled.
+func (s *Service) Abandon(ctx context.Context) {
+	if r, ok := s.cfg.Counter.(Reconciler); ok {
+		s.apply(ctx, r.Abandon())
+	}
+}
+
+func (s *Service) apply(ctx context.Context, st domain.Settlement) {
+	if len(st.Corrections) > 0 {
+		s.cfg.Local.Restore(st.Corrections)
+	}
+	if s.cfg.Observer != nil {
+		if st.Applied > 0 {
+			s.cfg.Observer.UsageReconciled(ctx, "applied", st.Applied)
+		}
+		if st.NotApplied > 0 {
+			s.cfg.Observer.UsageReconciled(ctx, "not_applied", st.NotApplied)
+		}
+	}
 }
 
 // Seed installs the user's counter of the current period of period from the
@@ -138,11 +228,11 @@ func (s *Service) seed(ctx context.Context, userID int64, start, reset time.Time
 	return nil
 }
 
-func (s *Service) seedAndRetry(ctx context.Context, userID int64, start, reset time.Time, limit int64) (domain.UsageResult, error) {
-	if err := s.seed(ctx, userID, start, reset); err != nil {
+func (s *Service) seedAndRetry(ctx context.Context, req domain.CountRequest) (domain.UsageResult, error) {
+	if err := s.seed(ctx, req.UserID, req.Start, req.Reset); err != nil {
 		return domain.UsageResult{}, err
 	}
-	res, err := s.cfg.Counter.CheckAndCount(ctx, userID, start, reset, limit)
+	res, err := s.cfg.Counter.Count(ctx, req)
 	if err == nil && res.Outcome == domain.UsageCold {
 		// The counter vanished between seed and count (eviction, restart): the
 		// cache is not dependable right now.
@@ -153,12 +243,16 @@ func (s *Service) seedAndRetry(ctx context.Context, userID int64, start, reset t
 
 // checkLocal is the fail-open path: the base comes from the system of record
 // and the in-process count is added; usagesync persists Local's deltas.
-func (s *Service) checkLocal(ctx context.Context, userID int64, start time.Time, limit int64, reset, now time.Time) (Decision, error) {
+//
+// A count of unknown outcome (provisional) counts against the quota here
+// but is not handed to the sync: its unit reaches the system of record
+// through Reconcile, once the counter can tell whether it applied it.
+func (s *Service) checkLocal(ctx context.Context, userID int64, start time.Time, limit int64, reset, now time.Time, provisional bool) (Decision, error) {
 	base, err := s.cfg.Local.base(ctx, s.cfg.Ledger, userID, start)
 	if err != nil {
 		return Decision{}, apperr.Temporary(err, "usage metering is temporarily unavailable")
 	}
-	res := s.cfg.Local.checkAndCount(userID, start, base, limit)
+	res := s.cfg.Local.checkAndCount(userID, start, base, limit, provisional)
 	return decide(res, limit, reset, now, true), nil
 }
 
@@ -171,8 +265,15 @@ func decide(res domain.UsageResult, limit int64, reset, now time.Time, degraded 
 		Degraded: degraded,
 	}
 	d.Remaining = max(limit-res.Used, 0)
-	if !d.Allowed {
+	switch res.Outcome {
+	case domain.UsageDenied:
 		d.RetryAfter = max(reset.Sub(now), time.Second)
+	case domain.UsageNotCounted:
+		d.Allowed, d.Idem = true, res.Outcome
+	case domain.UsageReplay, domain.UsageReused:
+		d.Idem, d.Answer = res.Outcome, res.Answer
+	case domain.UsageInUse:
+		d.Idem, d.RetryAfter = res.Outcome, max(res.RetryAfter, time.Second)
 	}
 	return d
 }
@@ -226,7 +327,7 @@ func (l *Local) base(ctx context.Context, ledger Ledger, userID int64, start tim
 	return b, nil
 }
 
-func (l *Local) checkAndCount(userID int64, start time.Time, base, limit int64) domain.UsageResult {
+func (l *Local) checkAndCount(userID int64, start time.Time, base, limit int64, provisional bool) domain.UsageResult {
 	k := localKey{userID, start}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -236,7 +337,9 @@ func (l *Local) checkAndCount(userID int64, start time.Time, base, limit int64) 
 		return domain.UsageResult{Outcome: domain.UsageDenied, Used: used}
 	}
 	l.counts[k]++
-	l.pending[k]++
+	if !provisional {
+		l.pending[k]++
+	}
 	return domain.UsageResult{Outcome: domain.UsageAllowed, Used: used + 1}
 }
 

@@ -23,7 +23,8 @@ func newFakeCounter() *fakeCounter {
 	return &fakeCounter{counts: map[int64]int64{}, seeded: map[int64]bool{}}
 }
 
-func (f *fakeCounter) CheckAndCount(_ context.Context, u int64, _, _ time.Time, limit int64) (domain.UsageResult, error) {
+func (f *fakeCounter) Count(_ context.Context, r domain.CountRequest) (domain.UsageResult, error) {
+	u, limit := r.UserID, r.Limit
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -51,7 +52,7 @@ func (f *fakeCounter) SeedUsage(_ context.Context, u int64, _, _ time.Time, pers
 	return nil
 }
 
-func (f *fakeCounter) Refund(_ context.Context, u int64, _ time.Time) error {
+func (f *fakeCounter) RefundIdem(_ context.Context, u int64, _ time.Time, _ domain.IdemKey) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {

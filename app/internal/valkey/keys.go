@@ -44,6 +44,15 @@ func (k Keys) Pending(userID int64) string { return k.user(userID, partPending) 
 // inflightField).
 func (k Keys) Inflight(userID int64) string { return k.user(userID, partInflight) }
 
+// Applied is the user's hash of counts applied per sender: field
+// "<instance>:<epoch>" → how many of that instance's counts in that epoch
+// the count script applied (see outcomes).
+func (k Keys) Applied(userID int64) string { return k.user(userID, "applied") }
+
+// Idem is the record of one of the user's idempotency keys (digest: the
+// hex digest of the client's key, domain.IdemKey.Key).
+func (k Keys) Idem(userID int64, digest string) string { return k.user(userID, "idem", digest) }
+
 // The parts of the per-user keys that Sweep recognizes (parseUser).
 const (
 	partPending  = "pending"

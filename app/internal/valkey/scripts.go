@@ -7,13 +7,62 @@ import (
 	valkey "github.com/valkey-io/valkey-go"
 )
 
-// checkAndCountLua returns {outcome, used[, first]}; the outcome codes equal
-// the Outcome values. first is 1 when this count took the period's pending
-// delta from 0 to 1: only then must the user be marked dirty (see
-// Cache.CheckAndCount).
+// idemLuaLib checks an idempotency record (a hash: fp = the request's
+// fingerprint, until = unix ms while the first request holds the key, then
+// status and body once its answer is stored). idem_check returns nil when
+// the key is new, else the reply for the caller: {5} another request used
+// the key, {6, 0, status, body} replay, {7, ms} still held for ms, or {8}
+// the first attempt's answer was lost (its holder died): the key is now
+// held by this attempt, which is answered afresh.
+const idemLuaLib = `
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function idem_check(key, fp, now, lease)
+  local r = redis.call('HMGET', key, 'fp', 'until', 'status', 'body')
+  if not r[1] then return nil end
+  if r[1] ~= fp then return {5, 0} end
+  if r[3] then return {6, 0, r[3], r[4]} end
+  local u = tonumber(r[2])
+  if u > now then return {7, u - now} end
+  redis.call('HSET', key, 'until', now + lease)
+  return {8, 0}
+end
+local function idem_hold(key, fp, now, lease, ttl)
+  redis.call('HSET', key, 'fp', fp, 'until', now + lease)
+  redis.call('PEXPIRE', key, ttl)
+end
+`
+
+// countLua is the metered request's one atomic step: the fence, the
+// idempotency key, the quota check and the count. It returns {outcome,
+// used[, first]} with the outcome codes of domain.UsageOutcome, plus 4 for
+// fenced, and the idem_check replies (with the current count as used); first is 1 when this count took the
+// period's pending delta from 0 to 1: only then must the user be marked
+// dirty (see Cache.Count).
 //
-// KEYS: counter, pending. ARGV: limit, period field, ttl ms.
-const checkAndCountLua = `
+// The fence (ARGV[4], server unix ms) makes a script that reaches the server
+// after its caller gave up a no-op, so an unknown outcome is settled for good
+// once the server's clock passes it. The applied field (ARGV[5], may be
+// empty) counts this sender's applied counts for that settlement (outcomes).
+// With a fingerprint (ARGV[6]) the key record is written in the same step as
+// the count: no count without its record, no record without its count.
+//
+// KEYS: counter, pending, applied, idem record (KEYS[3] again without a
+// key). ARGV: limit, period field, counter ttl ms, fence ms, applied field,
+// fingerprint, idem ttl ms, idem lease ms.
+const countLua = idemLuaLib + `
+local now = server_ms()
+if now > tonumber(ARGV[4]) then return {4, 0} end
+local fp = ARGV[6]
+if fp ~= '' then
+  local r = idem_check(KEYS[4], fp, now, tonumber(ARGV[8]))
+  if r then
+    if r[1] == 6 or r[1] == 8 then r[2] = tonumber(redis.call('GET', KEYS[1]) or '0') end
+    return r
+  end
+end
 local cur = redis.call('GET', KEYS[1])
 if not cur then return {3, 0} end
 cur = tonumber(cur)
@@ -21,8 +70,35 @@ if cur >= tonumber(ARGV[1]) then return {2, cur} end
 local n = redis.call('INCR', KEYS[1])
 local p = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if ARGV[5] ~= '' then
+  redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+if fp ~= '' then idem_hold(KEYS[4], fp, now, tonumber(ARGV[8]), ARGV[7]) end
 if p == 1 then return {1, n, 1} end
 return {1, n, 0}
+`
+
+// idemBeginLua takes an idempotency key for a request that is not metered:
+// {1} the key is new and now held, else idem_check's reply.
+//
+// KEYS: idem record. ARGV: fingerprint, idem ttl ms, idem lease ms.
+const idemBeginLua = idemLuaLib + `
+local now = server_ms()
+local r = idem_check(KEYS[1], ARGV[1], now, tonumber(ARGV[3]))
+if r then return r end
+idem_hold(KEYS[1], ARGV[1], now, tonumber(ARGV[3]), ARGV[2])
+return {1}
+`
+
+// idemStoreLua stores the first answer of a key's request, if the record
+// is still that request's (it keeps its TTL from the first use).
+//
+// KEYS: idem record. ARGV: fingerprint, status, body.
+const idemStoreLua = `
+if redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'body', ARGV[3])
+return 1
 `
 
 // seedUsageLua creates the counter as persisted + the period's deltas not yet
@@ -167,11 +243,14 @@ return 1
 
 // refundLua gives back one counted request whose query then failed: the
 // counter and the pending delta go down by one (the delta may go negative if
-// a sync batch already took the +1; Postgres then receives the -1).
-// KEYS: counter, pending. ARGV: period field.
+// a sync batch already took the +1; Postgres then receives the -1), and the
+// request's idempotency record, if any, is forgotten so that a retry with
+// the key is counted afresh.
+// KEYS: counter, pending[, idem record]. ARGV: period field.
 const refundLua = `
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
 redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
 return 1
 `
 
@@ -340,10 +419,11 @@ return 0
 // a resent CheckAndCount could count twice, and the sync protocol's retries
 // are explicit.
 type scripts struct {
-	// checkAndCountSHA is for pipelining the count with its dirty mark,
-	// which valkey.Lua cannot do.
-	checkAndCountSHA                    string
-	checkAndCount, seedUsage, refund    *valkey.Lua
+	// countSHA is for running the count by hash with a builder (the
+	// hot path builds its command without valkey.Lua's allocations).
+	countSHA                            string
+	seedUsage, refund                   *valkey.Lua
+	idemBegin, idemStore                *valkey.Lua
 	hasNot                              *valkey.Lua
 	applyItems, invalidateItems, finish *valkey.Lua
 	putPrincipal                        *valkey.Lua
@@ -355,23 +435,24 @@ type scripts struct {
 
 // allScripts is every script source, in the order LoadScripts loads them.
 var allScripts = []string{
-	checkAndCountLua, seedUsageLua, refundLua, hasNotLua, applyItemsLua, invalidateItemsLua, finishLoadLua, putPrincipalLua,
+	countLua, seedUsageLua, refundLua, idemBeginLua, idemStoreLua, hasNotLua, applyItemsLua, invalidateItemsLua, finishLoadLua, putPrincipalLua,
 	beginLua, claimUserLua, revertUserLua, sealLua, renewLua, takeoverLua, finishLua,
 	extendLockLua, releaseLockLua, swapLockLua,
 }
 
 func newScripts() *scripts {
-	sum := sha1.Sum([]byte(checkAndCountLua))
+	sum := sha1.Sum([]byte(countLua))
 	return &scripts{
-		checkAndCountSHA: hex.EncodeToString(sum[:]),
-		checkAndCount:    valkey.NewLuaScript(checkAndCountLua),
-		seedUsage:        valkey.NewLuaScript(seedUsageLua),
-		refund:           valkey.NewLuaScript(refundLua),
-		hasNot:           valkey.NewLuaScriptReadOnly(hasNotLua),
-		applyItems:       valkey.NewLuaScript(applyItemsLua),
-		invalidateItems:  valkey.NewLuaScript(invalidateItemsLua),
-		finish:           valkey.NewLuaScript(finishLoadLua),
-		putPrincipal:     valkey.NewLuaScript(putPrincipalLua),
+		countSHA:        hex.EncodeToString(sum[:]),
+		idemBegin:       valkey.NewLuaScript(idemBeginLua),
+		idemStore:       valkey.NewLuaScript(idemStoreLua),
+		seedUsage:       valkey.NewLuaScript(seedUsageLua),
+		refund:          valkey.NewLuaScript(refundLua),
+		hasNot:          valkey.NewLuaScriptReadOnly(hasNotLua),
+		applyItems:      valkey.NewLuaScript(applyItemsLua),
+		invalidateItems: valkey.NewLuaScript(invalidateItemsLua),
+		finish:          valkey.NewLuaScript(finishLoadLua),
+		putPrincipal:    valkey.NewLuaScript(putPrincipalLua),
 
 		syncBegin:    valkey.NewLuaScript(beginLua),
 		syncClaim:    valkey.NewLuaScript(claimUserLua),

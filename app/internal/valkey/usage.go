@@ -2,7 +2,9 @@ package valkey
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"time"
 
@@ -40,26 +42,56 @@ func (c *Cache) counterTTL(reset time.Time) time.Duration {
 	return reset.Sub(c.now()) + counterSlack
 }
 
-// CheckAndCount checks the user's counter of the period [start, reset)
-// against limit and, if below, counts one request: it increments the counter
-// and the pending delta of the period in one atomic step. In the same round
-// trip, AFTER the count, it marks the user dirty for the usage sync (see
-// SyncQueue for why after, and why a separate command). The counter gets its
-// TTL (until reset, plus slack) when it has none.
+// CountRequest is one metered request's count (Cache.Count).
+type CountRequest = domain.CountRequest
+
+// CheckAndCount is Count without an idempotency key.
 func (c *Cache) CheckAndCount(ctx context.Context, userID int64, start, reset time.Time, limit int64) (UsageResult, error) {
+	return c.Count(ctx, CountRequest{UserID: userID, Start: start, Reset: reset, Limit: limit})
+}
+
+// Count checks the user's counter of the period [Start, Reset) against the
+// limit and, if below, counts one request: it increments the counter and the
+// pending delta of the period in one atomic step, with the idempotency
+// key's record when there is one. When the count starts the period's
+// pending delta, the user is marked dirty for the usage sync right after
+// (see SyncQueue for why after, and why a separate command). The counter
+// gets its TTL (until reset, plus slack) when it has none.
+//
+// An error whose outcome is unknown (the script may have run) carries a
+// Settle(served bool) method (errors.As) that the caller MUST call once;
+// see Reconcile.
+func (c *Cache) Count(ctx context.Context, r CountRequest) (UsageResult, error) {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	period := PeriodField(start)
-	keys := []string{c.keys.counter(userID, period), c.keys.Pending(userID)}
-	args := []string{strconv.FormatInt(limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(reset)), 10)}
-	vals, err := c.count(ctx, keys, args).AsIntSlice()
+	period := PeriodField(r.Start)
+	fence := c.outcomes.fence(c.opTimeout)
+	applied := c.keys.Applied(r.UserID)
+	keys := []string{c.keys.counter(r.UserID, period), c.keys.Pending(r.UserID), applied, applied}
+	var ep *epoch
+	field := ""
+	if r.Idem.Key != "" {
+		keys[3] = c.keys.Idem(r.UserID, r.Idem.Key)
+	} else {
+		ep = c.outcomes.begin(r.UserID, r.Start, period, fence)
+		field = ep.field
+	}
+	args := []string{
+		strconv.FormatInt(r.Limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(r.Reset)), 10),
+		strconv.FormatInt(fence, 10), field, r.Idem.Fingerprint,
+		strconv.FormatInt(ttlMillis(r.IdemTTL), 10), strconv.FormatInt(ttlMillis(r.IdemLease), 10),
+	}
+	res, err := parseCount(c.count(ctx, keys, args))
+	if ep != nil {
+		unknown := err != nil && outcomeUnknown(err)
+		if u := c.outcomes.end(r.UserID, ep, err == nil && res.Outcome == Allowed, unknown); u != nil {
+			return UsageResult{}, &unknownErr{err: wrapErr("count", err), u: u}
+		}
+	}
 	if err != nil {
-		return UsageResult{}, wrapErr("check and count", err)
+		return UsageResult{}, wrapErr("count", err)
 	}
-	if len(vals) < 2 || vals[0] < int64(Allowed) || vals[0] > int64(Cold) {
-		return UsageResult{}, fmt.Errorf("valkey check and count: %w: %v", errUnexpected, vals)
-	}
-	if len(vals) == 3 && vals[2] == 1 {
+	if res.first {
 		// The first pending unit since the last claim: mark the user dirty,
 		// after the count, so the usage sync finds it without scanning.
 		// A claim removes its users from the dirty index before it moves
@@ -68,18 +100,143 @@ func (c *Cache) CheckAndCount(ctx context.Context, userID int64, start, reset ti
 		// about to be claimed) or starts a new one and marks. The mark
 		// costs a round trip only once per user per sync; its error is not
 		// reported (the count ran) and SyncQueue.Sweep repairs a lost one.
-		_ = c.client.Do(ctx, c.markDirtyCmd(userID)).Error()
+		_ = c.client.Do(ctx, c.markDirtyCmd(r.UserID)).Error()
 	}
-	return UsageResult{Outcome: Outcome(vals[0]), Used: vals[1]}, nil
+	return res.UsageResult, nil
+}
+
+// errFenced: the count reached the server after its fence and did nothing.
+var errFenced = errors.New("count reached the server after its deadline; nothing was counted")
+
+type countReply struct {
+	UsageResult
+	first bool
+}
+
+// parseCount decodes the reply of countLua or idemBeginLua.
+func parseCount(r valkey.ValkeyResult) (countReply, error) {
+	msgs, err := r.ToArray()
+	if err != nil {
+		return countReply{}, err
+	}
+	if len(msgs) < 2 {
+		return countReply{}, errUnexpected
+	}
+	code, err1 := msgs[0].AsInt64()
+	n, err2 := msgs[1].AsInt64()
+	if err1 != nil || err2 != nil {
+		return countReply{}, errUnexpected
+	}
+	var out countReply
+	switch code {
+	case 1, 2, 3:
+		out.Outcome, out.Used = Outcome(code), n
+		if len(msgs) == 3 {
+			first, err := msgs[2].AsInt64()
+			if err != nil {
+				return countReply{}, errUnexpected
+			}
+			out.first = first == 1
+		}
+	case 4:
+		return countReply{}, fmt.Errorf("%w: %w", domain.ErrUnavailable, errFenced)
+	case 5:
+		out.Outcome = domain.UsageReused
+	case 6:
+		if len(msgs) != 4 {
+			return countReply{}, errUnexpected
+		}
+		st, err1 := msgs[2].AsInt64()
+		body, err2 := msgs[3].ToString()
+		if err1 != nil || err2 != nil {
+			return countReply{}, errUnexpected
+		}
+		out.Outcome, out.Used, out.Answer = domain.UsageReplay, n, domain.StoredAnswer{Status: int(st), Body: body}
+	case 7:
+		out.Outcome, out.RetryAfter = domain.UsageInUse, time.Duration(n)*time.Millisecond
+	case 8:
+		out.Outcome, out.Used = domain.UsageNotCounted, n
+	default:
+		return countReply{}, fmt.Errorf("%w: outcome %d", errUnexpected, code)
+	}
+	return out, nil
+}
+
+// outcomeUnknown reports whether a failed count may have been applied: any
+// failure but a refusal before sending (open breaker, no connection could
+// be dialled, a closed client), a fenced no-op, or a server error reply (the
+// script did not run, or failed before its first write).
+func outcomeUnknown(err error) bool {
+	if errors.Is(err, ErrBreakerOpen) || errors.Is(err, errFenced) || errors.Is(err, errUnexpected) || errors.Is(err, valkey.ErrClosing) {
+		return false
+	}
+	if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
+		return false
+	}
+	if _, ok := valkey.IsValkeyErr(err); ok {
+		return false
+	}
+	return true
+}
+
+// unknownErr is a count error whose outcome is unknown.
+type unknownErr struct {
+	err error
+	u   *Unknown
+}
+
+func (e *unknownErr) Error() string { return e.err.Error() + " (outcome unknown)" }
+func (e *unknownErr) Unwrap() error { return e.err }
+
+// Settle settles the unknown count (see Unknown.Settle).
+func (e *unknownErr) Settle(served bool) { e.u.Settle(served) }
+
+// IdemBegin takes an idempotency key for a request that is not metered:
+// Allowed when the key is new (it is held now), else the key's outcome
+// (UsageReplay, UsageInUse, UsageReused; UsageNotCounted when the first
+// attempt's answer was lost: answer afresh).
+func (c *Cache) IdemBegin(ctx context.Context, userID int64, k domain.IdemKey, ttl, lease time.Duration) (UsageResult, error) {
+	ctx, cancel := c.opCtx(ctx)
+	defer cancel()
+	keys := []string{c.keys.Idem(userID, k.Key)}
+	args := []string{k.Fingerprint, strconv.FormatInt(ttlMillis(ttl), 10), strconv.FormatInt(ttlMillis(lease), 10)}
+	res := c.scripts.idemBegin.Exec(ctx, c.client, keys, args)
+	if v, err := res.ToArray(); err == nil && len(v) == 1 {
+		return UsageResult{Outcome: Allowed}, nil
+	}
+	out, err := parseCount(res)
+	if err != nil {
+		return UsageResult{}, wrapErr("idempotency begin", err)
+	}
+	return out.UsageResult, nil
+}
+
+// IdemStore stores the first answer of a key's request.
+func (c *Cache) IdemStore(ctx context.Context, userID int64, k domain.IdemKey, a domain.StoredAnswer) error {
+	ctx, cancel := c.opCtx(ctx)
+	defer cancel()
+	keys := []string{c.keys.Idem(userID, k.Key)}
+	if err := c.scripts.idemStore.Exec(ctx, c.client, keys, []string{k.Fingerprint, strconv.Itoa(a.Status), a.Body}).Error(); err != nil {
+		return wrapErr("idempotency store", err)
+	}
+	return nil
+}
+
+// IdemForget forgets a key whose request failed, so a retry runs afresh.
+func (c *Cache) IdemForget(ctx context.Context, userID int64, k domain.IdemKey) error {
+	if err := c.do(ctx, c.client.B().Del().Key(c.keys.Idem(userID, k.Key)).Build()).Error(); err != nil {
+		return wrapErr("idempotency forget", err)
+	}
+	return nil
 }
 
 // count runs the count script by its hash, and by its source when the
 // server's script cache was flushed (nothing ran then).
 func (c *Cache) count(ctx context.Context, keys, args []string) valkey.ValkeyResult {
 	b := c.client.B()
-	res := c.client.Do(ctx, b.Evalsha().Sha1(c.scripts.checkAndCountSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+	res := c.client.Do(ctx, b.Evalsha().Sha1(c.scripts.countSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
 	if ve, ok := valkey.IsValkeyErr(res.Error()); ok && ve.IsNoScript() {
-		res = c.client.Do(ctx, b.Eval().Script(checkAndCountLua).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+		res = c.client.Do(ctx, b.Eval().Script(countLua).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
 	}
 	return res
 }
@@ -104,10 +261,19 @@ func (c *Cache) SeedUsage(ctx context.Context, userID int64, start, reset time.T
 // failed: the counter and the pending delta go down by one, and the user is
 // marked dirty again so the sync carries the -1 to Postgres.
 func (c *Cache) Refund(ctx context.Context, userID int64, periodStart time.Time) error {
+	return c.RefundIdem(ctx, userID, periodStart, domain.IdemKey{})
+}
+
+// RefundIdem is Refund of a count made with an idempotency key: the key's
+// record goes too, so a retry with it is counted afresh.
+func (c *Cache) RefundIdem(ctx context.Context, userID int64, periodStart time.Time, k domain.IdemKey) error {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
 	period := PeriodField(periodStart)
 	keys := []string{c.keys.counter(userID, period), c.keys.Pending(userID)}
+	if k.Key != "" {
+		keys = append(keys, c.keys.Idem(userID, k.Key))
+	}
 	if err := c.scripts.refund.Exec(ctx, c.client, keys, []string{period}).Error(); err != nil {
 		return wrapErr("refund usage", err)
 	}

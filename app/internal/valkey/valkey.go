@@ -146,6 +146,8 @@ type Cache struct {
 	// principals memoizes decoded principals by their cached bytes (always
 	// correct: the same bytes decode to the same principal).
 	principals principalMemo
+	// outcomes tracks counts so unknown outcomes can be settled.
+	outcomes *outcomes
 }
 
 // New dials the server at cfg.URL and pings it. Unreachable servers yield an
@@ -178,6 +180,9 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		client.Close()
 		return nil, err
 	}
+	// The clock offset that count fences use; measured again on every
+	// Reconcile that has something to settle.
+	_, _ = c.serverTime(ctx)
 	return c, nil
 }
 
@@ -209,6 +214,7 @@ func NewFromClient(client valkey.Client, cfg Config) *Cache {
 		localTTL:    min(cfg.LocalTTL, MaxLocalTTL),
 		clientCache: !cfg.DisableClientCache,
 		lookup:      client,
+		outcomes:    newOutcomes(),
 	}
 }
 

@@ -204,11 +204,11 @@ func (c *fakeCache) SeedUsage(_ context.Context, id int64, _, _ time.Time, persi
 }
 
 // CheckAndCount and Refund complete usage.Counter; warmup only seeds.
-func (c *fakeCache) CheckAndCount(context.Context, int64, time.Time, time.Time, int64) (domain.UsageResult, error) {
-	return domain.UsageResult{}, fmt.Errorf("fakeCache: CheckAndCount is not used by warmup")
+func (c *fakeCache) Count(context.Context, domain.CountRequest) (domain.UsageResult, error) {
+	return domain.UsageResult{}, fmt.Errorf("fakeCache: Count is not used by warmup")
 }
 
-func (c *fakeCache) Refund(context.Context, int64, time.Time) error {
+func (c *fakeCache) RefundIdem(context.Context, int64, time.Time, domain.IdemKey) error {
 	return fmt.Errorf("fakeCache: Refund is not used by warmup")
 }
 

@@ -296,7 +296,7 @@ export interface components {
         };
     };
     responses: {
-        /** @description The request is malformed; nothing was changed or counted. Codes: `invalid_request`, `invalid_items`. */
+        /** @description The request is malformed; nothing was changed or counted. Codes: `invalid_request`, `invalid_items`, `invalid_idempotency_key`. */
         BadRequest: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -316,7 +316,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"] & {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "invalid_request" | "invalid_items";
+                        code?: "invalid_request" | "invalid_items" | "invalid_idempotency_key";
                     };
                 };
             };
@@ -459,8 +459,40 @@ export interface components {
             };
             content?: never;
         };
+        /** @description A request with this `Idempotency-Key` is still being answered; retry after `Retry-After` seconds with the same key. Nothing was counted. Codes: `idempotency_key_in_use`. */
+        IdempotencyKeyInUse: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                "Server-Timing": components["headers"]["Server-Timing"];
+                "Retry-After": components["headers"]["Retry-After"];
+                [name: string]: unknown;
+            };
+            content: {
+                /**
+                 * @example {
+                 *       "error": {
+                 *         "code": "idempotency_key_in_use",
+                 *         "message": "…"
+                 *       },
+                 *       "requestId": "3f9a1c2b7d4e-1"
+                 *     }
+                 */
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /** @enum {unknown} */
+                        code?: "idempotency_key_in_use";
+                    };
+                };
+            };
+        };
     };
-    parameters: never;
+    parameters: {
+        /**
+         * @description Makes a retry of this request safe (draft-ietf-httpapi-idempotency-key-header): 1 to 255 printable ASCII characters, unique per request, kept per user for `IDEMPOTENCY_TTL` (default 24 h). A repeat with the same key and the same body gets the first answer again with `Idempotent-Replayed: true` and is never counted again; the same key with another body gets 422 `idempotency_key_reused`; a repeat while the first is still being answered gets 409 `idempotency_key_in_use` with `Retry-After`. If the first attempt was counted but its answer was lost, the retry is answered afresh and not counted again. Anything but 1 to 255 printable ASCII characters gets 400 `invalid_idempotency_key`. A request with a key needs the key store: while Valkey is unavailable it gets 503 (retry with the same key), even where requests without a key are served.
+         * @example 5f0c9a4e-7b1d-4c52-9f0e-2a6d8c1b3e47
+         */
+        "Idempotency-Key": string;
+    };
     requestBodies: never;
     headers: {
         /**
@@ -512,7 +544,13 @@ export interface operations {
     query: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry of this request safe (draft-ietf-httpapi-idempotency-key-header): 1 to 255 printable ASCII characters, unique per request, kept per user for `IDEMPOTENCY_TTL` (default 24 h). A repeat with the same key and the same body gets the first answer again with `Idempotent-Replayed: true` and is never counted again; the same key with another body gets 422 `idempotency_key_reused`; a repeat while the first is still being answered gets 409 `idempotency_key_in_use` with `Retry-After`. If the first attempt was counted but its answer was lost, the retry is answered afresh and not counted again. Anything but 1 to 255 printable ASCII characters gets 400 `invalid_idempotency_key`. A request with a key needs the key store: while Valkey is unavailable it gets 503 (retry with the same key), even where requests without a key are served.
+                 * @example 5f0c9a4e-7b1d-4c52-9f0e-2a6d8c1b3e47
+                 */
+                "Idempotency-Key"?: components["parameters"]["Idempotency-Key"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -537,6 +575,7 @@ export interface operations {
                     "Server-Timing": components["headers"]["Server-Timing"];
                     RateLimit: components["headers"]["RateLimit"];
                     "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -559,8 +598,34 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
+            409: components["responses"]["IdempotencyKeyInUse"];
             413: components["responses"]["BodyTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            /** @description The `Idempotency-Key` was used with another request; nothing was counted. Codes: `idempotency_key_reused`. */
+            422: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "Server-Timing": components["headers"]["Server-Timing"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "code": "idempotency_key_reused",
+                     *         "message": "…"
+                     *       },
+                     *       "requestId": "3f9a1c2b7d4e-1"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["Error"] & {
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: "idempotency_key_reused";
+                        };
+                    };
+                };
+            };
             /** @description The plan's quota for this period is used up. Codes: `quota_exceeded`. */
             429: {
                 headers: {
@@ -595,7 +660,13 @@ export interface operations {
     changeItems: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry of this request safe (draft-ietf-httpapi-idempotency-key-header): 1 to 255 printable ASCII characters, unique per request, kept per user for `IDEMPOTENCY_TTL` (default 24 h). A repeat with the same key and the same body gets the first answer again with `Idempotent-Replayed: true` and is never counted again; the same key with another body gets 422 `idempotency_key_reused`; a repeat while the first is still being answered gets 409 `idempotency_key_in_use` with `Retry-After`. If the first attempt was counted but its answer was lost, the retry is answered afresh and not counted again. Anything but 1 to 255 printable ASCII characters gets 400 `invalid_idempotency_key`. A request with a key needs the key store: while Valkey is unavailable it gets 503 (retry with the same key), even where requests without a key are served.
+                 * @example 5f0c9a4e-7b1d-4c52-9f0e-2a6d8c1b3e47
+                 */
+                "Idempotency-Key"?: components["parameters"]["Idempotency-Key"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -620,6 +691,7 @@ export interface operations {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -635,9 +707,10 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
+            409: components["responses"]["IdempotencyKeyInUse"];
             413: components["responses"]["BodyTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
-            /** @description The change would take the set past the plan's item limit; nothing was changed. Codes: `too_many_items`. */
+            /** @description The change would take the set past the plan's item limit (`too_many_items`), or the `Idempotency-Key` was used with another request (`idempotency_key_reused`); nothing was changed. Codes: `too_many_items`, `idempotency_key_reused`. */
             422: {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -657,7 +730,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         error?: {
                             /** @enum {unknown} */
-                            code?: "too_many_items";
+                            code?: "too_many_items" | "idempotency_key_reused";
                         };
                     };
                 };

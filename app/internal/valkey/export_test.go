@@ -1,0 +1,7 @@
+package valkey
+
+import "time"
+
+// SkewFences shifts the server-clock offset that count fences are computed
+// with by d (negative: fences in the past).
+func SkewFences(c *Cache, d time.Duration) { c.outcomes.offset.Add(d.Milliseconds()) }
