@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -103,6 +104,20 @@ func rotate(targets []vegeta.Target) vegeta.Targeter {
 			return vegeta.ErrNoTargets
 		}
 		*t = targets[(n.Add(1)-1)%uint64(len(targets))]
+		return nil
+	}
+}
+
+// withIdempotencyKeys gives every target of next a fresh Idempotency-Key.
+func withIdempotencyKeys(next vegeta.Targeter) vegeta.Targeter {
+	prefix := randHex(8)
+	var n atomic.Uint64
+	return func(t *vegeta.Target) error {
+		if err := next(t); err != nil {
+			return err
+		}
+		t.Header = t.Header.Clone()
+		t.Header.Set("Idempotency-Key", prefix+"-"+strconv.FormatUint(n.Add(1), 10))
 		return nil
 	}
 }

@@ -51,6 +51,7 @@ type loadFlags struct {
 	duration                  time.Duration
 	users, items, queryItems  int
 	warm, max, asJSON         bool
+	idemKeys                  bool
 	workers, provisioners     int
 	endpoint, plan            string
 }
@@ -74,6 +75,7 @@ func runLoad(ctx context.Context, args []string, getenv func(string) string, std
 	fs.IntVar(&f.provisioners, "provision-workers", 16, "concurrent provisioning requests")
 	fs.StringVar(&f.plan, "plan", "pro", "plan of the provisioned users")
 	fs.BoolVar(&f.asJSON, "json", false, "print the summary as JSON")
+	fs.BoolVar(&f.idemKeys, "idempotency-keys", false, "send a fresh Idempotency-Key with every request (measures what keys cost)")
 	if err := fs.Parse(args); err != nil {
 		return usageErr(err)
 	}
@@ -102,6 +104,9 @@ func runLoad(ctx context.Context, args []string, getenv func(string) string, std
 	switch f.endpoint {
 	case endpointQuery:
 		spec.Targeter = rotate(queryTargets(c.Target, users, f.queryItems))
+		if f.idemKeys {
+			spec.Targeter = withIdempotencyKeys(spec.Targeter)
+		}
 	case endpointWarmup:
 		spec.Targeter = rotate(warmupTargets(c.Target, users))
 	}
