@@ -19,6 +19,7 @@ func onEachBackend(t *testing.T, f func(t *testing.T, c *valkey.Cache)) {
 		open func(testing.TB) *valkey.Cache
 	}{
 		{"valkey", func(t testing.TB) *valkey.Cache { return valkeytest.NewWith(t, testConfig()) }},
+		{"cluster", func(t testing.TB) *valkey.Cache { return valkeytest.NewCluster(t, testConfig()) }},
 		{"miniredis", func(t testing.TB) *valkey.Cache { return valkeytest.NewMiniredisWith(t, testConfig()) }},
 	}
 	for _, b := range backends {

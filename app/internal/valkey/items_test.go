@@ -336,13 +336,19 @@ func TestItemsLoad(t *testing.T) {
 	})
 }
 
+// tempKeys lists the user's temporary load sets (KEYS on every node: on a
+// cluster a KEYS answers for one node only).
 func tempKeys(t *testing.T, c *valkey.Cache, user int64) []string {
 	t.Helper()
-	keys, err := c.Client().Do(t.Context(), c.Client().B().Keys().Pattern(c.Keys().ItemsLoad(user, "*")).Build()).AsStrSlice()
-	if err != nil {
-		t.Fatal(err)
+	var all []string
+	for _, node := range c.Client().Nodes() {
+		keys, err := node.Do(t.Context(), node.B().Keys().Pattern(c.Keys().ItemsLoad(user, "*")).Build()).AsStrSlice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, keys...)
 	}
-	return keys
+	return all
 }
 
 func assertNoTempKeys(t *testing.T, c *valkey.Cache, user int64) {

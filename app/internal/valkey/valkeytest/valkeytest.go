@@ -40,6 +40,26 @@ func NewWith(t testing.TB, cfg valkey.Config) *valkey.Cache {
 	return open(t, cfg)
 }
 
+// NewCluster returns a Cache on the Valkey Cluster at VALKEY_CLUSTER_URL
+// (seed nodes: redis://host1:port?addr=host2:port&addr=…), with a random
+// prefix. It skips the test when VALKEY_CLUSTER_URL is unset.
+func NewCluster(t testing.TB, cfg valkey.Config) *valkey.Cache {
+	t.Helper()
+	url := os.Getenv("VALKEY_CLUSTER_URL")
+	if url == "" {
+		t.Skip("VALKEY_CLUSTER_URL not set: skipping test against a Valkey Cluster (e.g. VALKEY_CLUSTER_URL='redis://127.0.0.1:7001?addr=127.0.0.1:7002&addr=127.0.0.1:7003')")
+	}
+	cfg.URL = url
+	if cfg.Prefix == "" {
+		cfg.Prefix = Prefix()
+	}
+	c := open(t, cfg)
+	if n := len(c.Client().Nodes()); n < 2 {
+		t.Fatalf("VALKEY_CLUSTER_URL reaches %d node(s): not a cluster", n)
+	}
+	return c
+}
+
 // NewMiniredis returns a Cache on a fresh in-process miniredis (client-side
 // caching off: miniredis has no CLIENT TRACKING). TTLs run on the wall clock.
 func NewMiniredis(t testing.TB) *valkey.Cache {
