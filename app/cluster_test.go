@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -125,4 +127,73 @@ func TestClusterEndToEnd(t *testing.T) {
 	if len(nodes) < 2 {
 		t.Fatalf("the users' counters are on %d node(s), want them spread over the cluster", len(nodes))
 	}
+
+	// Load spread over many users: no node takes most of the commands.
+	many := make([]user, 60)
+	for i := range many {
+		many[i] = a.newUser(t, "pro", nil)
+	}
+	before := nodeCalls(t, c)
+	var served atomic.Int64
+	var lw sync.WaitGroup
+	for w := range 8 {
+		lw.Go(func() {
+			for i := range 150 {
+				in := a
+				if i%2 == 1 {
+					in = b
+				}
+				if r := call(t, "POST", in.base+queryRoute, many[(w*150+i)%len(many)].token, map[string]any{"items": []string{"x"}}); r.status == 200 {
+					served.Add(1)
+				} else {
+					t.Errorf("query: %d %s", r.status, r.raw)
+				}
+			}
+		})
+	}
+	lw.Wait()
+	after := nodeCalls(t, c)
+	var total, busiest int64
+	for addr, n := range after {
+		d := n - before[addr]
+		total += d
+		busiest = max(busiest, d)
+	}
+	share := float64(busiest) / float64(total)
+	t.Logf("cluster: %d nodes, %d commands during %d queries of %d users; busiest node's share %.2f", len(after), total, served.Load(), len(many), share)
+	if share > 0.5 {
+		t.Errorf("the busiest node took %.0f %% of the commands, want under half", 100*share)
+	}
+
+	// Both instances stop gracefully (their shutdown flushes the rest), then
+	// the cluster is emptied: Postgres holds every 200.
+	for _, in := range []*instance{a, b} {
+		if err := in.stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	emptyValkey(t, env["VALKEY_URL"], env["VALKEY_PREFIX"])
+	if got, want := persistedTotal(t, env["DATABASE_URL"]), ok.Load()+1+served.Load(); got != want {
+		t.Fatalf("after graceful stops and an emptied cluster: postgres total %d, want exactly the %d 200s", got, want)
+	}
+}
+
+// nodeCalls is each cluster node's total of commands served (INFO
+// commandstats).
+func nodeCalls(t *testing.T, c valkeygo.Client) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	for addr, node := range c.Nodes() {
+		info, err := node.Do(context.Background(), node.B().Info().Section("commandstats").Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\n") {
+			if _, rest, ok := strings.Cut(line, "calls="); ok {
+				n, _ := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
+				out[addr] += n
+			}
+		}
+	}
+	return out
 }

@@ -186,19 +186,25 @@ func emptyValkey(t *testing.T, valkeyURL, prefix string) {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var cursor uint64
-	for {
-		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(e.Elements) > 0 {
-			if err := c.Do(ctx, c.B().Unlink().Key(e.Elements...).Build()).Error(); err != nil {
+	for _, node := range c.Nodes() { // every node of a cluster
+		var cursor uint64
+		for {
+			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-		if cursor = e.Cursor; cursor == 0 {
-			return
+			cmds := make(valkeygo.Commands, 0, len(e.Elements))
+			for _, k := range e.Elements { // one key per UNLINK: keys of several slots
+				cmds = append(cmds, node.B().Unlink().Key(k).Build())
+			}
+			for _, r := range node.DoMulti(ctx, cmds...) {
+				if err := r.Error(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				break
+			}
 		}
 	}
 }
