@@ -15,7 +15,6 @@ import (
 	"github.com/exaring/otelpgx"
 	vk "github.com/valkey-io/valkey-go"
 	"github.com/valkey-io/valkey-go/valkeyotel"
-	noopmetric "go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/warmpath/warmpath/app/internal/auth"
 	"github.com/warmpath/warmpath/app/internal/config"
@@ -182,11 +181,12 @@ func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry
 		a.closers = append(a.closers, pg.Close)
 	}
 	vcfg := valkey.Config{URL: cfg.ValkeyURL, Prefix: cfg.ValkeyPrefix, OpTimeout: cfg.ValkeyTimeout,
-		// valkey-go spans under the request's spans. Span names are command
-		// names only: statements (which hold token hashes in keys) are never
-		// recorded.
+		// valkey-go spans under the request's spans, and its command
+		// latency and error metrics (valkey_command_duration_seconds,
+		// valkey_command_errors_total). Span names are command names only:
+		// statements (which hold token hashes in keys) are never recorded.
 		Wrap: func(c vk.Client) vk.Client {
-			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(tel.TracerProvider), valkeyotel.WithMeterProvider(noopmetric.NewMeterProvider()))
+			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(tel.TracerProvider), valkeyotel.WithMeterProvider(tel.MeterProvider))
 		},
 	}
 	if cfg.EmbeddedCache() {

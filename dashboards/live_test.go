@@ -40,8 +40,6 @@ import (
 var pendingMetrics = map[string]string{
 	"warmpath_auth_requests_total":        "named in DESIGN.md (Telemetry); the service does not export it yet",
 	"warmpath_jwks_refreshes_total":       "named in DESIGN.md (Telemetry); the service does not export it yet",
-	"valkey_command_duration_seconds":     "app/serve.go wires valkeyotel with a no-op MeterProvider (pass tel.MeterProvider to export it)",
-	"valkey_command_errors_total":         "app/serve.go wires valkeyotel with a no-op MeterProvider (pass tel.MeterProvider to export it)",
 	"warmpath_db_pool_acquired_conns":     "exported only with DATABASE_URL; this test runs the embedded default",
 	"warmpath_db_pool_idle_conns":         "exported only with DATABASE_URL; this test runs the embedded default",
 	"warmpath_db_pool_total_conns":        "exported only with DATABASE_URL; this test runs the embedded default",
