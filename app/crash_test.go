@@ -183,12 +183,7 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 		t.Fatalf("no demo token printed:\n%s", p.stdout.String())
 	}
 	r := p.inst().query(t, m[1], "https://example.com/a", "https://example.com/zzz")
-	if r.status != 200 {
-		t.Fatalf("query: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"https://example.com/zzz"}, r.body["missing"]); d != "" {
-		t.Fatalf("missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "query", "https://example.com/zzz")
 
 	// The "next" block: the demo page, a curl that works as printed, admin.
 	out := p.stdout.String()
@@ -206,12 +201,7 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 		t.Fatalf("printed curl body %q: %v", c[3], err)
 	}
 	got := call(t, "POST", c[1], c[2], body)
-	if got.status != 200 {
-		t.Fatalf("printed curl: %d %s", got.status, got.raw)
-	}
-	if d := cmp.Diff([]any{"an-item-you-do-not-have"}, got.body["missing"]); d != "" {
-		t.Errorf("printed curl's answer (-want +got):\n%s", d)
-	}
+	got.wantMissing(t, "printed curl", "an-item-you-do-not-have")
 	if !strings.Contains(p.stderr.String(), "NOT persisted") {
 		t.Errorf("embedded mode must say loudly that nothing is persisted")
 	}

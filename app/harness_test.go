@@ -158,19 +158,19 @@ func startWith(t *testing.T, env map[string]string, opts options) *instance {
 			t.Fatalf("service did not start; stderr:\n%s", inst.stderr.String())
 		}
 	}
-	for {
-		resp, err := http.Get(inst.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return inst
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("service never became ready; stderr:\n%s", inst.stderr.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+	// On failure the cleanup above logs the service's stderr.
+	eventually(t, time.Until(deadline), "the service to become ready (/readyz 200)", func() bool { return ready(inst.base) })
+	return inst
+}
+
+// ready reports whether base/readyz answers 200.
+func ready(base string) bool {
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		return false
 	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
 }
 
 // startPair starts two instances on env's backends when they can be shared

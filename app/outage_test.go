@@ -61,15 +61,22 @@ func valkeyProxyEnv(t *testing.T, failureMode string) (env map[string]string, px
 	return env, px, env["DATABASE_URL"]
 }
 
+// drainedTo drains the usage sync and fails unless Postgres then holds exactly
+// want counts (one per 200); when names the moment in the test.
+func drainedTo(t *testing.T, in *instance, direct string, within time.Duration, want int64, when string) {
+	t.Helper()
+	st := drainSync(t, in.admin, within)
+	if got := persistedTotal(t, direct); got != want {
+		t.Fatalf("%s: postgres total %d, want exactly the %d 200s (last batch %+v)", when, got, want, st.LastBatch)
+	}
+}
+
 func TestSyncOutagePostgresCut(t *testing.T) {
 	env, px, direct := pgProxyEnv(t)
 	in := start(t, env)
 	users := warmUsers(t, in, 3)
 	ok := int64(len(users))
-	drainSync(t, in.admin, 15*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
-	}
+	drainedTo(t, in, direct, 15*time.Second, ok, "before the cut")
 
 	px.Stop()
 	// Warm users keep being served (from Valkey) while the sync reports
@@ -104,10 +111,7 @@ func TestSyncOutagePostgresCut(t *testing.T) {
 	}
 
 	restoreProxy(t, px)
-	final := drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s (last batch %+v)", got, ok, final.LastBatch)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncOutagePostgresSlow(t *testing.T) {
@@ -138,10 +142,7 @@ func TestSyncOutagePostgresSlow(t *testing.T) {
 		}
 	}
 	removeToxic(t, px, "slow")
-	drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
@@ -149,10 +150,7 @@ func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 	in := start(t, env)
 	users := warmUsers(t, in, 3)
 	ok := int64(len(users))
-	drainSync(t, in.admin, 15*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
-	}
+	drainedTo(t, in, direct, 15*time.Second, ok, "before the cut")
 
 	px.Stop()
 	// Few queries: each waits out VALKEY_TIMEOUT on its cache lookups (about
@@ -179,10 +177,7 @@ func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 		}
 		return r.status == 200
 	})
-	drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
@@ -217,10 +212,7 @@ func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
 	if used != 2.0 {
 		t.Fatalf("usage after the refused queries: used=%v, want 2", used)
 	}
-	drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
