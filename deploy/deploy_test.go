@@ -164,20 +164,10 @@ func TestComposeCollectorWiring(t *testing.T) {
 		t.Errorf("otel-collector command %v does not load the mounted config", c.Command)
 	}
 	var cfg struct {
-		Extensions map[string]struct {
-			Endpoint string `yaml:"endpoint"`
-		} `yaml:"extensions"`
-		Receivers struct {
-			OTLP struct {
-				Protocols map[string]struct {
-					Endpoint string `yaml:"endpoint"`
-				} `yaml:"protocols"`
-			} `yaml:"otlp"`
-		} `yaml:"receivers"`
-		Exporters map[string]struct {
-			Endpoint string `yaml:"endpoint"`
-		} `yaml:"exporters"`
-		Service struct {
+		Extensions map[string]endpoint `yaml:"extensions"`
+		Receivers  otlpReceivers       `yaml:"receivers"`
+		Exporters  map[string]endpoint `yaml:"exporters"`
+		Service    struct {
 			Extensions []string `yaml:"extensions"`
 			Pipelines  map[string]struct {
 				Receivers []string `yaml:"receivers"`
@@ -208,13 +198,7 @@ func TestComposeCollectorWiring(t *testing.T) {
 	}
 	var tempoCfg struct {
 		Distributor struct {
-			Receivers struct {
-				OTLP struct {
-					Protocols map[string]struct {
-						Endpoint string `yaml:"endpoint"`
-					} `yaml:"protocols"`
-				} `yaml:"otlp"`
-			} `yaml:"receivers"`
+			Receivers otlpReceivers `yaml:"receivers"`
 		} `yaml:"distributor"`
 	}
 	raw, err = os.ReadFile(mountSource(service(t, p, "tempo"), "/etc/tempo.yaml"))
@@ -325,6 +309,19 @@ func mountSource(s types.ServiceConfig, target string) string {
 }
 
 // promConfig is the part of prometheus.yml the tests look at.
+// endpoint is a collector or Tempo component with a listen or target address.
+type endpoint struct {
+	Endpoint string `yaml:"endpoint"`
+}
+
+// otlpReceivers is the `receivers:` block of an OpenTelemetry Collector or
+// Tempo config, as far as its OTLP protocols go.
+type otlpReceivers struct {
+	OTLP struct {
+		Protocols map[string]endpoint `yaml:"protocols"`
+	} `yaml:"otlp"`
+}
+
 type promConfig struct {
 	RuleFiles     []string       `yaml:"rule_files"`
 	ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
