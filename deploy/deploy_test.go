@@ -156,10 +156,7 @@ func TestComposeServices(t *testing.T) {
 func TestComposeCollectorWiring(t *testing.T) {
 	p := loadProject(t)
 	c := service(t, p, "otel-collector")
-	src := mountSource(c, "/etc/otelcol-contrib/config.yaml")
-	if src == "" {
-		t.Fatal("otel-collector: nothing mounted at /etc/otelcol-contrib/config.yaml")
-	}
+	src := mustMount(t, c, "/etc/otelcol-contrib/config.yaml")
 	if !slices.Contains(c.Command, "--config=/etc/otelcol-contrib/config.yaml") {
 		t.Errorf("otel-collector command %v does not load the mounted config", c.Command)
 	}
@@ -298,6 +295,16 @@ func TestComposeWarmpathService(t *testing.T) {
 	}
 }
 
+// mustMount is mountSource, failing the test when nothing is mounted there.
+func mustMount(t *testing.T, s types.ServiceConfig, target string) string {
+	t.Helper()
+	src := mountSource(s, target)
+	if src == "" {
+		t.Fatalf("%s: nothing mounted at %s", s.Name, target)
+	}
+	return src
+}
+
 // mountSource returns the host path mounted at target in s ("" if none).
 func mountSource(s types.ServiceConfig, target string) string {
 	for _, v := range s.Volumes {
@@ -308,7 +315,6 @@ func mountSource(s types.ServiceConfig, target string) string {
 	return ""
 }
 
-// promConfig is the part of prometheus.yml the tests look at.
 // endpoint is a collector or Tempo component with a listen or target address.
 type endpoint struct {
 	Endpoint string `yaml:"endpoint"`
@@ -322,6 +328,7 @@ type otlpReceivers struct {
 	} `yaml:"otlp"`
 }
 
+// promConfig is the part of prometheus.yml the tests look at.
 type promConfig struct {
 	RuleFiles     []string       `yaml:"rule_files"`
 	ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
@@ -344,10 +351,7 @@ func TestComposePrometheusWiring(t *testing.T) {
 	prom := service(t, p, "prometheus")
 	const confDir = "/etc/prometheus"
 
-	confSrc := mountSource(prom, confDir+"/prometheus.yml")
-	if confSrc == "" {
-		t.Fatal("prometheus: nothing mounted at /etc/prometheus/prometheus.yml")
-	}
+	confSrc := mustMount(t, prom, confDir+"/prometheus.yml")
 	raw, err := os.ReadFile(confSrc)
 	if err != nil {
 		t.Fatal(err)
@@ -409,10 +413,7 @@ func TestComposeGrafanaWiring(t *testing.T) {
 	p := loadProject(t)
 	g := service(t, p, "grafana")
 
-	provSrc := mountSource(g, "/etc/grafana/provisioning")
-	if provSrc == "" {
-		t.Fatal("grafana: no provisioning mounted at /etc/grafana/provisioning")
-	}
+	provSrc := mustMount(t, g, "/etc/grafana/provisioning")
 	var providers struct {
 		Providers []struct {
 			Options struct {
