@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warmpath/warmpath/app/internal/store/pgtest"
+	"github.com/warmpath/warmpath/app/internal/waittest"
 )
 
 // syncBuffer is an io.Writer safe for the service and the test to share.
@@ -200,13 +201,7 @@ func ptr[T any](v T) *T { return &v }
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waittest.Until(t, within, what, cond)
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -3,13 +3,14 @@ package warmup_test
 import (
 	"context"
 	"fmt"
-	"github.com/warmpath/warmpath/app/internal/clocktest"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/warmpath/warmpath/app/internal/clocktest"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/usage"
+	"github.com/warmpath/warmpath/app/internal/waittest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
@@ -408,13 +409,7 @@ func waitStarted(t *testing.T, s *fakeStore) int64 {
 // waitFor polls cond until it holds or 10s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waittest.Until(t, 10*time.Second, what, cond)
 }
 
 // rig is a Manager with fakes.
