@@ -263,20 +263,18 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 	}()
 	// In flight: written by the client, and the service has gone to Postgres
 	// for it (the proxy saw traffic after the request was written).
-	select {
-	case <-wrote:
-	case r := <-res:
-		t.Fatalf("query finished before it was written? %+v", r)
-	case <-time.After(10 * time.Second):
-		t.Fatal("request never written")
+	before := func(step <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-step:
+		case r := <-res:
+			t.Fatalf("query answered before %s (not in flight at SIGTERM): %+v", what, r)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("timed out waiting until %s", what)
+		}
 	}
-	select {
-	case <-tap:
-	case r := <-res:
-		t.Fatalf("query answered before reaching Postgres (not in flight at SIGTERM): %+v", r)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the service never went to Postgres for the request")
-	}
+	before(wrote, "it was written")
+	before(tap, "the service went to Postgres for it")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

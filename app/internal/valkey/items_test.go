@@ -464,7 +464,9 @@ func itemsRace(t *testing.T, c *valkey.Cache, writers int) {
 		})
 	}
 	var bg sync.WaitGroup
-	for range loaders {
+	// untilDone runs step in bg over and over until done is closed or step
+	// returns false.
+	untilDone := func(step func() bool) {
 		bg.Go(func() {
 			for {
 				select {
@@ -472,42 +474,44 @@ func itemsRace(t *testing.T, c *valkey.Cache, writers int) {
 					return
 				default:
 				}
-				mu.Lock() // a snapshot read
-				v, items := version, snapshots[version]
-				mu.Unlock()
-				l := c.BeginItemsLoad(user)
-				for chunk := range slices.Chunk(items, 3) {
-					if err := l.Add(ctx, chunk); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-				err := l.Finish(ctx, v, time.Hour)
-				mu.Lock()
-				switch {
-				case err == nil:
-					installed++
-				case errors.Is(err, domain.ErrStaleSnapshot):
-					stale++
-				default:
-					t.Error(err)
-				}
-				mu.Unlock()
-				if err == nil {
-					checkAtLeast(v, "Finish")
+				if !step() {
+					return
 				}
 			}
 		})
 	}
-	bg.Go(func() {
-		for {
-			select {
-			case <-done:
-				return
-			default:
-				checkAtomic()
+	for range loaders {
+		untilDone(func() bool {
+			mu.Lock() // a snapshot read
+			v, items := version, snapshots[version]
+			mu.Unlock()
+			l := c.BeginItemsLoad(user)
+			for chunk := range slices.Chunk(items, 3) {
+				if err := l.Add(ctx, chunk); err != nil {
+					t.Error(err)
+					return false
+				}
 			}
-		}
+			err := l.Finish(ctx, v, time.Hour)
+			mu.Lock()
+			switch {
+			case err == nil:
+				installed++
+			case errors.Is(err, domain.ErrStaleSnapshot):
+				stale++
+			default:
+				t.Error(err)
+			}
+			mu.Unlock()
+			if err == nil {
+				checkAtLeast(v, "Finish")
+			}
+			return true
+		})
+	}
+	untilDone(func() bool {
+		checkAtomic()
+		return true
 	})
 	wg.Wait()
 	close(done)

@@ -100,24 +100,23 @@ func (s *fakeStore) loadCount(id int64) int {
 	return n
 }
 
-func (s *fakeStore) Principal(_ context.Context, h domain.TokenHash) (domain.Principal, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p, ok := s.principals[h]
+// lookup is m[k] read under mu, or ErrNotFound, as a store answers.
+func lookup[K comparable, V any](mu *sync.Mutex, m map[K]V, k K) (V, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	v, ok := m[k]
 	if !ok {
-		return domain.Principal{}, domain.ErrNotFound
+		return v, domain.ErrNotFound
 	}
-	return p, nil
+	return v, nil
+}
+
+func (s *fakeStore) Principal(_ context.Context, h domain.TokenHash) (domain.Principal, error) {
+	return lookup(&s.mu, s.principals, h)
 }
 
 func (s *fakeStore) User(_ context.Context, id int64) (domain.User, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	u, ok := s.users[id]
-	if !ok {
-		return domain.User{}, domain.ErrNotFound
-	}
-	return u, nil
+	return lookup(&s.mu, s.users, id)
 }
 
 func (s *fakeStore) Plans(context.Context) ([]domain.Plan, error) {
