@@ -15,6 +15,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/valkey"
 	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
+	"github.com/warmpath/warmpath/app/internal/warmup/warmuptest"
 )
 
 // newClient is a connection to VALKEY_URL (skipping without it) whose
@@ -248,23 +249,12 @@ func TestTwoManagersShareStatusAndLock(t *testing.T) {
 func newManager(t *testing.T, s *valkey.WarmState, store *gatedStore, warm *warmSet, done chan string) *warmup.Manager {
 	t.Helper()
 	c := &memCache{warm: warm}
-	m, err := warmup.New(warmup.Config{
+	return warmuptest.New(t, warmup.Config{
 		Workers: 1, QueueSize: 10,
 		Store: store, Items: warmup.ItemsOf(c.BeginItemsLoad, c.ItemsWarm), Usage: c, Sessions: c,
 		Status: s, Locks: s,
 		Observer: observer(done),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := m.Stop(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	return m
 }
 
 // warmSet is the users whose item set is cached, shared by both instances'

@@ -12,6 +12,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/waittest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
+	"github.com/warmpath/warmpath/app/internal/warmup/warmuptest"
 )
 
 func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)) }
@@ -384,24 +385,25 @@ func (o *fakeObserver) ObserveQueueDepth(f func() int64) {
 // next waits for the next finished job.
 func (o *fakeObserver) next(t *testing.T) jobRecord {
 	t.Helper()
-	select {
-	case r := <-o.jobs:
-		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("no warmup job finished within 10s")
-		return jobRecord{}
-	}
+	return receive(t, o.jobs, "warmup job finished")
 }
 
 // waitStarted waits until LoadItems starts for some user and returns it.
 func waitStarted(t *testing.T, s *fakeStore) int64 {
 	t.Helper()
+	return receive(t, s.started, "items load started")
+}
+
+// receive waits up to 10s for a value from c; what names it in the failure.
+func receive[T any](t *testing.T, c <-chan T, what string) T {
+	t.Helper()
 	select {
-	case id := <-s.started:
-		return id
+	case v := <-c:
+		return v
 	case <-time.After(10 * time.Second):
-		t.Fatal("no items load started within 10s")
-		return 0
+		t.Fatalf("no %s within 10s", what)
+		var zero T
+		return zero
 	}
 }
 
@@ -446,16 +448,5 @@ func newRig() *rig {
 
 func (r *rig) manager(t *testing.T) *warmup.Manager {
 	t.Helper()
-	m, err := warmup.New(r.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := m.Stop(ctx); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return m
+	return warmuptest.New(t, r.cfg)
 }
