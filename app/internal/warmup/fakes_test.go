@@ -446,6 +446,22 @@ func newRig() *rig {
 	return r
 }
 
+// wantLoads fails the test unless the store loaded user's items want times.
+func (r *rig) wantLoads(t *testing.T, user int64, want int) {
+	t.Helper()
+	if n := r.store.loadCount(user); n != want {
+		t.Errorf("loads of user %d = %d; want %d", user, n, want)
+	}
+}
+
+// wantDepth fails the test unless m's queue holds want jobs.
+func wantDepth(t *testing.T, m *warmup.Manager, want int) {
+	t.Helper()
+	if got := m.System().Queue.Depth; got != want {
+		t.Fatalf("queue depth = %d; want %d", got, want)
+	}
+}
+
 func (r *rig) manager(t *testing.T) *warmup.Manager {
 	t.Helper()
 	return warmuptest.New(t, r.cfg)

@@ -214,14 +214,10 @@ func TestConcurrentEnqueueOneJob(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if got := m.System().Queue.Depth; got != 1 {
-		t.Fatalf("queue depth = %d; want 1", got)
-	}
+	wantDepth(t, m, 1)
 	m.Start(ctx)
 	r.obs.next(t)
-	if n := r.store.loadCount(1); n != 1 {
-		t.Errorf("loads = %d; want 1", n)
-	}
+	r.wantLoads(t, 1, 1)
 }
 
 func TestCrossInstanceDedup(t *testing.T) {
@@ -296,9 +292,7 @@ func TestReadyUserNotWarmedAgainWithinTTL(t *testing.T) {
 		t.Fatalf("enqueue after TTL = %+v, %v; want queued", st, err)
 	}
 	r.obs.next(t)
-	if n := r.store.loadCount(1); n != 3 {
-		t.Errorf("loads = %d; want 3", n)
-	}
+	r.wantLoads(t, 1, 3)
 }
 
 func TestLoginBeforeSystem(t *testing.T) {
@@ -358,9 +352,7 @@ func TestLoginPromotesQueuedSystemJob(t *testing.T) {
 	if st, _ := m.Status(ctx, 1); st.Parts[warmup.PartSession].State != warmup.StateReady {
 		t.Errorf("session part = %+v; want ready (the login's token is used)", st.Parts[warmup.PartSession])
 	}
-	if n := r.store.loadCount(1); n != 1 {
-		t.Errorf("loads = %d; want 1", n)
-	}
+	r.wantLoads(t, 1, 1)
 }
 
 func TestQueueFull(t *testing.T) {
@@ -529,14 +521,10 @@ func TestRunInline(t *testing.T) {
 	if err != nil || st.State != warmup.StateReady {
 		t.Fatalf("run of a queued user = %+v, %v; want ready", st, err)
 	}
-	if got := m.System().Queue.Depth; got != 0 {
-		t.Errorf("queue depth = %d; want 0", got)
-	}
+	wantDepth(t, m, 0)
 	m.Start(ctx)
 	r.obs.next(t)
-	if n := r.store.loadCount(2); n != 1 {
-		t.Errorf("loads of user 2 = %d; want 1", n)
-	}
+	r.wantLoads(t, 2, 1)
 }
 
 func TestRunWaitsForRunningJob(t *testing.T) {
@@ -567,9 +555,7 @@ func TestRunWaitsForRunningJob(t *testing.T) {
 	if st := <-done; st.State != warmup.StateReady {
 		t.Fatalf("run = %q; want ready", st.State)
 	}
-	if n := r.store.loadCount(1); n != 1 {
-		t.Errorf("loads = %d; want 1", n)
-	}
+	r.wantLoads(t, 1, 1)
 }
 
 func TestNewRequiresDependencies(t *testing.T) {
