@@ -446,6 +446,24 @@ func newRig() *rig {
 	return r
 }
 
+// rigPair is two rigs, as two instances, on one shared warm state (one
+// Valkey's status and locks).
+func rigPair() (a, b *rig) {
+	shared := newMemState()
+	a, b = newRig(), newRig()
+	a.state, b.state = shared, shared
+	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	return a, b
+}
+
+// mustEnqueue enqueues job on m, failing the test on an error.
+func mustEnqueue(t *testing.T, m *warmup.Manager, job warmup.Job) {
+	t.Helper()
+	if _, err := m.Enqueue(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // wantLoads fails the test unless the store loaded user's items want times.
 func (r *rig) wantLoads(t *testing.T, user int64, want int) {
 	t.Helper()

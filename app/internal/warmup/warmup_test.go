@@ -103,9 +103,7 @@ func TestSystemJobSkipsSessionAndReadsPlan(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 2, Kind: warmup.KindSystem})
 	if rec := r.obs.next(t); rec != (jobRecord{"system", "ready"}) {
 		t.Fatalf("job = %+v; want system ready", rec)
 	}
@@ -125,9 +123,7 @@ func TestFailedPartFailsJob(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, TokenHash: &tok})
 	if rec := r.obs.next(t); rec.result != "failed" {
 		t.Fatalf("job = %+v; want failed", rec)
 	}
@@ -171,9 +167,7 @@ func TestDedup(t *testing.T) {
 	ctx := context.Background()
 	m.Start(ctx)
 
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, TokenHash: &tok})
 	waitStarted(t, r.store) // user 1 runs, the only worker is busy
 	first, err := m.Enqueue(ctx, warmup.Job{UserID: 2})
 	if err != nil {
@@ -221,10 +215,7 @@ func TestConcurrentEnqueueOneJob(t *testing.T) {
 }
 
 func TestCrossInstanceDedup(t *testing.T) {
-	shared := newMemState()
-	a, b := newRig(), newRig()
-	a.state, b.state = shared, shared
-	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	a, b := rigPair()
 	a.store.addUser(1, "pro", 3)
 	b.store.addUser(1, "pro", 3)
 	release := a.store.gate(1)
@@ -233,9 +224,7 @@ func TestCrossInstanceDedup(t *testing.T) {
 	ma.Start(ctx)
 	mb.Start(ctx)
 
-	if _, err := ma.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, ma, warmup.Job{UserID: 1})
 	waitStarted(t, a.store)
 	st, err := mb.Enqueue(ctx, warmup.Job{UserID: 1})
 	if err != nil || st.State != warmup.StateRunning {
@@ -263,9 +252,7 @@ func TestReadyUserNotWarmedAgainWithinTTL(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1})
 	r.obs.next(t)
 
 	r.clock.Advance(9 * time.Minute)
@@ -335,9 +322,7 @@ func TestLoginPromotesQueuedSystemJob(t *testing.T) {
 	tok := r.store.addUser(1, "pro", 2)
 	m := r.manager(t)
 	ctx := context.Background()
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, Kind: warmup.KindSystem})
 	st, err := m.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok})
 	if err != nil || st.State != warmup.StateQueued {
 		t.Fatalf("login enqueue = %+v, %v; want queued", st, err)
@@ -417,9 +402,7 @@ func TestStaleSnapshotRetried(t *testing.T) {
 			m := r.manager(t)
 			ctx := context.Background()
 			m.Start(ctx)
-			if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-				t.Fatal(err)
-			}
+			mustEnqueue(t, m, warmup.Job{UserID: 1})
 			if rec := r.obs.next(t); rec.result != tc.result {
 				t.Fatalf("result = %q; want %q", rec.result, tc.result)
 			}
@@ -456,9 +439,7 @@ func TestStopCancelsRunningDropsQueued(t *testing.T) {
 	}
 	m.Start(ctx)
 	for id := int64(1); id <= 3; id++ {
-		if _, err := m.Enqueue(ctx, warmup.Job{UserID: id}); err != nil {
-			t.Fatal(err)
-		}
+		mustEnqueue(t, m, warmup.Job{UserID: id})
 		if id == 1 {
 			waitStarted(t, r.store)
 		}
@@ -514,9 +495,7 @@ func TestRunInline(t *testing.T) {
 	}
 
 	// A job queued in this process is taken over, not run twice.
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 2}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 2})
 	st, err = m.Run(ctx, warmup.Job{UserID: 2})
 	if err != nil || st.State != warmup.StateReady {
 		t.Fatalf("run of a queued user = %+v, %v; want ready", st, err)
@@ -534,9 +513,7 @@ func TestRunWaitsForRunningJob(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1})
 	waitStarted(t, r.store)
 	done := make(chan warmup.Status)
 	go func() {
@@ -575,9 +552,7 @@ func TestPlansCached(t *testing.T) {
 	ctx := context.Background()
 	m.Start(ctx)
 	for id := int64(1); id <= 5; id++ {
-		if _, err := m.Enqueue(ctx, warmup.Job{UserID: id, Kind: warmup.KindSystem}); err != nil {
-			t.Fatal(err)
-		}
+		mustEnqueue(t, m, warmup.Job{UserID: id, Kind: warmup.KindSystem})
 	}
 	for range 5 {
 		if rec := r.obs.next(t); rec.result != "ready" {
@@ -595,10 +570,7 @@ func TestPlansCached(t *testing.T) {
 // user that is still queued on instance B: logins go before system jobs
 // across instances too, and B's job skips when its turn comes.
 func TestLoginTakesOverSystemJobQueuedElsewhere(t *testing.T) {
-	shared := newMemState()
-	a, b := newRig(), newRig()
-	a.state, b.state = shared, shared
-	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	a, b := rigPair()
 	// One Valkey: B sees the set A warmed.
 	b.cfg.Items, b.cfg.Usage, b.cfg.Sessions = a.cfg.Items, a.cfg.Usage, a.cfg.Sessions
 	tok := a.store.addUser(1, "pro", 3)
@@ -610,9 +582,7 @@ func TestLoginTakesOverSystemJobQueuedElsewhere(t *testing.T) {
 	ma.Start(ctx)
 	mb.Start(ctx)
 
-	if _, err := mb.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, mb, warmup.Job{UserID: 2, Kind: warmup.KindSystem})
 	waitStarted(t, b.store)
 	if st, err := mb.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil || st.State != warmup.StateQueued {
 		t.Fatalf("system enqueue on B = %+v, %v", st, err)
@@ -641,10 +611,7 @@ func TestLoginTakesOverSystemJobQueuedElsewhere(t *testing.T) {
 // A system job that has started running keeps its lock: a login elsewhere
 // sees it running and does not start a second job.
 func TestLoginDoesNotTakeOverRunningSystemJob(t *testing.T) {
-	shared := newMemState()
-	a, b := newRig(), newRig()
-	a.state, b.state = shared, shared
-	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	a, b := rigPair()
 	tok := a.store.addUser(1, "pro", 3)
 	b.store.addUser(1, "pro", 3)
 	release := b.store.gate(1)
@@ -652,9 +619,7 @@ func TestLoginDoesNotTakeOverRunningSystemJob(t *testing.T) {
 	ctx := context.Background()
 	ma.Start(ctx)
 	mb.Start(ctx)
-	if _, err := mb.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, mb, warmup.Job{UserID: 1, Kind: warmup.KindSystem})
 	waitStarted(t, b.store)
 	st, err := ma.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok})
 	if err != nil || st.State != warmup.StateRunning {
@@ -677,13 +642,9 @@ func TestQueuedSystemJobRunsAfterItsLockExpired(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, Kind: warmup.KindSystem})
 	waitStarted(t, r.store) // the only worker is busy with user 1
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 2, Kind: warmup.KindSystem})
 	r.state.mu.Lock()
 	delete(r.state.locks, 2) // user 2's queued lock expires
 	r.state.mu.Unlock()
