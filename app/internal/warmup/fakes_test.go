@@ -456,6 +456,15 @@ func rigPair() (a, b *rig) {
 	return a, b
 }
 
+// startPair builds and starts the managers of a and b.
+func startPair(t *testing.T, a, b *rig) (ma, mb *warmup.Manager) {
+	t.Helper()
+	ma, mb = a.manager(t), b.manager(t)
+	ma.Start(context.Background())
+	mb.Start(context.Background())
+	return ma, mb
+}
+
 // mustEnqueue enqueues job on m, failing the test on an error.
 func mustEnqueue(t *testing.T, m *warmup.Manager, job warmup.Job) {
 	t.Helper()
