@@ -39,6 +39,15 @@ func warmUsers(t *testing.T, in *instance, n int) []user {
 	return users
 }
 
+// startWarm starts an in-process service on env and warms n users on it
+// (warmUsers); ok is the number of 200s they got so far, one each.
+func startWarm(t *testing.T, env map[string]string, n int) (in *instance, users []user, ok int64) {
+	t.Helper()
+	in = start(t, env)
+	users = warmUsers(t, in, n)
+	return in, users, int64(len(users))
+}
+
 // pgProxyEnv is the environment of an in-process service whose Postgres is
 // behind a proxy; direct is the schema URL that bypasses it.
 func pgProxyEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direct string) {
@@ -73,9 +82,7 @@ func drainedTo(t *testing.T, in *instance, direct string, within time.Duration, 
 
 func TestSyncOutagePostgresCut(t *testing.T) {
 	env, px, direct := pgProxyEnv(t)
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 3)
 	drainedTo(t, in, direct, 15*time.Second, ok, "before the cut")
 
 	px.Stop()
@@ -116,9 +123,7 @@ func TestSyncOutagePostgresCut(t *testing.T) {
 
 func TestSyncOutagePostgresSlow(t *testing.T) {
 	env, px, direct := pgProxyEnv(t)
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 3)
 
 	slowSince := time.Now()
 	addToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":150}}`)
@@ -147,9 +152,7 @@ func TestSyncOutagePostgresSlow(t *testing.T) {
 
 func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 	env, px, direct := valkeyProxyEnv(t, "open")
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 3)
 	drainedTo(t, in, direct, 15*time.Second, ok, "before the cut")
 
 	px.Stop()
@@ -182,9 +185,7 @@ func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 
 func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
 	env, px, direct := valkeyProxyEnv(t, "closed")
-	in := start(t, env)
-	users := warmUsers(t, in, 2)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 2)
 	drainSync(t, in.admin, 15*time.Second)
 
 	px.Stop()
@@ -218,9 +219,7 @@ func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
 func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 	env, px, direct := pgProxyEnv(t)
 	env["SYNC_INTERVAL"] = "1h" // only the forced sync moves anything
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 3)
 	for range 4 {
 		for _, u := range users {
 			if r := in.query(t, u.token, "a"); r.status != 200 {
