@@ -12,8 +12,9 @@ import (
 	valkeygo "github.com/valkey-io/valkey-go"
 )
 
-// persistedUsage reads the persisted usage per user, straight from Postgres.
-func persistedUsage(t testing.TB, dbURL string) map[int64]int64 {
+// withPG runs f on a fresh connection to the database (and schema) of dbURL,
+// closed when f returns.
+func withPG(t testing.TB, dbURL string, f func(ctx context.Context, conn *pgx.Conn)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -22,21 +23,29 @@ func persistedUsage(t testing.TB, dbURL string) map[int64]int64 {
 		t.Fatalf("connect to postgres: %v", err)
 	}
 	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT user_id, sum(count)::bigint FROM usage GROUP BY user_id`)
-	if err != nil {
-		t.Fatalf("read usage: %v", err)
-	}
+	f(ctx, conn)
+}
+
+// persistedUsage reads the persisted usage per user, straight from Postgres.
+func persistedUsage(t testing.TB, dbURL string) map[int64]int64 {
+	t.Helper()
 	out := map[int64]int64{}
-	for rows.Next() {
-		var id, n int64
-		if err := rows.Scan(&id, &n); err != nil {
-			t.Fatalf("scan usage: %v", err)
+	withPG(t, dbURL, func(ctx context.Context, conn *pgx.Conn) {
+		rows, err := conn.Query(ctx, `SELECT user_id, sum(count)::bigint FROM usage GROUP BY user_id`)
+		if err != nil {
+			t.Fatalf("read usage: %v", err)
 		}
-		out[id] = n
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatalf("read usage: %v", err)
-	}
+		for rows.Next() {
+			var id, n int64
+			if err := rows.Scan(&id, &n); err != nil {
+				t.Fatalf("scan usage: %v", err)
+			}
+			out[id] = n
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("read usage: %v", err)
+		}
+	})
 	return out
 }
 
@@ -89,14 +98,9 @@ func sumCounts(m map[int64]int64) int64 {
 // queryRow runs one query on the schema of dbURL and scans its single row.
 func queryRow(t *testing.T, dbURL, sql string, dest ...any) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if err := conn.QueryRow(ctx, sql).Scan(dest...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
+	withPG(t, dbURL, func(ctx context.Context, conn *pgx.Conn) {
+		if err := conn.QueryRow(ctx, sql).Scan(dest...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	})
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,19 +110,9 @@ func startProc(t *testing.T, bin, dir string, env map[string]string) *proc {
 			t.Fatalf("binary did not print its addresses; stderr:\n%s", tail(p.stderr.String(), 3000))
 		}
 	}
-	for {
-		resp, err := http.Get(p.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("binary never became ready; stderr:\n%s", tail(p.stderr.String(), 3000))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// On failure the cleanup above logs the binary's stderr.
+	eventually(t, time.Until(deadline), "the binary to become ready (/readyz 200)", func() bool { return ready(p.base) })
+	return p
 }
 
 // inst views the process as an instance, for the harness helpers.

@@ -314,6 +314,10 @@ func TestBrowserDemoPage(t *testing.T) {
 	}
 	checkBreakdown(t, ctx)
 
+	// An empty add form (as the page starts) is refused on the page, saying why.
+	within(t, ctx, 10*time.Second, "add nothing", chromedp.Click(chromedp.ID("add-btn")))
+	poll[bool](t, ctx, 10*time.Second, "the empty-form error", `document.getElementById("error").textContent.startsWith("invalid_items: ")`)
+
 	// Add the new item, then query again: the next query sees the change.
 	fresh2 := "https://example.com/new-" + randHex(4)
 	within(t, ctx, 10*time.Second, "add an item",

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/warmpath/warmpath/app/internal/usagesync"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
@@ -29,6 +31,18 @@ func (r reply) errCode() string {
 		return s
 	}
 	return ""
+}
+
+// wantMissing fails the test unless r is a 200 whose missing items are want
+// (at least one); what names the request.
+func (r reply) wantMissing(t testing.TB, what string, want ...any) {
+	t.Helper()
+	if r.status != 200 {
+		t.Fatalf("%s: %d %s", what, r.status, r.raw)
+	}
+	if d := cmp.Diff(want, r.body["missing"]); d != "" {
+		t.Fatalf("%s: missing (-want +got):\n%s", what, d)
+	}
 }
 
 // client is what end-to-end tests call the service with. Its transport

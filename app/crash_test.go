@@ -183,12 +183,7 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 		t.Fatalf("no demo token printed:\n%s", p.stdout.String())
 	}
 	r := p.inst().query(t, m[1], "https://example.com/a", "https://example.com/zzz")
-	if r.status != 200 {
-		t.Fatalf("query: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"https://example.com/zzz"}, r.body["missing"]); d != "" {
-		t.Fatalf("missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "query", "https://example.com/zzz")
 
 	// The "next" block: the demo page, a curl that works as printed, admin.
 	out := p.stdout.String()
@@ -206,12 +201,7 @@ func TestBinaryEmbeddedDefault(t *testing.T) {
 		t.Fatalf("printed curl body %q: %v", c[3], err)
 	}
 	got := call(t, "POST", c[1], c[2], body)
-	if got.status != 200 {
-		t.Fatalf("printed curl: %d %s", got.status, got.raw)
-	}
-	if d := cmp.Diff([]any{"an-item-you-do-not-have"}, got.body["missing"]); d != "" {
-		t.Errorf("printed curl's answer (-want +got):\n%s", d)
-	}
+	got.wantMissing(t, "printed curl", "an-item-you-do-not-have")
 	if !strings.Contains(p.stderr.String(), "NOT persisted") {
 		t.Errorf("embedded mode must say loudly that nothing is persisted")
 	}
@@ -273,20 +263,18 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 	}()
 	// In flight: written by the client, and the service has gone to Postgres
 	// for it (the proxy saw traffic after the request was written).
-	select {
-	case <-wrote:
-	case r := <-res:
-		t.Fatalf("query finished before it was written? %+v", r)
-	case <-time.After(10 * time.Second):
-		t.Fatal("request never written")
+	before := func(step <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-step:
+		case r := <-res:
+			t.Fatalf("query answered before %s (not in flight at SIGTERM): %+v", what, r)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("timed out waiting until %s", what)
+		}
 	}
-	select {
-	case <-tap:
-	case r := <-res:
-		t.Fatalf("query answered before reaching Postgres (not in flight at SIGTERM): %+v", r)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the service never went to Postgres for the request")
-	}
+	before(wrote, "it was written")
+	before(tap, "the service went to Postgres for it")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -22,12 +22,7 @@ func TestQueryEndToEnd(t *testing.T) {
 		t.Fatalf("add items: %d %s", r.status, r.raw)
 	}
 	r = in.query(t, u.token, "a", "x", "c", "y", "x")
-	if r.status != 200 {
-		t.Fatalf("query: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"x", "y"}, r.body["missing"]); d != "" {
-		t.Fatalf("missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "query", "x", "y")
 	if r.body["checked"] != 5.0 {
 		t.Fatalf("checked = %v", r.body["checked"])
 	}
@@ -250,12 +245,7 @@ func TestColdUserAnsweredFromPostgres(t *testing.T) {
 	missBefore := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	for range 3 {
 		r := in.query(t, u.token, "p", "r")
-		if r.status != 200 {
-			t.Fatalf("cold query: %d %s", r.status, r.raw)
-		}
-		if d := cmp.Diff([]any{"r"}, r.body["missing"]); d != "" {
-			t.Fatalf("missing (-want +got):\n%s", d)
-		}
+		r.wantMissing(t, "cold query", "r")
 	}
 	if got := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss") - missBefore; got != 3 {
 		t.Fatalf("want 3 item-cache misses answered from Postgres, got %v", got)
@@ -269,12 +259,7 @@ func TestEmbeddedDefaultServesDemoUser(t *testing.T) {
 		t.Fatalf("no demo token printed:\n%s", in.stdout.String())
 	}
 	r := in.query(t, m[1], "https://example.com/a", "https://example.com/zzz")
-	if r.status != 200 {
-		t.Fatalf("query: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"https://example.com/zzz"}, r.body["missing"]); d != "" {
-		t.Fatalf("missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "query", "https://example.com/zzz")
 	if !strings.Contains(in.stderr.String(), "NOT persisted") {
 		t.Fatalf("embedded mode must say loudly that nothing is persisted")
 	}

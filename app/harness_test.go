@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warmpath/warmpath/app/internal/store/pgtest"
+	"github.com/warmpath/warmpath/app/internal/waittest"
 )
 
 // syncBuffer is an io.Writer safe for the service and the test to share.
@@ -158,19 +159,19 @@ func startWith(t *testing.T, env map[string]string, opts options) *instance {
 			t.Fatalf("service did not start; stderr:\n%s", inst.stderr.String())
 		}
 	}
-	for {
-		resp, err := http.Get(inst.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return inst
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("service never became ready; stderr:\n%s", inst.stderr.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+	// On failure the cleanup above logs the service's stderr.
+	eventually(t, time.Until(deadline), "the service to become ready (/readyz 200)", func() bool { return ready(inst.base) })
+	return inst
+}
+
+// ready reports whether base/readyz answers 200.
+func ready(base string) bool {
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		return false
 	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
 }
 
 // startPair starts two instances on env's backends when they can be shared
@@ -200,13 +201,7 @@ func ptr[T any](v T) *T { return &v }
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waittest.Until(t, within, what, cond)
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

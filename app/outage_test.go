@@ -39,6 +39,15 @@ func warmUsers(t *testing.T, in *instance, n int) []user {
 	return users
 }
 
+// startWarm starts an in-process service on env and warms n users on it
+// (warmUsers); ok is the number of 200s they got so far, one each.
+func startWarm(t *testing.T, env map[string]string, n int) (in *instance, users []user, ok int64) {
+	t.Helper()
+	in = start(t, env)
+	users = warmUsers(t, in, n)
+	return in, users, int64(len(users))
+}
+
 // pgProxyEnv is the environment of an in-process service whose Postgres is
 // behind a proxy; direct is the schema URL that bypasses it.
 func pgProxyEnv(t *testing.T) (env map[string]string, px *toxiproxy.Proxy, direct string) {
@@ -61,15 +70,20 @@ func valkeyProxyEnv(t *testing.T, failureMode string) (env map[string]string, px
 	return env, px, env["DATABASE_URL"]
 }
 
+// drainedTo drains the usage sync and fails unless Postgres then holds exactly
+// want counts (one per 200); when names the moment in the test.
+func drainedTo(t *testing.T, in *instance, direct string, within time.Duration, want int64, when string) {
+	t.Helper()
+	st := drainSync(t, in.admin, within)
+	if got := persistedTotal(t, direct); got != want {
+		t.Fatalf("%s: postgres total %d, want exactly the %d 200s (last batch %+v)", when, got, want, st.LastBatch)
+	}
+}
+
 func TestSyncOutagePostgresCut(t *testing.T) {
 	env, px, direct := pgProxyEnv(t)
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
-	drainSync(t, in.admin, 15*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
-	}
+	in, users, ok := startWarm(t, env, 3)
+	drainedTo(t, in, direct, 15*time.Second, ok, "before the cut")
 
 	px.Stop()
 	// Warm users keep being served (from Valkey) while the sync reports
@@ -104,17 +118,12 @@ func TestSyncOutagePostgresCut(t *testing.T) {
 	}
 
 	restoreProxy(t, px)
-	final := drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s (last batch %+v)", got, ok, final.LastBatch)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncOutagePostgresSlow(t *testing.T) {
 	env, px, direct := pgProxyEnv(t)
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 3)
 
 	slowSince := time.Now()
 	addToxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":150}}`)
@@ -138,21 +147,13 @@ func TestSyncOutagePostgresSlow(t *testing.T) {
 		}
 	}
 	removeToxic(t, px, "slow")
-	drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 	env, px, direct := valkeyProxyEnv(t, "open")
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
-	drainSync(t, in.admin, 15*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("before the cut: postgres total %d, want %d", got, ok)
-	}
+	in, users, ok := startWarm(t, env, 3)
+	drainedTo(t, in, direct, 15*time.Second, ok, "before the cut")
 
 	px.Stop()
 	// Few queries: each waits out VALKEY_TIMEOUT on its cache lookups (about
@@ -181,17 +182,12 @@ func TestSyncOutageValkeyCutFailOpen(t *testing.T) {
 		}
 		return r.status == 200
 	})
-	drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
 	env, px, direct := valkeyProxyEnv(t, "closed")
-	in := start(t, env)
-	users := warmUsers(t, in, 2)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 2)
 	drainSync(t, in.admin, 15*time.Second)
 
 	px.Stop()
@@ -219,18 +215,13 @@ func TestSyncOutageValkeyCutFailClosed(t *testing.T) {
 	if used != 2.0 {
 		t.Fatalf("usage after the refused queries: used=%v, want 2", used)
 	}
-	drainSync(t, in.admin, 30*time.Second)
-	if got := persistedTotal(t, direct); got != ok {
-		t.Fatalf("after restore: postgres total %d, want exactly the %d 200s", got, ok)
-	}
+	drainedTo(t, in, direct, 30*time.Second, ok, "after restore")
 }
 
 func TestSyncForcedReturnsBeforeFlush(t *testing.T) {
 	env, px, direct := pgProxyEnv(t)
 	env["SYNC_INTERVAL"] = "1h" // only the forced sync moves anything
-	in := start(t, env)
-	users := warmUsers(t, in, 3)
-	ok := int64(len(users))
+	in, users, ok := startWarm(t, env, 3)
 	for range 4 {
 		for _, u := range users {
 			if r := in.query(t, u.token, "a"); r.status != 200 {

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"maps"
 	"net/http"
 	"regexp"
 	"slices"
@@ -377,6 +378,16 @@ func TestMetricsScrape(t *testing.T) {
 }
 
 func TestSlowPhaseCountedAndLogged(t *testing.T) {
+	// startLogging starts an instance that logs in format at level, with the
+	// extra settings, and provisions a free user on it.
+	startLogging := func(t *testing.T, format, level string, extra map[string]string) (*instance, user) {
+		t.Helper()
+		env := backendEnv(t)
+		env["LOG_FORMAT"], env["LOG_LEVEL"] = format, level
+		maps.Copy(env, extra)
+		in := start(t, env)
+		return in, in.newUser(t, "free", nil)
+	}
 	// A subtest that skips checks nothing: the test fails unless every one ran.
 	var ran, subtests int
 	run := func(name string, f func(t *testing.T)) {
@@ -387,12 +398,7 @@ func TestSlowPhaseCountedAndLogged(t *testing.T) {
 		})
 	}
 	run("auth past 1ns", func(t *testing.T) {
-		env := backendEnv(t)
-		env["THRESHOLD_AUTH"] = "1ns"
-		env["LOG_FORMAT"] = "json"
-		env["LOG_LEVEL"] = "warn"
-		in := start(t, env)
-		u := in.newUser(t, "free", nil)
+		in, u := startLogging(t, "json", "warn", map[string]string{"THRESHOLD_AUTH": "1ns"})
 		if before := in.metric(t, "warmpath_slow_phase_total", "phase", "auth"); before != 0 {
 			t.Fatalf("slow auth before any request = %v", before)
 		}
@@ -425,11 +431,7 @@ func TestSlowPhaseCountedAndLogged(t *testing.T) {
 		}
 	})
 	run("warn level, default thresholds", func(t *testing.T) {
-		env := backendEnv(t)
-		env["LOG_FORMAT"] = "json"
-		env["LOG_LEVEL"] = "warn"
-		in := start(t, env)
-		u := in.newUser(t, "free", nil)
+		in, u := startLogging(t, "json", "warn", nil)
 		for range 3 {
 			if r := in.query(t, u.token, "a"); r.status != 200 {
 				t.Fatalf("query: %d %s", r.status, r.raw)
@@ -449,12 +451,7 @@ func TestSlowPhaseCountedAndLogged(t *testing.T) {
 		}
 	})
 	run("text format", func(t *testing.T) {
-		env := backendEnv(t)
-		env["LOG_FORMAT"] = "text"
-		env["LOG_LEVEL"] = "info"
-		env["THRESHOLD_USAGE_CHECK"] = "1ns"
-		in := start(t, env)
-		u := in.newUser(t, "free", nil)
+		in, u := startLogging(t, "text", "info", map[string]string{"THRESHOLD_USAGE_CHECK": "1ns"})
 		if r := in.query(t, u.token, "a"); r.status != 200 {
 			t.Fatalf("query: %d %s", r.status, r.raw)
 		}

@@ -140,12 +140,7 @@ func TestWarmupStartupServesWhileHotUsersWarm(t *testing.T) {
 	waitWarmup(t, in, head.token, warmup.StateReady)
 	hits := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
 	r := in.query(t, head.token, "a", "b", "z")
-	if r.status != 200 {
-		t.Fatalf("warm query: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
-		t.Fatalf("missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "warm query", "z")
 	if got := in.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 1 {
 		t.Fatalf("the warm query should be answered by the item cache: %v hits", got)
 	}
@@ -196,12 +191,7 @@ func TestWarmupAcrossInstances(t *testing.T) {
 	hits := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit")
 	misses := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	r := b.query(t, u.token, "k1", "x")
-	if r.status != 200 {
-		t.Fatalf("query through B: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"x"}, r.body["missing"]); d != "" {
-		t.Fatalf("missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "query through B", "x")
 	if got := b.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "hit") - hits; got != 1 {
 		t.Fatalf("B item-cache hits +%v, want +1", got)
 	}
@@ -240,12 +230,7 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 	misses := async.metric(t, "warmpath_cache_requests_total", "cache", "items", "result", "miss")
 	r := async.query(t, asyncUser.token, "a", "z")
 	st, _ := userWarmup(t, async, asyncUser.token)
-	if r.status != 200 {
-		t.Fatalf("async query: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
-		t.Fatalf("async missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "async query", "z")
 	if st.State != warmup.StateQueued && st.State != warmup.StateRunning {
 		t.Fatalf("async: warmup state right after the answer = %q, want queued or running", st.State)
 	}
@@ -271,12 +256,7 @@ func TestWarmupAsyncVsInlineOnSlowDatabase(t *testing.T) {
 		t.Fatal("inline query did not return after the warmup could finish")
 	}
 	st, _ = userWarmup(t, inline, inlineUser.token)
-	if r.status != 200 {
-		t.Fatalf("inline query: %d %s", r.status, r.raw)
-	}
-	if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
-		t.Fatalf("inline missing (-want +got):\n%s", d)
-	}
+	r.wantMissing(t, "inline query", "z")
 	if st.State != warmup.StateReady {
 		t.Fatalf("inline: warmup state right after the answer = %q (%s), want ready", st.State, st.Error)
 	}
@@ -324,12 +304,7 @@ func TestWarmupQueueFullAnswers503(t *testing.T) {
 	}
 	for _, u := range users[2:] {
 		r := in.query(t, u.token, "a", "z")
-		if r.status != 200 {
-			t.Fatalf("query of a user whose warmup was refused: %d %s", r.status, r.raw)
-		}
-		if d := cmp.Diff([]any{"z"}, r.body["missing"]); d != "" {
-			t.Fatalf("missing (-want +got):\n%s", d)
-		}
+		r.wantMissing(t, "query of a user whose warmup was refused", "z")
 	}
 	if st := systemWarmup(t, in); st.Queue.Depth != 1 || st.Queue.Running != 1 {
 		t.Fatalf("queue should still be full: %+v", st.Queue)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 
 	"github.com/grafana/grafana-foundation-sdk/go/cog"
+	"github.com/grafana/grafana-foundation-sdk/go/cog/variants"
 	"github.com/grafana/grafana-foundation-sdk/go/common"
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	"github.com/grafana/grafana-foundation-sdk/go/prometheus"
@@ -129,15 +130,30 @@ func q(expr, legend string) *promQuery {
 	return prometheus.NewDataqueryBuilder().Datasource(ds).Expr(expr).LegendFormat(legend).Range()
 }
 
+// panel is what the time series and stat panel builders share.
+type panel[P any] interface {
+	Title(title string) P
+	Description(description string) P
+	Datasource(datasource common.DataSourceRef) P
+	Unit(unit string) P
+	Span(w uint32) P
+	Height(h uint32) P
+	WithTarget(target cog.Builder[variants.Dataquery]) P
+}
+
+// withBasics sets what every panel has: title, description, the Prometheus
+// datasource, unit, size, and its queries (refIds A, B, …).
+func withBasics[P panel[P]](p P, title, description, unit string, w, h uint32, targets []*promQuery) P {
+	p.Title(title).Description(description).Datasource(ds).Unit(unit).Span(w).Height(h)
+	for i, t := range targets {
+		p.WithTarget(t.RefId(string(rune('A' + i))))
+	}
+	return p
+}
+
 // ts is a time series panel of the given size with the shared defaults.
 func ts(title, description, unit string, w, h uint32, targets ...*promQuery) *timeseries.PanelBuilder {
-	p := timeseries.NewPanelBuilder().
-		Title(title).
-		Description(description).
-		Datasource(ds).
-		Unit(unit).
-		Span(w).
-		Height(h).
+	p := withBasics(timeseries.NewPanelBuilder(), title, description, unit, w, h, targets).
 		LineWidth(1).
 		FillOpacity(10).
 		ShowPoints(common.VisibilityModeNever).
@@ -149,9 +165,6 @@ func ts(title, description, unit string, w, h uint32, targets ...*promQuery) *ti
 		Tooltip(common.NewVizTooltipOptionsBuilder().
 			Mode(common.TooltipDisplayModeMulti).
 			Sort(common.SortOrderDescending))
-	for i, t := range targets {
-		p.WithTarget(t.RefId(string(rune('A' + i))))
-	}
 	return p
 }
 
@@ -192,20 +205,11 @@ func st(title, description, unit string, w, h uint32, limit *float64, lowIsBad b
 			steps = []dashboard.Threshold{{Value: nil, Color: "red"}, {Value: limit, Color: "green"}}
 		}
 	}
-	p := stat.NewPanelBuilder().
-		Title(title).
-		Description(description).
-		Datasource(ds).
-		Unit(unit).
-		Span(w).
-		Height(h).
+	p := withBasics(stat.NewPanelBuilder(), title, description, unit, w, h, targets).
 		ColorMode(common.BigValueColorModeBackground).
 		GraphMode(common.BigValueGraphModeNone).
 		ReduceOptions(common.NewReduceDataOptionsBuilder().Calcs([]string{"lastNotNull"}).Values(false)).
 		Thresholds(dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).Steps(steps))
-	for i, t := range targets {
-		p.WithTarget(t.RefId(string(rune('A' + i))))
-	}
 	return p
 }
 

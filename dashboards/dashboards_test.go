@@ -205,6 +205,22 @@ type datasourceRef struct {
 	UID  string `json:"uid"`
 }
 
+// generated decodes every generated dashboard.
+func generated(t *testing.T) []dash {
+	t.Helper()
+	files, err := dashboards.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]dash, len(files))
+	for i, f := range files {
+		if err := json.Unmarshal(f.JSON, &out[i]); err != nil {
+			t.Fatalf("%s: %v", f.Name, err)
+		}
+	}
+	return out
+}
+
 func TestDashboardsUseOnlyContractMetrics(t *testing.T) {
 	files, err := dashboards.Generate()
 	if err != nil {
@@ -359,20 +375,12 @@ func TestAlertRules(t *testing.T) {
 // syntax error fails here instead of as an empty panel.
 func TestDashboardExpressionsParse(t *testing.T) {
 	bin := promtool(t)
-	files, err := dashboards.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
 	type rule struct {
 		Record string `yaml:"record"`
 		Expr   string `yaml:"expr"`
 	}
 	var rules []rule
-	for _, f := range files {
-		var d dash
-		if err := json.Unmarshal(f.JSON, &d); err != nil {
-			t.Fatal(err)
-		}
+	for _, d := range generated(t) {
 		for _, p := range d.Panels {
 			for _, tg := range p.Targets {
 				rules = append(rules, rule{Record: fmt.Sprintf("panel:%d:%d", len(rules), p.ID), Expr: grafanaVars.Replace(tg.Expr)})

@@ -28,8 +28,6 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-
-	"github.com/warmpath/warmpath/dashboards"
 )
 
 // pendingMetrics are the metric names the dashboards and rules use that the
@@ -88,16 +86,8 @@ type panelQuery struct {
 // panelQueries lists every panel query of every generated dashboard.
 func panelQueries(t *testing.T) []panelQuery {
 	t.Helper()
-	files, err := dashboards.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []panelQuery
-	for _, f := range files {
-		var d dash
-		if err := json.Unmarshal(f.JSON, &d); err != nil {
-			t.Fatal(err)
-		}
+	for _, d := range generated(t) {
 		for _, p := range d.Panels {
 			for _, tg := range p.Targets {
 				out = append(out, panelQuery{d.Title, p.Title, tg.Expr})

@@ -156,28 +156,15 @@ func TestComposeServices(t *testing.T) {
 func TestComposeCollectorWiring(t *testing.T) {
 	p := loadProject(t)
 	c := service(t, p, "otel-collector")
-	src := mountSource(c, "/etc/otelcol-contrib/config.yaml")
-	if src == "" {
-		t.Fatal("otel-collector: nothing mounted at /etc/otelcol-contrib/config.yaml")
-	}
+	src := mustMount(t, c, "/etc/otelcol-contrib/config.yaml")
 	if !slices.Contains(c.Command, "--config=/etc/otelcol-contrib/config.yaml") {
 		t.Errorf("otel-collector command %v does not load the mounted config", c.Command)
 	}
 	var cfg struct {
-		Extensions map[string]struct {
-			Endpoint string `yaml:"endpoint"`
-		} `yaml:"extensions"`
-		Receivers struct {
-			OTLP struct {
-				Protocols map[string]struct {
-					Endpoint string `yaml:"endpoint"`
-				} `yaml:"protocols"`
-			} `yaml:"otlp"`
-		} `yaml:"receivers"`
-		Exporters map[string]struct {
-			Endpoint string `yaml:"endpoint"`
-		} `yaml:"exporters"`
-		Service struct {
+		Extensions map[string]endpoint `yaml:"extensions"`
+		Receivers  otlpReceivers       `yaml:"receivers"`
+		Exporters  map[string]endpoint `yaml:"exporters"`
+		Service    struct {
 			Extensions []string `yaml:"extensions"`
 			Pipelines  map[string]struct {
 				Receivers []string `yaml:"receivers"`
@@ -208,13 +195,7 @@ func TestComposeCollectorWiring(t *testing.T) {
 	}
 	var tempoCfg struct {
 		Distributor struct {
-			Receivers struct {
-				OTLP struct {
-					Protocols map[string]struct {
-						Endpoint string `yaml:"endpoint"`
-					} `yaml:"protocols"`
-				} `yaml:"otlp"`
-			} `yaml:"receivers"`
+			Receivers otlpReceivers `yaml:"receivers"`
 		} `yaml:"distributor"`
 	}
 	raw, err = os.ReadFile(mountSource(service(t, p, "tempo"), "/etc/tempo.yaml"))
@@ -314,6 +295,16 @@ func TestComposeWarmpathService(t *testing.T) {
 	}
 }
 
+// mustMount is mountSource, failing the test when nothing is mounted there.
+func mustMount(t *testing.T, s types.ServiceConfig, target string) string {
+	t.Helper()
+	src := mountSource(s, target)
+	if src == "" {
+		t.Fatalf("%s: nothing mounted at %s", s.Name, target)
+	}
+	return src
+}
+
 // mountSource returns the host path mounted at target in s ("" if none).
 func mountSource(s types.ServiceConfig, target string) string {
 	for _, v := range s.Volumes {
@@ -322,6 +313,19 @@ func mountSource(s types.ServiceConfig, target string) string {
 		}
 	}
 	return ""
+}
+
+// endpoint is a collector or Tempo component with a listen or target address.
+type endpoint struct {
+	Endpoint string `yaml:"endpoint"`
+}
+
+// otlpReceivers is the `receivers:` block of an OpenTelemetry Collector or
+// Tempo config, as far as its OTLP protocols go.
+type otlpReceivers struct {
+	OTLP struct {
+		Protocols map[string]endpoint `yaml:"protocols"`
+	} `yaml:"otlp"`
 }
 
 // promConfig is the part of prometheus.yml the tests look at.
@@ -347,10 +351,7 @@ func TestComposePrometheusWiring(t *testing.T) {
 	prom := service(t, p, "prometheus")
 	const confDir = "/etc/prometheus"
 
-	confSrc := mountSource(prom, confDir+"/prometheus.yml")
-	if confSrc == "" {
-		t.Fatal("prometheus: nothing mounted at /etc/prometheus/prometheus.yml")
-	}
+	confSrc := mustMount(t, prom, confDir+"/prometheus.yml")
 	raw, err := os.ReadFile(confSrc)
 	if err != nil {
 		t.Fatal(err)
@@ -412,10 +413,7 @@ func TestComposeGrafanaWiring(t *testing.T) {
 	p := loadProject(t)
 	g := service(t, p, "grafana")
 
-	provSrc := mountSource(g, "/etc/grafana/provisioning")
-	if provSrc == "" {
-		t.Fatal("grafana: no provisioning mounted at /etc/grafana/provisioning")
-	}
+	provSrc := mustMount(t, g, "/etc/grafana/provisioning")
 	var providers struct {
 		Providers []struct {
 			Options struct {

@@ -35,6 +35,25 @@ type manifests struct {
 	secrets    map[string]*corev1.Secret
 }
 
+// decodeNew decodes raw strictly (an unknown field fails) into a new T at *p.
+func decodeNew[T any](raw []byte, p **T) error {
+	*p = new(T)
+	return yaml.UnmarshalStrict(raw, *p)
+}
+
+// decodeByName decodes raw strictly into a new T, filed under its name.
+func decodeByName[T any, P interface {
+	*T
+	GetName() string
+}](raw []byte, byName map[string]*T) error {
+	o := P(new(T))
+	if err := yaml.UnmarshalStrict(raw, o); err != nil {
+		return err
+	}
+	byName[o.GetName()] = o
+	return nil
+}
+
 // loadManifests decodes every resource kustomization.yaml lists, strictly
 // (an unknown or misspelt field fails), into its k8s.io/api type, and checks
 // that every YAML file in the directory is listed.
@@ -57,6 +76,15 @@ func loadManifests(t *testing.T) manifests {
 		}
 	}
 	m := manifests{configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{}}
+	// By apiVersion and kind: decode strictly into m.
+	decoders := map[string]func(raw []byte) error{
+		"apps/v1 Deployment":                     func(raw []byte) error { return decodeNew(raw, &m.deployment) },
+		"v1 Service":                             func(raw []byte) error { return decodeNew(raw, &m.service) },
+		"policy/v1 PodDisruptionBudget":          func(raw []byte) error { return decodeNew(raw, &m.pdb) },
+		"autoscaling/v2 HorizontalPodAutoscaler": func(raw []byte) error { return decodeNew(raw, &m.hpa) },
+		"v1 ConfigMap":                           func(raw []byte) error { return decodeByName(raw, m.configMaps) },
+		"v1 Secret":                              func(raw []byte) error { return decodeByName(raw, m.secrets) },
+	}
 	for _, name := range kust.Resources {
 		raw, err := os.ReadFile(filepath.Join(k8sDir, name))
 		if err != nil {
@@ -66,35 +94,12 @@ func loadManifests(t *testing.T) manifests {
 		if err := yaml.Unmarshal(raw, &tm); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		var obj any
-		switch tm.APIVersion + " " + tm.Kind {
-		case "apps/v1 Deployment":
-			m.deployment = &appsv1.Deployment{}
-			obj = m.deployment
-		case "v1 Service":
-			m.service = &corev1.Service{}
-			obj = m.service
-		case "policy/v1 PodDisruptionBudget":
-			m.pdb = &policyv1.PodDisruptionBudget{}
-			obj = m.pdb
-		case "autoscaling/v2 HorizontalPodAutoscaler":
-			m.hpa = &autoscalingv2.HorizontalPodAutoscaler{}
-			obj = m.hpa
-		case "v1 ConfigMap":
-			obj = &corev1.ConfigMap{}
-		case "v1 Secret":
-			obj = &corev1.Secret{}
-		default:
+		decode, ok := decoders[tm.APIVersion+" "+tm.Kind]
+		if !ok {
 			t.Fatalf("%s: unexpected %s %s", name, tm.APIVersion, tm.Kind)
 		}
-		if err := yaml.UnmarshalStrict(raw, obj); err != nil {
+		if err := decode(raw); err != nil {
 			t.Fatalf("%s: strict decode as %s: %v", name, tm.Kind, err)
-		}
-		switch o := obj.(type) {
-		case *corev1.ConfigMap:
-			m.configMaps[o.Name] = o
-		case *corev1.Secret:
-			m.secrets[o.Name] = o
 		}
 	}
 	return m

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -34,15 +33,9 @@ func newFloor() *fiber.App {
 
 // runFloor serves the floor until ctx is done.
 func runFloor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("floor", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:18081", "listen address")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		return fmt.Errorf("floor: listen %s: %w", *addr, err)
+	ln, err := listenFlag("floor", "127.0.0.1:18081", "listen address", args, stderr)
+	if ln == nil {
+		return err
 	}
 	app := newFloor()
 	errc := make(chan error, 1)

@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -57,6 +58,23 @@ func usageErr(err error) error {
 		return nil
 	}
 	return &usageError{err: err}
+}
+
+// listenFlag parses the command line of a server command whose one flag is
+// --addr, and listens there. A nil listener comes with the error to return
+// (nil after -h).
+func listenFlag(cmd, addr, usage string, args []string, stderr io.Writer) (net.Listener, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	at := fs.String("addr", addr, usage)
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	ln, err := net.Listen("tcp", *at)
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen %s: %w", cmd, *at, err)
+	}
+	return ln, nil
 }
 
 // run is the whole program; main only wires the process to it.

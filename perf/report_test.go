@@ -17,6 +17,24 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
+// readReport reads dir/verify.json, fails the test unless it matches the
+// schema, and decodes it.
+func readReport(t *testing.T, dir string) Report {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, "verify.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validateReport(t, raw); err != nil {
+		t.Fatalf("verify.json does not match the schema: %v\n%s", err, raw)
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
 // validateReport checks raw verify.json against testdata/verify.schema.json.
 func validateReport(t *testing.T, raw []byte) error {
 	t.Helper()
@@ -97,18 +115,8 @@ func TestReportFiles(t *testing.T) {
 	if err := r.WriteFiles(dir); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, "verify.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := validateReport(t, raw); err != nil {
-		t.Fatalf("verify.json does not match the schema: %v\n%s", err, raw)
-	}
+	back := readReport(t, dir)
 	// Nil details are written as {} (the schema wants an object).
-	var back Report
-	if err := json.Unmarshal(raw, &back); err != nil {
-		t.Fatal(err)
-	}
 	if back.Items[1].Details == nil {
 		t.Error("nil details written as null")
 	}

@@ -87,7 +87,7 @@ type Service struct {
 	cmd           *exec.Cmd
 	serving       chan struct{} // closed when the serving line is read
 	exited        chan struct{} // closed when the process has exited
-	exitErr       error
+	exitErr       error         // set before exited is closed
 	mu            sync.Mutex
 	demo          map[string]string // demo user name → token (embedded mode)
 	said          [2]string         // the addresses of the serving line
@@ -136,9 +136,7 @@ func launch(bin binaries, env map[string]string, logPath string) (*Service, erro
 	go s.readStdout(stdout, logf)
 	go func() {
 		err := cmd.Wait()
-		s.mu.Lock()
 		s.exitErr = err
-		s.mu.Unlock()
 		close(s.exited)
 	}()
 	return s, nil
@@ -222,8 +220,6 @@ func (s *Service) Stop(timeout time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-s.exited:
-		s.mu.Lock()
-		defer s.mu.Unlock()
 		if s.exitErr != nil {
 			return fmt.Errorf("service exit: %w", s.exitErr)
 		}

@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -19,15 +17,9 @@ import (
 //	go run ./perf sink --addr 127.0.0.1:4318 &
 //	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 go run ./app
 func runSink(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:4318", "listen address (loopback)")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		return fmt.Errorf("sink: %w", err)
+	ln, err := listenFlag("sink", "127.0.0.1:4318", "listen address (loopback)", args, stderr)
+	if ln == nil {
+		return err
 	}
 	var posts, bytes atomic.Int64
 	srv := &http.Server{

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -42,17 +41,7 @@ func TestVerifyQuick(t *testing.T) {
 	}
 	t.Logf("verify output:\n%s", stdout.String())
 
-	raw, rerr := os.ReadFile(filepath.Join(out, "verify.json"))
-	if rerr != nil {
-		t.Fatal(rerr)
-	}
-	if verr := validateReport(t, raw); verr != nil {
-		t.Fatalf("verify.json does not match the schema: %v\n%s", verr, raw)
-	}
-	var rep Report
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readReport(t, out)
 	if rep.Backend != backend {
 		t.Errorf("backend %q, want %s", rep.Backend, backend)
 	}

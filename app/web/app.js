@@ -180,11 +180,20 @@ async function resourceEntry(url, since) {
   return undefined;
 }
 
-async function runQuery(ev) {
+// submittedItems starts the submit of an item form: the items of the field
+// with id `field`, one a line, or undefined (and message shown) if none.
+function submittedItems(ev, field, message) {
   ev.preventDefault();
   clearError();
-  const items = lines($("items").value);
-  if (!items.length) return showError({ code: "invalid_items", message: "Enter at least one item, one per line." });
+  const items = lines($(field).value);
+  if (items.length) return items;
+  showError({ code: "invalid_items", message });
+  return undefined;
+}
+
+async function runQuery(ev) {
+  const items = submittedItems(ev, "items", "Enter at least one item, one per line.");
+  if (!items) return;
   const my = session;
   const since = performance.now() - 1;
   $("query-btn").disabled = true;
@@ -274,10 +283,8 @@ function renderCompare() {
 // --- add items -------------------------------------------------------------
 
 async function addItems(ev) {
-  ev.preventDefault();
-  clearError();
-  const add = lines($("add").value);
-  if (!add.length) return showError({ code: "invalid_items", message: "Enter at least one item to add, one per line." });
+  const add = submittedItems(ev, "add", "Enter at least one item to add, one per line.");
+  if (!add) return;
   const my = session;
   $("add-btn").disabled = true;
   try {

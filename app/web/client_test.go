@@ -14,7 +14,7 @@ import (
 
 // TestClientBuildIsCurrent runs `npm run check` in client/: it regenerates the
 // types from openapi.json and rebuilds the client into a temporary directory,
-// and fails when the committed src/schema.ts or dist/ differ. So a change of
+// and fails when the committed generated/schema.d.ts or dist/ differ. So a change of
 // the OpenAPI document or of the client's source that was not rebuilt and
 // committed fails here, not in a browser. Without node_modules (npm ci not
 // run) it skips on a developer machine and fails in CI.

@@ -72,19 +72,30 @@ var dayPlan = domain.Plan{Name: "free", Quota: 1000, Period: domain.PeriodDay, M
 // apiServer is a public server over fakes.
 func apiServer(t testing.TB, a fakeAuth, q *fakeQuery, it ItemUpdater) *Public {
 	t.Helper()
-	metrics, err := telemetry.NewMetrics(metricnoop.NewMeterProvider(), telemetry.Thresholds{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := NewServer(Config{
-		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-		TracerProvider: tracenoop.NewTracerProvider(), MeterProvider: metricnoop.NewMeterProvider(), Metrics: metrics,
-		Auth: a, Query: q, Items: it, Warmup: fakeSystem{},
-	})
+	return testServer(t, Config{Metrics: noopMetrics(t), Auth: a, Query: q, Items: it, Warmup: fakeSystem{}})
+}
+
+// testServer is NewServer(cfg) with quiet, no-op logging and telemetry.
+func testServer(t testing.TB, cfg Config) *Public {
+	t.Helper()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.TracerProvider = tracenoop.NewTracerProvider()
+	cfg.MeterProvider = metricnoop.NewMeterProvider()
+	pub, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return pub
+}
+
+// noopMetrics are the service's metrics on a no-op meter provider.
+func noopMetrics(t testing.TB) *telemetry.Metrics {
+	t.Helper()
+	metrics, err := telemetry.NewMetrics(metricnoop.NewMeterProvider(), telemetry.Thresholds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return metrics
 }
 
 func do(t *testing.T, pub *Public, method, path, contentType, body string) *http.Response {

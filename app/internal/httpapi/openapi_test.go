@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/gofiber/fiber/v2"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/warmpath/warmpath/app/web"
 )
@@ -24,14 +21,7 @@ import (
 // no store): enough for what is answered before or beside the API routes.
 func frontendServer(t *testing.T, cfg Config) *Public {
 	t.Helper()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfg.TracerProvider = tracenoop.NewTracerProvider()
-	cfg.MeterProvider = metricnoop.NewMeterProvider()
-	p, err := NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testServer(t, cfg)
 }
 
 // documentedRoutes are the operations of web/openapi.json as "METHOD

@@ -4,15 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http/httptest"
 	"testing"
-
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
-
-	"github.com/warmpath/warmpath/app/internal/telemetry"
 )
 
 func TestReadinessRule(t *testing.T) {
@@ -42,19 +35,10 @@ func TestReadinessRule(t *testing.T) {
 
 func readyServer(t *testing.T, checks ...Check) *Public {
 	t.Helper()
-	metrics, err := telemetry.NewMetrics(metricnoop.NewMeterProvider(), telemetry.Thresholds{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := NewServer(Config{
-		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-		TracerProvider: tracenoop.NewTracerProvider(), MeterProvider: metricnoop.NewMeterProvider(), Metrics: metrics,
-		Auth: fakeAuth{}, Query: &fakeQuery{}, Items: fakeItems{}, Warmup: fakeSystem{}, Checks: checks,
+	return testServer(t, Config{
+		Metrics: noopMetrics(t),
+		Auth:    fakeAuth{}, Query: &fakeQuery{}, Items: fakeItems{}, Warmup: fakeSystem{}, Checks: checks,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pub
 }
 
 type readyzBody struct {

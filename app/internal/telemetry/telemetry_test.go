@@ -10,31 +10,35 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/warmpath/warmpath/app/internal/telemetry"
+	"github.com/warmpath/warmpath/app/internal/waittest"
 )
 
 // poll calls cond until it returns true or the deadline passes.
 func poll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	waittest.Until(t, timeout, what, cond)
+}
+
+// endSpan starts and ends a span named name under ctx and flushes it to the
+// exporter.
+func endSpan(t *testing.T, tel *telemetry.Telemetry, ctx context.Context, name string) trace.Span {
+	t.Helper()
+	_, span := tel.TracerProvider.Tracer("test").Start(ctx, name)
+	span.End()
+	if err := tel.ForceFlush(context.Background()); err != nil {
+		t.Fatalf("ForceFlush: %v", err)
 	}
+	return span
 }
 
 func TestSpansExportedToGivenExporter(t *testing.T) {
 	tel, exp := newTelemetry(t, telemetry.Thresholds{}, map[string]string{
 		"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci,team=perf%20lab",
 	})
-	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "auth")
-	span.End()
-	if err := tel.ForceFlush(context.Background()); err != nil {
-		t.Fatalf("ForceFlush: %v", err)
-	}
+	endSpan(t, tel, context.Background(), "auth")
 	spans := exp.GetSpans()
 	if len(spans) != 1 || spans[0].Name != "auth" {
 		t.Fatalf("exported spans = %v, want one named auth", spans)
@@ -58,11 +62,7 @@ func TestServiceNameEnvOverrides(t *testing.T) {
 		"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs",
 		"OTEL_SERVICE_NAME":        "from-env",
 	})
-	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "x")
-	span.End()
-	if err := tel.ForceFlush(context.Background()); err != nil {
-		t.Fatalf("ForceFlush: %v", err)
-	}
+	endSpan(t, tel, context.Background(), "x")
 	spans := exp.GetSpans()
 	if len(spans) != 1 {
 		t.Fatalf("got %d spans", len(spans))
@@ -103,11 +103,7 @@ func TestSamplerFromEnv(t *testing.T) {
 					"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 				})
 			}
-			_, span := tel.TracerProvider.Tracer("test").Start(ctx, "s")
-			span.End()
-			if err := tel.ForceFlush(context.Background()); err != nil {
-				t.Fatalf("ForceFlush: %v", err)
-			}
+			span := endSpan(t, tel, ctx, "s")
 			if got := span.SpanContext().IsSampled(); got != tc.wantSampled {
 				t.Errorf("sampled = %v, want %v", got, tc.wantSampled)
 			}

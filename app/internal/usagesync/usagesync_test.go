@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/app/internal/waittest"
 )
 
 var day = time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
@@ -246,13 +247,7 @@ func runSyncer(t *testing.T, s *Syncer) {
 // eventually polls cond until it holds or 10s pass.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waittest.Until(t, 10*time.Second, what, cond)
 }
 
 func TestNewRequiresStoreAndQueue(t *testing.T) {

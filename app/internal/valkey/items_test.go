@@ -44,6 +44,22 @@ func mustWarm(t *testing.T, c *valkey.Cache, user int64, wantVersion int64, want
 	}
 }
 
+// mustLoad is load, failing the test on an error.
+func mustLoad(t *testing.T, c *valkey.Cache, user int64, v int64, items []string) {
+	t.Helper()
+	if err := load(t, c, user, v, items); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mustStale fails unless err, what a load returned, is ErrStaleSnapshot.
+func mustStale(t *testing.T, what string, err error) {
+	t.Helper()
+	if !errors.Is(err, domain.ErrStaleSnapshot) {
+		t.Fatalf("%s: %v, want ErrStaleSnapshot", what, err)
+	}
+}
+
 func mustCold(t *testing.T, c *valkey.Cache, user int64) {
 	t.Helper()
 	if v, warm, err := c.ItemsWarm(t.Context(), user); err != nil || warm {
@@ -62,9 +78,7 @@ func TestHasNot(t *testing.T) {
 		if err != nil || warm || missing != nil {
 			t.Fatalf("cold: HasNot = %v, %v, %v; want nil, false, nil", missing, warm, err)
 		}
-		if err := load(t, c, user, 3, []string{"a", "b", "c", "ü", "x y"}); err != nil {
-			t.Fatal(err)
-		}
+		mustLoad(t, c, user, 3, []string{"a", "b", "c", "ü", "x y"})
 		tests := []struct {
 			name  string
 			items []string
@@ -108,9 +122,7 @@ func TestApplyItems(t *testing.T) {
 	onEachBackend(t, func(t *testing.T, c *valkey.Cache) {
 		ctx := t.Context()
 		const user = 2
-		if err := load(t, c, user, 5, []string{"a", "b"}); err != nil {
-			t.Fatal(err)
-		}
+		mustLoad(t, c, user, 5, []string{"a", "b"})
 		itemsKey := c.Keys().Items(user)
 		ttlBefore := rawPTTL(t, c, itemsKey)
 
@@ -164,13 +176,9 @@ func TestApplyItems(t *testing.T) {
 		if f := rawGet(t, c, c.Keys().ItemsFloor(user)); f != "10" {
 			t.Fatalf("floor = %q, want 10", f)
 		}
-		if err := load(t, c, user, 9, []string{"e", "g"}); !errors.Is(err, domain.ErrStaleSnapshot) {
-			t.Fatalf("Finish(9) below floor 10: err = %v, want ErrStaleSnapshot", err)
-		}
+		mustStale(t, "Finish(9) below floor 10", load(t, c, user, 9, []string{"e", "g"}))
 		mustCold(t, c, user)
-		if err := load(t, c, user, 10, []string{"e", "g", "f"}); err != nil {
-			t.Fatal(err)
-		}
+		mustLoad(t, c, user, 10, []string{"e", "g", "f"})
 		mustWarm(t, c, user, 10, "e", "f", "g")
 	})
 }
@@ -190,36 +198,28 @@ func TestItemsLoad(t *testing.T) {
 			if err := c.ApplyItems(ctx, user, 4, []string{"c"}, nil); err != nil {
 				t.Fatal(err)
 			}
-			if err := l.Finish(ctx, 3, time.Hour); !errors.Is(err, domain.ErrStaleSnapshot) {
-				t.Fatalf("Finish = %v, want ErrStaleSnapshot", err)
-			}
+			mustStale(t, "Finish", l.Finish(ctx, 3, time.Hour))
 			mustCold(t, c, user)
 			assertNoTempKeys(t, c, user)
 		})
 
 		t.Run("older than installed is dropped", func(t *testing.T) {
 			const user = 11
-			if err := load(t, c, user, 5, []string{"new"}); err != nil {
-				t.Fatal(err)
-			}
+			mustLoad(t, c, user, 5, []string{"new"})
 			for _, v := range []int64{4, 5} {
 				if err := load(t, c, user, v, []string{"old"}); err != nil {
 					t.Fatalf("Finish(%d) with 5 installed: %v, want nil", v, err)
 				}
 				mustWarm(t, c, user, 5, "new")
 			}
-			if err := load(t, c, user, 6, []string{"newer"}); err != nil {
-				t.Fatal(err)
-			}
+			mustLoad(t, c, user, 6, []string{"newer"})
 			mustWarm(t, c, user, 6, "newer")
 			assertNoTempKeys(t, c, user)
 		})
 
 		t.Run("empty snapshot", func(t *testing.T) {
 			const user = 12
-			if err := load(t, c, user, 1, []string{"x"}); err != nil {
-				t.Fatal(err)
-			}
+			mustLoad(t, c, user, 1, []string{"x"})
 			if err := load(t, c, user, 2, nil); err != nil {
 				t.Fatal(err)
 			}
@@ -232,9 +232,7 @@ func TestItemsLoad(t *testing.T) {
 
 		t.Run("duplicate items in chunks", func(t *testing.T) {
 			const user = 13
-			if err := load(t, c, user, 1, []string{"a", "a", "b", "a", "b"}); err != nil {
-				t.Fatal(err)
-			}
+			mustLoad(t, c, user, 1, []string{"a", "a", "b", "a", "b"})
 			mustWarm(t, c, user, 1, "a", "b")
 		})
 
@@ -282,17 +280,13 @@ func TestItemsLoad(t *testing.T) {
 				}
 				rawDel(t, c, k) // as its safety TTL would
 			}
-			if err := l.Finish(ctx, 1, time.Hour); !errors.Is(err, domain.ErrStaleSnapshot) {
-				t.Fatalf("Finish = %v, want ErrStaleSnapshot", err)
-			}
+			mustStale(t, "Finish", l.Finish(ctx, 1, time.Hour))
 			mustCold(t, c, user)
 		})
 
 		t.Run("set expired after newer applies: older load is stale", func(t *testing.T) {
 			const user = 17
-			if err := load(t, c, user, 1, []string{"a"}); err != nil {
-				t.Fatal(err)
-			}
+			mustLoad(t, c, user, 1, []string{"a"})
 			l := c.BeginItemsLoad(user) // reads snapshot 1 ...
 			if err := l.Add(ctx, []string{"a"}); err != nil {
 				t.Fatal(err)
@@ -304,17 +298,13 @@ func TestItemsLoad(t *testing.T) {
 			}
 			mustWarm(t, c, user, 3, "a", "v2", "v3")
 			rawDel(t, c, c.Keys().Items(user), c.Keys().ItemsVersion(user)) // the cached set's TTL runs out
-			if err := l.Finish(ctx, 1, time.Hour); !errors.Is(err, domain.ErrStaleSnapshot) {
-				t.Fatalf("Finish(1) after version 3 was cached: %v, want ErrStaleSnapshot", err)
-			}
+			mustStale(t, "Finish(1) after version 3 was cached", l.Finish(ctx, 1, time.Hour))
 			mustCold(t, c, user)
 		})
 
 		t.Run("invalidate", func(t *testing.T) {
 			const user = 18
-			if err := load(t, c, user, 4, []string{"a"}); err != nil {
-				t.Fatal(err)
-			}
+			mustLoad(t, c, user, 4, []string{"a"})
 			if err := c.InvalidateItems(ctx, user, 6); err != nil {
 				t.Fatal(err)
 			}
@@ -322,12 +312,8 @@ func TestItemsLoad(t *testing.T) {
 			if missing, warm, err := c.HasNot(ctx, user, []string{"a"}); err != nil || warm || missing != nil {
 				t.Fatalf("HasNot after invalidate = %v, %v, %v", missing, warm, err)
 			}
-			if err := load(t, c, user, 5, []string{"a"}); !errors.Is(err, domain.ErrStaleSnapshot) {
-				t.Fatalf("Finish(5) after InvalidateItems(6): %v, want ErrStaleSnapshot", err)
-			}
-			if err := load(t, c, user, 6, []string{"b"}); err != nil {
-				t.Fatal(err)
-			}
+			mustStale(t, "Finish(5) after InvalidateItems(6)", load(t, c, user, 5, []string{"a"}))
+			mustLoad(t, c, user, 6, []string{"b"})
 			mustWarm(t, c, user, 6, "b")
 			if ttl := rawPTTL(t, c, c.Keys().ItemsFloor(user)); ttl <= 0 {
 				t.Fatalf("floor PTTL = %d, want > 0", ttl)
@@ -484,7 +470,9 @@ func itemsRace(t *testing.T, c *valkey.Cache, writers int) {
 		})
 	}
 	var bg sync.WaitGroup
-	for range loaders {
+	// untilDone runs step in bg over and over until done is closed or step
+	// returns false.
+	untilDone := func(step func() bool) {
 		bg.Go(func() {
 			for {
 				select {
@@ -492,42 +480,44 @@ func itemsRace(t *testing.T, c *valkey.Cache, writers int) {
 					return
 				default:
 				}
-				mu.Lock() // a snapshot read
-				v, items := version, snapshots[version]
-				mu.Unlock()
-				l := c.BeginItemsLoad(user)
-				for chunk := range slices.Chunk(items, 3) {
-					if err := l.Add(ctx, chunk); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-				err := l.Finish(ctx, v, time.Hour)
-				mu.Lock()
-				switch {
-				case err == nil:
-					installed++
-				case errors.Is(err, domain.ErrStaleSnapshot):
-					stale++
-				default:
-					t.Error(err)
-				}
-				mu.Unlock()
-				if err == nil {
-					checkAtLeast(v, "Finish")
+				if !step() {
+					return
 				}
 			}
 		})
 	}
-	bg.Go(func() {
-		for {
-			select {
-			case <-done:
-				return
-			default:
-				checkAtomic()
+	for range loaders {
+		untilDone(func() bool {
+			mu.Lock() // a snapshot read
+			v, items := version, snapshots[version]
+			mu.Unlock()
+			l := c.BeginItemsLoad(user)
+			for chunk := range slices.Chunk(items, 3) {
+				if err := l.Add(ctx, chunk); err != nil {
+					t.Error(err)
+					return false
+				}
 			}
-		}
+			err := l.Finish(ctx, v, time.Hour)
+			mu.Lock()
+			switch {
+			case err == nil:
+				installed++
+			case errors.Is(err, domain.ErrStaleSnapshot):
+				stale++
+			default:
+				t.Error(err)
+			}
+			mu.Unlock()
+			if err == nil {
+				checkAtLeast(v, "Finish")
+			}
+			return true
+		})
+	}
+	untilDone(func() bool {
+		checkAtomic()
+		return true
 	})
 	wg.Wait()
 	close(done)

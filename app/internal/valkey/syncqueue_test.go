@@ -161,6 +161,16 @@ func (e *env) markAt(user int64, at time.Time) valkey.Completed {
 	return e.cache(e.client, func() time.Time { return at }).markDirtyCmd(user)
 }
 
+// countEach counts one use in period for each of the users 1..n, and adds
+// them to want.
+func (e *env) countEach(t testing.TB, n int64, period time.Time, want map[uk]int64) {
+	t.Helper()
+	for u := int64(1); u <= n; u++ {
+		e.count(t, u, period)
+		want[uk{u, period}]++
+	}
+}
+
 // count does what the usage path does for one allowed request: the count
 // (as the count script: INCR counter, HINCRBY pending) and, after it in the
 // same pipeline, the dirty mark.
@@ -326,10 +336,7 @@ func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
 	backends(t, 50, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		want := map[uk]int64{}
-		for u := int64(1); u <= 50; u++ {
-			e.count(t, u, day1)
-			want[uk{u, day1}]++
-		}
+		e.countEach(t, 50, day1, want)
 		clk := &clock{}
 		dead := e.queue(clk)
 		b, err := dead.Claim(ctx, "dead", 1000) // then the owner "dies": no apply, no ack
@@ -337,10 +344,7 @@ func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
 			t.Fatalf("claim = %d users, %v", b.Users, err)
 		}
 		// Counts after the claim go to the next batch.
-		for u := int64(1); u <= 5; u++ {
-			e.count(t, u, day2)
-			want[uk{u, day2}]++
-		}
+		e.countEach(t, 5, day2, want)
 
 		s := e.syncer(t, e.queue(clk), "b", 1000)
 		flush(t, s) // the lease is live: b syncs only the new counts
@@ -370,10 +374,7 @@ func TestOwnerDiesMidClaimIsReverted(t *testing.T) {
 	backends(t, 20, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		want := map[uk]int64{}
-		for u := int64(1); u <= 20; u++ {
-			e.count(t, u, day1)
-			want[uk{u, day1}]++
-		}
+		e.countEach(t, 20, day1, want)
 		clk := &clock{}
 		q := e.queue(clk)
 		// Replay Claim's first steps only: begin, then claim half the users.
@@ -501,10 +502,7 @@ func TestLedgerOutageKeepsDeltasClaimedThenDrains(t *testing.T) {
 	backends(t, 40, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		want := map[uk]int64{}
-		for u := int64(1); u <= 40; u++ {
-			e.count(t, u, day1)
-			want[uk{u, day1}]++
-		}
+		e.countEach(t, 40, day1, want)
 		fl := &flakyLedger{ledger: e.store}
 		fl.n.Store(1 << 30)
 		real := e.store

@@ -15,6 +15,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/valkey"
 	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
+	"github.com/warmpath/warmpath/app/internal/warmup/warmuptest"
 )
 
 // newClient is a connection to VALKEY_URL (skipping without it) whose
@@ -26,6 +27,23 @@ func newClient(t *testing.T, prefix string) valkeygo.Client {
 
 // newWarmState is the WarmState of a Cache on client with prefix, as the
 // wiring makes it.
+// wantRoundTrip puts st for user through put (with a minute's TTL) and fails
+// unless get then reads st back.
+func wantRoundTrip(t *testing.T, put, get *valkey.WarmState, user int64, st warmup.Status) {
+	t.Helper()
+	ctx := context.Background()
+	if err := put.Put(ctx, user, st, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got, found, err := get.Get(ctx, user)
+	if err != nil || !found {
+		t.Fatalf("get = %v, %v", found, err)
+	}
+	if diff := cmp.Diff(st, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
 func newWarmState(client valkeygo.Client, prefix string) *valkey.WarmState {
 	return valkey.NewFromClient(client, valkey.Config{Prefix: prefix, DisableClientCache: true}).WarmState()
 }
@@ -51,18 +69,8 @@ func TestEmbedded(t *testing.T) {
 	}
 	a, b := newWarmState(newMini(), "wp"), newWarmState(newMini(), "wp")
 	testLockExclusive(t, a, b)
-	ctx := context.Background()
 	st := warmup.Status{State: warmup.StateReady, Parts: map[string]warmup.PartStatus{warmup.PartItems: {State: warmup.StateReady}}}
-	if err := a.Put(ctx, 9, st, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	got, found, err := b.Get(ctx, 9)
-	if err != nil || !found {
-		t.Fatalf("get = %v, %v", found, err)
-	}
-	if diff := cmp.Diff(st, got); diff != "" {
-		t.Errorf("round trip (-want +got):\n%s", diff)
-	}
+	wantRoundTrip(t, a, b, 9, st)
 	if k := valkey.NewKeys("wp"); !mr.Exists(k.WarmupStatus(9)) || !mr.Exists(k.WarmupLock(1)) {
 		t.Errorf("keys = %v; want the documented scheme", mr.Keys())
 	}
@@ -171,16 +179,7 @@ func TestStatusRoundTrip(t *testing.T) {
 			warmup.PartItems:   {State: warmup.StateFailed, DurationMs: &pd, Error: "load items: boom"},
 		},
 	}
-	if err := s.Put(ctx, 3, want, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	got, found, err := s.Get(ctx, 3)
-	if err != nil || !found {
-		t.Fatalf("get = %v, %v", found, err)
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("round trip (-want +got):\n%s", diff)
-	}
+	wantRoundTrip(t, s, s, 3, want)
 	if pttl, _ := c.Do(ctx, c.B().Pttl().Key(valkey.NewKeys(prefix).WarmupStatus(3)).Build()).AsInt64(); pttl <= 0 || pttl > 60000 {
 		t.Errorf("status PTTL = %d; want in (0, 60000] ms", pttl)
 	}
@@ -250,23 +249,12 @@ func TestTwoManagersShareStatusAndLock(t *testing.T) {
 func newManager(t *testing.T, s *valkey.WarmState, store *gatedStore, warm *warmSet, done chan string) *warmup.Manager {
 	t.Helper()
 	c := &memCache{warm: warm}
-	m, err := warmup.New(warmup.Config{
+	return warmuptest.New(t, warmup.Config{
 		Workers: 1, QueueSize: 10,
 		Store: store, Items: warmup.ItemsOf(c.BeginItemsLoad, c.ItemsWarm), Usage: c, Sessions: c,
 		Status: s, Locks: s,
 		Observer: observer(done),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := m.Stop(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	return m
 }
 
 // warmSet is the users whose item set is cached, shared by both instances'

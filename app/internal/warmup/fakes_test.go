@@ -3,14 +3,16 @@ package warmup_test
 import (
 	"context"
 	"fmt"
-	"github.com/warmpath/warmpath/app/internal/clocktest"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/warmpath/warmpath/app/internal/clocktest"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/usage"
+	"github.com/warmpath/warmpath/app/internal/waittest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
+	"github.com/warmpath/warmpath/app/internal/warmup/warmuptest"
 )
 
 func newClock() *clocktest.Clock { return clocktest.New(time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)) }
@@ -99,24 +101,23 @@ func (s *fakeStore) loadCount(id int64) int {
 	return n
 }
 
-func (s *fakeStore) Principal(_ context.Context, h domain.TokenHash) (domain.Principal, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p, ok := s.principals[h]
+// lookup is m[k] read under mu, or ErrNotFound, as a store answers.
+func lookup[K comparable, V any](mu *sync.Mutex, m map[K]V, k K) (V, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	v, ok := m[k]
 	if !ok {
-		return domain.Principal{}, domain.ErrNotFound
+		return v, domain.ErrNotFound
 	}
-	return p, nil
+	return v, nil
+}
+
+func (s *fakeStore) Principal(_ context.Context, h domain.TokenHash) (domain.Principal, error) {
+	return lookup(&s.mu, s.principals, h)
 }
 
 func (s *fakeStore) User(_ context.Context, id int64) (domain.User, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	u, ok := s.users[id]
-	if !ok {
-		return domain.User{}, domain.ErrNotFound
-	}
-	return u, nil
+	return lookup(&s.mu, s.users, id)
 }
 
 func (s *fakeStore) Plans(context.Context) ([]domain.Plan, error) {
@@ -384,37 +385,32 @@ func (o *fakeObserver) ObserveQueueDepth(f func() int64) {
 // next waits for the next finished job.
 func (o *fakeObserver) next(t *testing.T) jobRecord {
 	t.Helper()
-	select {
-	case r := <-o.jobs:
-		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("no warmup job finished within 10s")
-		return jobRecord{}
-	}
+	return receive(t, o.jobs, "warmup job finished")
 }
 
 // waitStarted waits until LoadItems starts for some user and returns it.
 func waitStarted(t *testing.T, s *fakeStore) int64 {
 	t.Helper()
+	return receive(t, s.started, "items load started")
+}
+
+// receive waits up to 10s for a value from c; what names it in the failure.
+func receive[T any](t *testing.T, c <-chan T, what string) T {
+	t.Helper()
 	select {
-	case id := <-s.started:
-		return id
+	case v := <-c:
+		return v
 	case <-time.After(10 * time.Second):
-		t.Fatal("no items load started within 10s")
-		return 0
+		t.Fatalf("no %s within 10s", what)
+		var zero T
+		return zero
 	}
 }
 
 // waitFor polls cond until it holds or 10s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waittest.Until(t, 10*time.Second, what, cond)
 }
 
 // rig is a Manager with fakes.
@@ -450,18 +446,50 @@ func newRig() *rig {
 	return r
 }
 
-func (r *rig) manager(t *testing.T) *warmup.Manager {
+// rigPair is two rigs, as two instances, on one shared warm state (one
+// Valkey's status and locks).
+func rigPair() (a, b *rig) {
+	shared := newMemState()
+	a, b = newRig(), newRig()
+	a.state, b.state = shared, shared
+	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	return a, b
+}
+
+// startPair builds and starts the managers of a and b.
+func startPair(t *testing.T, a, b *rig) (ma, mb *warmup.Manager) {
 	t.Helper()
-	m, err := warmup.New(r.cfg)
-	if err != nil {
+	ma, mb = a.manager(t), b.manager(t)
+	ma.Start(context.Background())
+	mb.Start(context.Background())
+	return ma, mb
+}
+
+// mustEnqueue enqueues job on m, failing the test on an error.
+func mustEnqueue(t *testing.T, m *warmup.Manager, job warmup.Job) {
+	t.Helper()
+	if _, err := m.Enqueue(context.Background(), job); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := m.Stop(ctx); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return m
+}
+
+// wantLoads fails the test unless the store loaded user's items want times.
+func (r *rig) wantLoads(t *testing.T, user int64, want int) {
+	t.Helper()
+	if n := r.store.loadCount(user); n != want {
+		t.Errorf("loads of user %d = %d; want %d", user, n, want)
+	}
+}
+
+// wantDepth fails the test unless m's queue holds want jobs.
+func wantDepth(t *testing.T, m *warmup.Manager, want int) {
+	t.Helper()
+	if got := m.System().Queue.Depth; got != want {
+		t.Fatalf("queue depth = %d; want %d", got, want)
+	}
+}
+
+func (r *rig) manager(t *testing.T) *warmup.Manager {
+	t.Helper()
+	return warmuptest.New(t, r.cfg)
 }

@@ -177,9 +177,7 @@ func TestHotUsersEnqueuedAtLowPriority(t *testing.T) {
 	m := r.manager(t)
 	m.Start(ctx)
 	// Keep the only worker busy with a login job so the queue fills.
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 100}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 100})
 	waitStarted(t, r.store)
 	close(w.gate)
 	st := waitSystemDone(t, m)

@@ -103,9 +103,7 @@ func TestSystemJobSkipsSessionAndReadsPlan(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 2, Kind: warmup.KindSystem})
 	if rec := r.obs.next(t); rec != (jobRecord{"system", "ready"}) {
 		t.Fatalf("job = %+v; want system ready", rec)
 	}
@@ -125,9 +123,7 @@ func TestFailedPartFailsJob(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, TokenHash: &tok})
 	if rec := r.obs.next(t); rec.result != "failed" {
 		t.Fatalf("job = %+v; want failed", rec)
 	}
@@ -171,9 +167,7 @@ func TestDedup(t *testing.T) {
 	ctx := context.Background()
 	m.Start(ctx)
 
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, TokenHash: &tok})
 	waitStarted(t, r.store) // user 1 runs, the only worker is busy
 	first, err := m.Enqueue(ctx, warmup.Job{UserID: 2})
 	if err != nil {
@@ -214,32 +208,21 @@ func TestConcurrentEnqueueOneJob(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if got := m.System().Queue.Depth; got != 1 {
-		t.Fatalf("queue depth = %d; want 1", got)
-	}
+	wantDepth(t, m, 1)
 	m.Start(ctx)
 	r.obs.next(t)
-	if n := r.store.loadCount(1); n != 1 {
-		t.Errorf("loads = %d; want 1", n)
-	}
+	r.wantLoads(t, 1, 1)
 }
 
 func TestCrossInstanceDedup(t *testing.T) {
-	shared := newMemState()
-	a, b := newRig(), newRig()
-	a.state, b.state = shared, shared
-	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	a, b := rigPair()
 	a.store.addUser(1, "pro", 3)
 	b.store.addUser(1, "pro", 3)
 	release := a.store.gate(1)
-	ma, mb := a.manager(t), b.manager(t)
+	ma, mb := startPair(t, a, b)
 	ctx := context.Background()
-	ma.Start(ctx)
-	mb.Start(ctx)
 
-	if _, err := ma.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, ma, warmup.Job{UserID: 1})
 	waitStarted(t, a.store)
 	st, err := mb.Enqueue(ctx, warmup.Job{UserID: 1})
 	if err != nil || st.State != warmup.StateRunning {
@@ -267,9 +250,7 @@ func TestReadyUserNotWarmedAgainWithinTTL(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1})
 	r.obs.next(t)
 
 	r.clock.Advance(9 * time.Minute)
@@ -296,9 +277,7 @@ func TestReadyUserNotWarmedAgainWithinTTL(t *testing.T) {
 		t.Fatalf("enqueue after TTL = %+v, %v; want queued", st, err)
 	}
 	r.obs.next(t)
-	if n := r.store.loadCount(1); n != 3 {
-		t.Errorf("loads = %d; want 3", n)
-	}
+	r.wantLoads(t, 1, 3)
 }
 
 func TestLoginBeforeSystem(t *testing.T) {
@@ -341,9 +320,7 @@ func TestLoginPromotesQueuedSystemJob(t *testing.T) {
 	tok := r.store.addUser(1, "pro", 2)
 	m := r.manager(t)
 	ctx := context.Background()
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, Kind: warmup.KindSystem})
 	st, err := m.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok})
 	if err != nil || st.State != warmup.StateQueued {
 		t.Fatalf("login enqueue = %+v, %v; want queued", st, err)
@@ -358,9 +335,7 @@ func TestLoginPromotesQueuedSystemJob(t *testing.T) {
 	if st, _ := m.Status(ctx, 1); st.Parts[warmup.PartSession].State != warmup.StateReady {
 		t.Errorf("session part = %+v; want ready (the login's token is used)", st.Parts[warmup.PartSession])
 	}
-	if n := r.store.loadCount(1); n != 1 {
-		t.Errorf("loads = %d; want 1", n)
-	}
+	r.wantLoads(t, 1, 1)
 }
 
 func TestQueueFull(t *testing.T) {
@@ -425,9 +400,7 @@ func TestStaleSnapshotRetried(t *testing.T) {
 			m := r.manager(t)
 			ctx := context.Background()
 			m.Start(ctx)
-			if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-				t.Fatal(err)
-			}
+			mustEnqueue(t, m, warmup.Job{UserID: 1})
 			if rec := r.obs.next(t); rec.result != tc.result {
 				t.Fatalf("result = %q; want %q", rec.result, tc.result)
 			}
@@ -464,9 +437,7 @@ func TestStopCancelsRunningDropsQueued(t *testing.T) {
 	}
 	m.Start(ctx)
 	for id := int64(1); id <= 3; id++ {
-		if _, err := m.Enqueue(ctx, warmup.Job{UserID: id}); err != nil {
-			t.Fatal(err)
-		}
+		mustEnqueue(t, m, warmup.Job{UserID: id})
 		if id == 1 {
 			waitStarted(t, r.store)
 		}
@@ -522,21 +493,15 @@ func TestRunInline(t *testing.T) {
 	}
 
 	// A job queued in this process is taken over, not run twice.
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 2}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 2})
 	st, err = m.Run(ctx, warmup.Job{UserID: 2})
 	if err != nil || st.State != warmup.StateReady {
 		t.Fatalf("run of a queued user = %+v, %v; want ready", st, err)
 	}
-	if got := m.System().Queue.Depth; got != 0 {
-		t.Errorf("queue depth = %d; want 0", got)
-	}
+	wantDepth(t, m, 0)
 	m.Start(ctx)
 	r.obs.next(t)
-	if n := r.store.loadCount(2); n != 1 {
-		t.Errorf("loads of user 2 = %d; want 1", n)
-	}
+	r.wantLoads(t, 2, 1)
 }
 
 func TestRunWaitsForRunningJob(t *testing.T) {
@@ -546,9 +511,7 @@ func TestRunWaitsForRunningJob(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1})
 	waitStarted(t, r.store)
 	done := make(chan warmup.Status)
 	go func() {
@@ -567,9 +530,7 @@ func TestRunWaitsForRunningJob(t *testing.T) {
 	if st := <-done; st.State != warmup.StateReady {
 		t.Fatalf("run = %q; want ready", st.State)
 	}
-	if n := r.store.loadCount(1); n != 1 {
-		t.Errorf("loads = %d; want 1", n)
-	}
+	r.wantLoads(t, 1, 1)
 }
 
 func TestNewRequiresDependencies(t *testing.T) {
@@ -589,9 +550,7 @@ func TestPlansCached(t *testing.T) {
 	ctx := context.Background()
 	m.Start(ctx)
 	for id := int64(1); id <= 5; id++ {
-		if _, err := m.Enqueue(ctx, warmup.Job{UserID: id, Kind: warmup.KindSystem}); err != nil {
-			t.Fatal(err)
-		}
+		mustEnqueue(t, m, warmup.Job{UserID: id, Kind: warmup.KindSystem})
 	}
 	for range 5 {
 		if rec := r.obs.next(t); rec.result != "ready" {
@@ -609,24 +568,17 @@ func TestPlansCached(t *testing.T) {
 // user that is still queued on instance B: logins go before system jobs
 // across instances too, and B's job skips when its turn comes.
 func TestLoginTakesOverSystemJobQueuedElsewhere(t *testing.T) {
-	shared := newMemState()
-	a, b := newRig(), newRig()
-	a.state, b.state = shared, shared
-	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	a, b := rigPair()
 	// One Valkey: B sees the set A warmed.
 	b.cfg.Items, b.cfg.Usage, b.cfg.Sessions = a.cfg.Items, a.cfg.Usage, a.cfg.Sessions
 	tok := a.store.addUser(1, "pro", 3)
 	b.store.addUser(1, "pro", 3)
 	b.store.addUser(2, "pro", 3)
 	releaseB := b.store.gate(2) // B's only worker is stuck on user 2
-	ma, mb := a.manager(t), b.manager(t)
+	ma, mb := startPair(t, a, b)
 	ctx := context.Background()
-	ma.Start(ctx)
-	mb.Start(ctx)
 
-	if _, err := mb.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, mb, warmup.Job{UserID: 2, Kind: warmup.KindSystem})
 	waitStarted(t, b.store)
 	if st, err := mb.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil || st.State != warmup.StateQueued {
 		t.Fatalf("system enqueue on B = %+v, %v", st, err)
@@ -655,20 +607,13 @@ func TestLoginTakesOverSystemJobQueuedElsewhere(t *testing.T) {
 // A system job that has started running keeps its lock: a login elsewhere
 // sees it running and does not start a second job.
 func TestLoginDoesNotTakeOverRunningSystemJob(t *testing.T) {
-	shared := newMemState()
-	a, b := newRig(), newRig()
-	a.state, b.state = shared, shared
-	a.cfg.Status, a.cfg.Locks, b.cfg.Status, b.cfg.Locks = shared, shared, shared, shared
+	a, b := rigPair()
 	tok := a.store.addUser(1, "pro", 3)
 	b.store.addUser(1, "pro", 3)
 	release := b.store.gate(1)
-	ma, mb := a.manager(t), b.manager(t)
+	ma, mb := startPair(t, a, b)
 	ctx := context.Background()
-	ma.Start(ctx)
-	mb.Start(ctx)
-	if _, err := mb.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, mb, warmup.Job{UserID: 1, Kind: warmup.KindSystem})
 	waitStarted(t, b.store)
 	st, err := ma.Enqueue(ctx, warmup.Job{UserID: 1, TokenHash: &tok})
 	if err != nil || st.State != warmup.StateRunning {
@@ -691,13 +636,9 @@ func TestQueuedSystemJobRunsAfterItsLockExpired(t *testing.T) {
 	m := r.manager(t)
 	ctx := context.Background()
 	m.Start(ctx)
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 1, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 1, Kind: warmup.KindSystem})
 	waitStarted(t, r.store) // the only worker is busy with user 1
-	if _, err := m.Enqueue(ctx, warmup.Job{UserID: 2, Kind: warmup.KindSystem}); err != nil {
-		t.Fatal(err)
-	}
+	mustEnqueue(t, m, warmup.Job{UserID: 2, Kind: warmup.KindSystem})
 	r.state.mu.Lock()
 	delete(r.state.locks, 2) // user 2's queued lock expires
 	r.state.mu.Unlock()

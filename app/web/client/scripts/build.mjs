@@ -1,7 +1,7 @@
-// Builds src/ into an output directory (default dist/) with tsc, strict, and
-// keeps only what the package ships: index.js (one self-contained ES module:
-// the schema is types only, so its import is erased), index.d.ts and
-// schema.d.ts (which index.d.ts refers to).
+// Builds src/ into an output directory (default dist/) with tsc, strict:
+// index.js (one self-contained ES module: the schema is types only, so its
+// import is erased) and index.d.ts, which refers to the generated
+// ../generated/schema.d.ts (shipped as it is, not copied into dist/).
 //
 //   node scripts/build.mjs [outDir]
 import { execFileSync } from "node:child_process";
@@ -16,4 +16,3 @@ const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
 
 rmSync(out, { recursive: true, force: true });
 execFileSync(process.execPath, [tsc, "-p", join(root, "tsconfig.json"), "--outDir", out], { stdio: "inherit" });
-rmSync(join(out, "schema.js"), { force: true }); // `export {};` — nothing imports it

@@ -1,4 +1,4 @@
-// Fails when the committed generated types (src/schema.ts) or the committed
+// Fails when the committed generated types (generated/schema.d.ts) or the committed
 // build (dist/) are not what a fresh `npm run gen` and `npm run build` give:
 // regenerates and rebuilds into a temporary directory and compares bytes.
 // app/web/client_test.go runs this, so a stale client fails `go test`.
@@ -24,11 +24,11 @@ const same = (a, b) => {
 try {
   // 1. Types from the OpenAPI document.
   const gen = join(dirname(require.resolve("openapi-typescript/package.json")), "bin", "cli.js");
-  execFileSync(process.execPath, [gen, join(root, "..", "openapi.json"), "-o", join(tmp, "schema.ts")], {
+  execFileSync(process.execPath, [gen, join(root, "..", "openapi.json"), "-o", join(tmp, "schema.d.ts")], {
     stdio: ["ignore", "ignore", "inherit"],
   });
-  if (!same(join(tmp, "schema.ts"), join(root, "src", "schema.ts"))) {
-    problems.push("src/schema.ts differs from the types generated from ../openapi.json: run `npm run gen && npm run build` and commit");
+  if (!same(join(tmp, "schema.d.ts"), join(root, "generated", "schema.d.ts"))) {
+    problems.push("generated/schema.d.ts differs from the types generated from ../openapi.json: run `npm run gen && npm run build` and commit");
   }
 
   // 2. The build, from the committed sources.
@@ -52,4 +52,4 @@ if (problems.length) {
   for (const p of problems) console.error("check: " + p);
   process.exit(1);
 }
-console.log("check: src/schema.ts and dist/ are up to date");
+console.log("check: generated/schema.d.ts and dist/ are up to date");

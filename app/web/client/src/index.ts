@@ -11,11 +11,11 @@
  * ```
  *
  * Types of the bodies come from the OpenAPI document (`../openapi.json`)
- * through `openapi-typescript`; see `schema.ts`.
+ * through `openapi-typescript`; see `generated/schema.d.ts`.
  *
  * @module
  */
-import type { components } from "./schema.js";
+import type { components } from "../generated/schema.js";
 
 type Schemas = components["schemas"];
 

@@ -79,31 +79,31 @@ describe("parseServerTiming", () => {
 });
 
 describe("parseRateLimit", () => {
-  it("reads the IETF RateLimit fields", () => {
-    assert.deepEqual(parseRateLimit('"quota";r=999;t=3600', '"quota";q=1000;w=86400'), {
-      limit: 1000,
-      windowSeconds: 86400,
-      remaining: 999,
-      resetSeconds: 3600,
+  // [what, RateLimit, RateLimit-Policy, the parsed limit]
+  const cases = [
+    [
+      "reads the IETF RateLimit fields",
+      '"quota";r=999;t=3600',
+      '"quota";q=1000;w=86400',
+      { limit: 1000, windowSeconds: 86400, remaining: 999, resetSeconds: 3600 },
+    ],
+    [
+      "uses the policy that RateLimit names",
+      '"day";r=5;t=10',
+      '"burst";q=10;w=1, "day";q=100;w=86400',
+      { limit: 100, windowSeconds: 86400, remaining: 5, resetSeconds: 10 },
+    ],
+    ["works with RateLimit-Policy only", null, '"quota";q=1;w=2678400', { limit: 1, windowSeconds: 2678400 }],
+    ["works with RateLimit only", '"quota";r=0;t=5', null, { remaining: 0, resetSeconds: 5 }],
+    ["returns undefined when nothing is said", null, null, undefined],
+    ["returns undefined for empty fields", "", "", undefined],
+    ["returns undefined for fields without values", '"quota"', "nonsense", undefined],
+  ];
+  for (const [what, rateLimit, policy, want] of cases) {
+    it(what, () => {
+      assert.deepEqual(parseRateLimit(rateLimit, policy), want);
     });
-  });
-  it("uses the policy that RateLimit names", () => {
-    assert.deepEqual(parseRateLimit('"day";r=5;t=10', '"burst";q=10;w=1, "day";q=100;w=86400'), {
-      limit: 100,
-      windowSeconds: 86400,
-      remaining: 5,
-      resetSeconds: 10,
-    });
-  });
-  it("works with one field only", () => {
-    assert.deepEqual(parseRateLimit(null, '"quota";q=1;w=2678400'), { limit: 1, windowSeconds: 2678400 });
-    assert.deepEqual(parseRateLimit('"quota";r=0;t=5', null), { remaining: 0, resetSeconds: 5 });
-  });
-  it("returns undefined when nothing is said", () => {
-    assert.equal(parseRateLimit(null, null), undefined);
-    assert.equal(parseRateLimit("", ""), undefined);
-    assert.equal(parseRateLimit('"quota"', "nonsense"), undefined);
-  });
+  }
 });
 
 describe("requests", () => {
