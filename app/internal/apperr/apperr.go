@@ -35,6 +35,15 @@ const (
 	Internal             Code = "internal_error"
 	ShuttingDown         Code = "shutting_down"
 	ConflictingOperation Code = "conflict"
+
+	// InvalidToken is what a client is told for a bearer token that is
+	// malformed, unknown or revoked: one answer for all three, so the answer
+	// never says whether a token exists. The auth package's finer codes
+	// (MalformedToken, UnknownToken, RevokedToken) stay internal, for logs.
+	InvalidToken Code = "invalid_token"
+	// TooManyAuthFailures refuses a client address that failed
+	// authentication too often (429 + Retry-After).
+	TooManyAuthFailures Code = "too_many_auth_failures"
 )
 
 // Error is an error with a code and a human message. RetryAfter, when
@@ -81,7 +90,7 @@ func IsFault(err error) bool {
 	switch CodeOf(err) {
 	case InvalidRequest, InvalidItems, BodyTooLarge, UnsupportedMedia, MissingToken, MalformedToken,
 		UnknownToken, ExpiredToken, RevokedToken, Forbidden, NotFound, MethodNotAllowed, QuotaExceeded,
-		TooManyItems, UnknownPlan, RequestTimeout, ConflictingOperation:
+		TooManyItems, UnknownPlan, RequestTimeout, ConflictingOperation, InvalidToken, TooManyAuthFailures:
 		return false
 	}
 	return true
