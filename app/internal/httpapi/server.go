@@ -172,6 +172,11 @@ func (s *Server) caller(c *fiber.Ctx, ctx context.Context) (query.Caller, error)
 		return who, err
 	}
 	err := telemetry.RunPhase(ctx, s.tracer, telemetry.PhaseAuth, func(ctx context.Context) error {
+		// Authorization is not a list: with two, a proxy and this server
+		// could each believe another one. Refused like a malformed token.
+		if len(c.Request().Header.PeekAll(fiber.HeaderAuthorization)) > 1 {
+			return apperr.New(apperr.MalformedToken, "several Authorization headers")
+		}
 		var err error
 		who.Principal, who.Hash, err = s.cfg.Auth.Authenticate(ctx, c.Get(fiber.HeaderAuthorization))
 		return err
