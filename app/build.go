@@ -141,6 +141,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 		Auth: authn, Query: queries, Items: eng, Warmup: a.warmup,
 		Checks: readyChecks(cfg, a.store.Ping, a.cache.Ping), CORSOrigins: cfg.CORSOrigins,
 		Web: web.Files, DemoUsers: demoRoute,
+		AuthLimit: httpapi.AuthLimit{Rate: cfg.AuthFailureRate, Burst: cfg.AuthFailureBurst, TrustedProxies: cfg.TrustedProxyPrefixes()},
 	}); err != nil {
 		return a, err
 	}

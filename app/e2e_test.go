@@ -118,11 +118,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 		code                      string
 	}{
 		{"no token", "POST", q, "", map[string]any{"items": []string{"a"}}, nil, 401, "missing_token"},
-		{"not bearer", "POST", q, "", map[string]any{"items": []string{"a"}}, []string{"Authorization", "Basic Zm9vOmJhcg=="}, 401, "malformed_token"},
-		{"malformed", "POST", q, "nope", map[string]any{"items": []string{"a"}}, nil, 401, "malformed_token"},
-		{"unknown", "POST", q, "wp_" + strings.Repeat("A", 43), map[string]any{"items": []string{"a"}}, nil, 401, "unknown_token"},
+		{"not bearer", "POST", q, "", map[string]any{"items": []string{"a"}}, []string{"Authorization", "Basic Zm9vOmJhcg=="}, 401, "invalid_token"},
+		{"malformed", "POST", q, "nope", map[string]any{"items": []string{"a"}}, nil, 401, "invalid_token"},
+		{"unknown", "POST", q, "wp_" + strings.Repeat("A", 43), map[string]any{"items": []string{"a"}}, nil, 401, "invalid_token"},
 		{"expired", "POST", q, expired.body["token"].(string), map[string]any{"items": []string{"a"}}, nil, 401, "expired_token"},
-		{"revoked", "POST", q, revoked.body["token"].(string), map[string]any{"items": []string{"a"}}, nil, 401, "revoked_token"},
+		{"revoked", "POST", q, revoked.body["token"].(string), map[string]any{"items": []string{"a"}}, nil, 401, "invalid_token"},
 		{"wrong content type", "POST", q, u.token, []byte(`{"items":["a"]}`), []string{"Content-Type", "text/plain"}, 415, "unsupported_media_type"},
 		{"no content type", "POST", q, u.token, []byte(`{"items":["a"]}`), []string{"Content-Type", ""}, 415, "unsupported_media_type"},
 		{"malformed json", "POST", q, u.token, []byte(`{"items":[`), nil, 400, "invalid_request"},
@@ -140,7 +140,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"unknown route", "GET", "/api/nope", u.token, nil, nil, 404, "not_found"},
 		{"items: empty change", "POST", "/api/items", u.token, map[string]any{"add": []string{}}, nil, 400, "invalid_items"},
 		{"items: bad element", "POST", "/api/items", u.token, []byte(`{"add":[true]}`), nil, 400, "invalid_request"},
-		{"items: revoked", "POST", "/api/items", revoked.body["token"].(string), map[string]any{"add": []string{"z"}}, nil, 401, "revoked_token"},
+		{"items: revoked", "POST", "/api/items", revoked.body["token"].(string), map[string]any{"add": []string{"z"}}, nil, 401, "invalid_token"},
 		{"warmup: no token", "POST", "/api/user/warmup", "", nil, nil, 401, "missing_token"},
 	}
 	for _, tc := range cases {
@@ -226,7 +226,7 @@ func TestRevokedTokenRefusedWithinOneSecondEverywhere(t *testing.T) {
 	for _, in := range []*instance{a, b} {
 		for {
 			r := in.query(t, u.token, "x")
-			if r.status == 401 && r.errCode() == "revoked_token" {
+			if r.status == 401 && r.errCode() == "invalid_token" {
 				break
 			}
 			if time.Since(revokedAt) > time.Second {

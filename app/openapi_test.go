@@ -225,7 +225,7 @@ func TestOpenAPIResponses(t *testing.T) {
 	run(want{name: "malformed JSON", method: "POST", path: q, token: u.token, body: []byte(`{"items":[`), status: 400, code: "invalid_request"})
 	run(want{name: "no items", method: "POST", path: "/api/items", token: u.token, body: map[string]any{}, status: 400, code: "invalid_items"})
 	run(want{name: "no token", method: "POST", path: q, body: map[string]any{"items": []string{"a"}}, status: 401, code: "missing_token"})
-	run(want{name: "unknown token", method: "GET", path: "/api/user/warmup", token: "wp_" + strings.Repeat("A", 43), status: 401, code: "unknown_token"})
+	run(want{name: "unknown token", method: "GET", path: "/api/user/warmup", token: "wp_" + strings.Repeat("A", 43), status: 401, code: "invalid_token"})
 	big := append([]byte(`{"items":["`), bytes.Repeat([]byte("a"), 1<<20)...)
 	big = append(big, `"]}`...)
 	// fasthttp refuses on Content-Length; the server drains what the client

@@ -38,6 +38,15 @@ const (
 	InvalidIdemKey       Code = "invalid_idempotency_key" // Idempotency-Key not 1-255 printable ASCII
 	IdemKeyInUse         Code = "idempotency_key_in_use"  // the key's first request is still being answered
 	IdemKeyReused        Code = "idempotency_key_reused"  // the key was used with another request
+
+	// InvalidToken is what a client is told for a bearer token that is
+	// malformed, unknown or revoked: one answer for all three, so the answer
+	// never says whether a token exists. The auth package's finer codes
+	// (MalformedToken, UnknownToken, RevokedToken) stay internal, for logs.
+	InvalidToken Code = "invalid_token"
+	// TooManyAuthFailures refuses a client address that failed
+	// authentication too often (429 + Retry-After).
+	TooManyAuthFailures Code = "too_many_auth_failures"
 )
 
 // Error is an error with a code and a human message. RetryAfter, when
@@ -84,7 +93,7 @@ func IsFault(err error) bool {
 	switch CodeOf(err) {
 	case InvalidRequest, InvalidItems, BodyTooLarge, UnsupportedMedia, MissingToken, MalformedToken,
 		UnknownToken, ExpiredToken, RevokedToken, Forbidden, NotFound, MethodNotAllowed, QuotaExceeded,
-		TooManyItems, UnknownPlan, RequestTimeout, ConflictingOperation:
+		TooManyItems, UnknownPlan, RequestTimeout, ConflictingOperation, InvalidToken, TooManyAuthFailures:
 		return false
 	}
 	return true

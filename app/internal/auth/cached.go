@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
@@ -29,6 +30,7 @@ type CachedStore struct {
 	cache Cache
 	obs   Observer // optional
 	ttl   time.Duration
+	now   func() time.Time
 }
 
 var _ Store = (*CachedStore)(nil)
@@ -40,28 +42,50 @@ func NewCachedStore(next Store, cache Cache, obs Observer, ttl time.Duration) *C
 	if ttl <= 0 {
 		ttl = 10 * time.Minute
 	}
-	return &CachedStore{next: next, cache: cache, obs: obs, ttl: ttl}
+	return &CachedStore{next: next, cache: cache, obs: obs, ttl: ttl, now: time.Now}
 }
 
 // Principal implements Store.
+//
+// Only a principal that may be used now is answered from the cache. A
+// revoked or expired one (the cache keeps a revoked token's tombstone) is
+// looked up in the wrapped store like an unknown token, and never put back:
+// every refused token costs exactly one cache lookup and one store lookup,
+// whether it is unknown, revoked or expired, so the time of a refusal does
+// not tell which it was. Only if the store cannot answer is the cached
+// refusal used, so revoked tokens stay refused through a store outage.
 func (c *CachedStore) Principal(ctx context.Context, hash domain.TokenHash) (domain.Principal, error) {
-	p, ok, err := c.cache.Principal(ctx, hash)
+	cached, ok, err := c.cache.Principal(ctx, hash)
 	switch {
 	case err != nil:
 		c.observe(ctx, "error")
+		ok = false
 	case ok:
 		c.observe(ctx, "hit")
-		return p, nil
+		if usable(cached, c.now()) {
+			return cached, nil
+		}
 	default:
 		c.observe(ctx, "miss")
 	}
-	p, err = c.next.Principal(ctx, hash)
+	p, err := c.next.Principal(ctx, hash)
 	if err != nil {
+		if ok && !errors.Is(err, domain.ErrNotFound) {
+			return cached, nil
+		}
 		return p, err
+	}
+	if !usable(p, c.now()) {
+		return p, nil
 	}
 	// Best effort: a failed fill only costs the next request a store lookup.
 	_ = c.cache.PutPrincipal(ctx, hash, p, c.ttl)
 	return p, nil
+}
+
+// usable reports whether p is neither revoked nor expired at now.
+func usable(p domain.Principal, now time.Time) bool {
+	return (p.RevokedAt == nil || p.RevokedAt.After(now)) && (p.ExpiresAt == nil || p.ExpiresAt.After(now))
 }
 
 func (c *CachedStore) observe(ctx context.Context, result string) {

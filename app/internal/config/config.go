@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -66,6 +67,14 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	CORSOrigins     []string      `env:"CORS_ORIGINS" envSeparator:","`
 	DemoUsersFile   string        `env:"DEMO_USERS_FILE"` // empty: the demo users embedded in the binary
+
+	// Failed authentication is limited per client address: a token bucket
+	// of AUTH_FAILURE_BURST that refills at AUTH_FAILURE_RATE per second (0:
+	// no limit). TRUSTED_PROXIES (comma-separated CIDRs or addresses) are
+	// the peers whose X-Forwarded-For names the client; by default none.
+	AuthFailureRate  float64  `env:"AUTH_FAILURE_RATE" envDefault:"1"`
+	AuthFailureBurst int      `env:"AUTH_FAILURE_BURST" envDefault:"20"`
+	TrustedProxies   []string `env:"TRUSTED_PROXIES" envSeparator:","`
 
 	// Plans is "name:quota/period:maxItems,…".
 	Plans []domain.Plan `env:"PLANS" envDefault:"free:1000/day:10000,pro:1000000/month:1000000"`
@@ -232,11 +241,54 @@ func (c *Config) validate() error {
 		}
 		seen[p.Name] = true
 	}
+	if err := c.validateAuthLimit(); err != nil {
+		return err
+	}
 	// Provisioning and pprof must not be open to the network.
 	if c.AdminToken == "" && c.AdminNeedsToken() {
 		return &Error{Var: "ADMIN_TOKEN", Msg: "required when ADMIN_ADDR is not a loopback address"}
 	}
 	return nil
+}
+
+func (c *Config) validateAuthLimit() error {
+	if c.AuthFailureRate < 0 {
+		return &Error{Var: "AUTH_FAILURE_RATE", Msg: fmt.Sprintf("must not be negative (0 turns the limit off), got %g", c.AuthFailureRate)}
+	}
+	if c.AuthFailureBurst < 1 {
+		return &Error{Var: "AUTH_FAILURE_BURST", Msg: fmt.Sprintf("must be at least 1, got %d", c.AuthFailureBurst)}
+	}
+	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
+		return &Error{Var: "TRUSTED_PROXIES", Msg: err.Error()}
+	}
+	return nil
+}
+
+// TrustedProxyPrefixes returns TRUSTED_PROXIES as prefixes (an address alone
+// is a prefix of its full length). Load has validated them.
+func (c Config) TrustedProxyPrefixes() []netip.Prefix {
+	p, _ := parsePrefixes(c.TrustedProxies)
+	return p
+}
+
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, raw := range list {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(raw); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an IP address", raw)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }
 
 func validAddr(a string) error {
@@ -317,6 +369,9 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("SHUTDOWN_TIMEOUT", c.ShutdownTimeout),
 		slog.Duration("IDEMPOTENCY_TTL", c.IdempotencyTTL),
 		slog.String("CORS_ORIGINS", strings.Join(c.CORSOrigins, ",")),
+		slog.Float64("AUTH_FAILURE_RATE", c.AuthFailureRate),
+		slog.Int("AUTH_FAILURE_BURST", c.AuthFailureBurst),
+		slog.String("TRUSTED_PROXIES", strings.Join(c.TrustedProxies, ",")),
 		slog.String("PLANS", strings.Join(plans, ",")),
 	)
 }

@@ -86,7 +86,7 @@ func (a *admin) authenticate(next http.Handler) http.Handler {
 			got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 			if !ok || subtle.ConstantTimeCompare(got[:], a.tokenHash[:]) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="warmpath-admin"`)
-				a.error(w, apperr.New(apperr.UnknownToken, "a valid admin token is required"))
+				a.error(w, apperr.New(apperr.InvalidToken, "a valid admin token is required"))
 				return
 			}
 		}

@@ -22,7 +22,8 @@ func status(code apperr.Code) int {
 	switch code {
 	case apperr.InvalidRequest, apperr.InvalidItems, apperr.UnknownPlan, apperr.InvalidIdemKey:
 		return http.StatusBadRequest
-	case apperr.MissingToken, apperr.MalformedToken, apperr.UnknownToken, apperr.ExpiredToken, apperr.RevokedToken:
+	case apperr.MissingToken, apperr.MalformedToken, apperr.UnknownToken, apperr.ExpiredToken, apperr.RevokedToken,
+		apperr.InvalidToken:
 		return http.StatusUnauthorized
 	case apperr.Forbidden:
 		return http.StatusForbidden
@@ -40,7 +41,7 @@ func status(code apperr.Code) int {
 		return http.StatusUnsupportedMediaType
 	case apperr.TooManyItems, apperr.IdemKeyReused:
 		return http.StatusUnprocessableEntity
-	case apperr.QuotaExceeded:
+	case apperr.QuotaExceeded, apperr.TooManyAuthFailures:
 		return http.StatusTooManyRequests
 	case apperr.Unavailable, apperr.WarmupQueueFull, apperr.ShuttingDown:
 		return http.StatusServiceUnavailable

@@ -69,7 +69,20 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 	if !bytes.EqualFold(bytes.TrimSpace(ct), []byte(fiber.MIMEApplicationJSON)) {
 		return apperr.New(apperr.UnsupportedMedia, "the body must be application/json")
 	}
-	body := c.Body()
+	// Compressed bodies are refused (RFC 7694): Fiber's c.Body() would
+	// inflate them without a bound, past the 1 MiB body limit (a small gzip
+	// body inflates to gigabytes).
+	var coded bool
+	c.Request().Header.VisitAll(func(k, v []byte) {
+		if bytes.EqualFold(k, []byte(fiber.HeaderContentEncoding)) && !bytes.EqualFold(bytes.TrimSpace(v), []byte("identity")) {
+			coded = true
+		}
+	})
+	if coded {
+		c.Set(fiber.HeaderAcceptEncoding, "identity")
+		return apperr.New(apperr.UnsupportedMedia, "the body must not be compressed (Content-Encoding)")
+	}
+	body := c.Request().Body()
 	if !utf8.Valid(body) {
 		return apperr.New(apperr.InvalidRequest, "the body is not valid UTF-8")
 	}

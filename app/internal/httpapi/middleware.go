@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -30,6 +32,10 @@ type reqState struct {
 	start time.Time
 	t     telemetry.Timings // in the request's context: phases add to it
 	perf  bool              // a metered/API route: gets a [PERF] line and phase metrics
+	// authFailed: the token was refused (or the address is limited); the
+	// answer's Server-Timing then has only total, so it does not tell which
+	// lookups ran.
+	authFailed bool
 }
 
 const stateKey = "warmpath.req"
@@ -143,7 +149,11 @@ func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span tr
 		route = "unmatched" // keep metric cardinality bounded
 	}
 	method := stableMethod(c.Method())
-	c.Set("Server-Timing", telemetry.ServerTiming(b))
+	if st.authFailed {
+		c.Set("Server-Timing", telemetry.ServerTiming(telemetry.Breakdown{Total: b.Total}))
+	} else {
+		c.Set("Server-Timing", telemetry.ServerTiming(b))
+	}
 
 	span.SetName(method + " " + route)
 	span.SetAttributes(semconv.HTTPRoute(route), semconv.HTTPResponseStatusCode(code))
@@ -226,3 +236,12 @@ func (s *Server) preflight(c *fiber.Ctx) error {
 }
 
 var _ propagation.TextMapCarrier = headerCarrier{}
+
+// peerAddr is the address of the connection's peer.
+func peerAddr(c *fiber.Ctx) netip.Addr {
+	if a, ok := c.Context().RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr()
+	}
+	a, _ := netip.AddrFromSlice(c.Context().RemoteIP())
+	return a
+}

@@ -10,11 +10,14 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/go-json-experiment/json"
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/warmpath/warmpath/app/internal/apperr"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/query"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
@@ -92,6 +95,8 @@ type Config struct {
 	// DemoUsers are answered at GET /demo/users; nil: no such route. The
 	// caller passes them only in embedded mode on a loopback listener.
 	DemoUsers []DemoUser
+	// AuthLimit limits failed authentications per client address.
+	AuthLimit AuthLimit
 }
 
 // Server is the public API.
@@ -106,6 +111,7 @@ type Server struct {
 	assets      map[string]*asset // nil without Config.Web
 	corsAny     bool              // CORS_ORIGINS has "*"
 	corsExact   map[string]bool
+	authLimit   *authLimiter
 }
 
 // NewServer returns the public API.
@@ -128,6 +134,7 @@ func NewServer(cfg Config) (*Public, error) {
 		reqDuration: reqDuration,
 		conns:       newConnTracker(),
 		corsExact:   map[string]bool{},
+		authLimit:   newAuthLimiter(cfg.AuthLimit),
 	}
 	for _, o := range cfg.CORSOrigins {
 		if o == "*" {
@@ -151,16 +158,58 @@ func NewServer(cfg Config) (*Public, error) {
 		AppName:               "warmpath",
 	})
 	s.routes(app)
+	srv := app.Server()
+	srv.Handler = refuseUnknownMethods(srv.Handler)
 	return newPublic(app, s.conns), nil
 }
 
-// caller authenticates the request as the auth phase.
+// caller authenticates the request as the auth phase. A client address
+// that failed too often is refused first, before any lookup; a refused token
+// draws from its bucket and is answered uniformly (uniformAuthError).
 func (s *Server) caller(c *fiber.Ctx, ctx context.Context) (query.Caller, error) {
 	var who query.Caller
+	key := clientKey(s.authLimit.clientAddr(peerAddr(c), c.Request().Header.PeekAll(fiber.HeaderXForwardedFor)))
+	if err := s.authLimit.refused(key); err != nil {
+		state(c).authFailed = true
+		return who, err
+	}
 	err := telemetry.RunPhase(ctx, s.tracer, telemetry.PhaseAuth, func(ctx context.Context) error {
+		// Authorization is not a list: with two, a proxy and this server
+		// could each believe another one. Refused like a malformed token.
+		if len(c.Request().Header.PeekAll(fiber.HeaderAuthorization)) > 1 {
+			return apperr.New(apperr.MalformedToken, "several Authorization headers")
+		}
 		var err error
 		who.Principal, who.Hash, err = s.cfg.Auth.Authenticate(ctx, c.Get(fiber.HeaderAuthorization))
 		return err
 	})
+	if countsAsAuthFailure(err) {
+		s.authLimit.failed(key)
+		state(c).authFailed = true
+		err = uniformAuthError(err)
+	}
 	return who, err
+}
+
+// refuseUnknownMethods answers a request whose method Fiber does not know
+// (it would answer a bare text "Invalid http method") with the error shape
+// of every other answer: 400 invalid_request, a request id, Server-Timing.
+func refuseUnknownMethods(next fasthttp.RequestHandler) fasthttp.RequestHandler {
+	known := map[string]bool{}
+	for _, m := range fiber.DefaultMethods {
+		known[m] = true
+	}
+	return func(ctx *fasthttp.RequestCtx) {
+		if known[string(ctx.Method())] {
+			next(ctx)
+			return
+		}
+		id := newIDs.next()
+		body, _ := json.Marshal(errorBody{Error: errorDetail{Code: apperr.InvalidRequest, Message: "unknown HTTP method"}, RequestID: id})
+		ctx.Response.Header.Set(fiber.HeaderXRequestID, id)
+		ctx.Response.Header.Set("Server-Timing", telemetry.ServerTiming(telemetry.Breakdown{}))
+		ctx.SetStatusCode(fiber.StatusBadRequest)
+		ctx.SetContentType(fiber.MIMEApplicationJSON)
+		ctx.SetBody(body)
+	}
 }

@@ -1,6 +1,6 @@
 /**
  * Every failure of a call. Switch on {@link WarmpathError.code}: the server's
- * snake_case code (`quota_exceeded`, `unknown_token`, `invalid_items`, …), or
+ * snake_case code (`quota_exceeded`, `invalid_token`, `invalid_items`, …), or
  * one of the client's own: `network_error` (no answer; status 0),
  * `bad_response` (an answer that is not warmpath's JSON; the real status),
  * `aborted` (the signal fired; status 0), `token_error` (the token function
@@ -179,7 +179,7 @@ export class WarmpathClient {
      * Which of these items (1–1000, 1–256 bytes of UTF-8 each) does the user's
      * set not have? `POST /api/hasNotEngine-ultra-fast`; one unit of quota.
      * Throws {@link WarmpathError} (`quota_exceeded` with `retryAfter`,
-     * `invalid_items`, `unknown_token`, …).
+     * `invalid_items`, `invalid_token`, …).
      */
     async query(items, opts) {
         const { body, meta } = await this.send("POST", "/api/hasNotEngine-ultra-fast", "missing", { items }, opts);

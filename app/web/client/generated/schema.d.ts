@@ -322,7 +322,7 @@ export interface components {
                 };
             };
         };
-        /** @description No valid bearer token. Codes: `missing_token`, `malformed_token`, `unknown_token`, `expired_token`, `revoked_token`. */
+        /** @description No valid bearer token. Codes: `missing_token` (none sent), `invalid_token` (malformed, unknown or revoked: one answer for all three, so it never tells whether a token exists), `expired_token`. Its `Server-Timing` has only `total`. */
         Unauthorized: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -334,8 +334,8 @@ export interface components {
                 /**
                  * @example {
                  *       "error": {
-                 *         "code": "unknown_token",
-                 *         "message": "the token is not known"
+                 *         "code": "invalid_token",
+                 *         "message": "the bearer token is not valid"
                  *       },
                  *       "requestId": "3f9a1c2b7d4e-1"
                  *     }
@@ -343,7 +343,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"] & {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "missing_token" | "malformed_token" | "unknown_token" | "expired_token" | "revoked_token";
+                        code?: "missing_token" | "invalid_token" | "expired_token";
                     };
                 };
             };
@@ -460,6 +460,32 @@ export interface components {
             };
             content?: never;
         };
+        /** @description This client address failed authentication too often (`AUTH_FAILURE_RATE`, `AUTH_FAILURE_BURST`); every authenticated request from it is refused, before any token lookup, until `Retry-After` seconds have passed. Nothing was changed or counted. Codes: `too_many_auth_failures`. */
+        TooManyAuthFailures: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                "Server-Timing": components["headers"]["Server-Timing"];
+                "Retry-After": components["headers"]["Retry-After"];
+                [name: string]: unknown;
+            };
+            content: {
+                /**
+                 * @example {
+                 *       "error": {
+                 *         "code": "too_many_auth_failures",
+                 *         "message": "too many failed authentications from this address; retry after Retry-After seconds"
+                 *       },
+                 *       "requestId": "3f9a1c2b7d4e-1"
+                 *     }
+                 */
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /** @enum {unknown} */
+                        code?: "too_many_auth_failures";
+                    };
+                };
+            };
+        };
         /** @description A request with this `Idempotency-Key` is still being answered; retry after `Retry-After` seconds with the same key. Nothing was counted. Codes: `idempotency_key_in_use`. */
         IdempotencyKeyInUse: {
             headers: {
@@ -537,6 +563,16 @@ export interface components {
         "Cache-Control-Revalidate": "no-cache";
         /** @description Never stored: the answer holds tokens. */
         "Cache-Control-No-Store": "no-store";
+        /**
+         * @description What is left of the quota (draft-ietf-httpapi-ratelimit-headers): `r` remaining units, `t` seconds until the window resets. Sent with `quota_exceeded`, not with `too_many_auth_failures`.
+         * @example "quota";r=999;t=57600
+         */
+        "RateLimit-Quota": string;
+        /**
+         * @description The quota policy: `q` units per window of `w` seconds. Sent with `quota_exceeded`, not with `too_many_auth_failures`.
+         * @example "quota";q=1000;w=86400
+         */
+        "RateLimit-Policy-Quota": string;
     };
     pathItems: never;
 }
@@ -627,14 +663,14 @@ export interface operations {
                     };
                 };
             };
-            /** @description The plan's quota for this period is used up. Codes: `quota_exceeded`. */
+            /** @description Refused for now: the plan's quota for this period is used up (`quota_exceeded`, with the RateLimit fields), or this client address failed authentication too often (`too_many_auth_failures`, before any token lookup). Retry after `Retry-After` seconds. Codes: `quota_exceeded`, `too_many_auth_failures`. */
             429: {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
                     "Retry-After": components["headers"]["Retry-After"];
-                    RateLimit: components["headers"]["RateLimit"];
-                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit-Quota"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy-Quota"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -650,7 +686,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         error?: {
                             /** @enum {unknown} */
-                            code?: "quota_exceeded";
+                            code?: "quota_exceeded" | "too_many_auth_failures";
                         };
                     };
                 };
@@ -736,6 +772,7 @@ export interface operations {
                     };
                 };
             };
+            429: components["responses"]["TooManyAuthFailures"];
             503: components["responses"]["Unavailable"];
         };
     };
@@ -785,6 +822,7 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyAuthFailures"];
             503: components["responses"]["Unavailable"];
         };
     };
@@ -831,6 +869,7 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            429: components["responses"]["TooManyAuthFailures"];
             /** @description The warmup queue is full or warmup is unavailable; queries still work. Retry after `Retry-After` seconds. Codes: `warmup_queue_full`, `service_unavailable`, `shutting_down`. */
             503: {
                 headers: {
