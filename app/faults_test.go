@@ -251,11 +251,16 @@ func runFault(t *testing.T, env map[string]string, f fault) float64 {
 	// Unknown outcomes settle within a few timeouts of recovery;
 	// then Postgres must hold exactly the 200s, and keep holding it.
 	var got int64
-	eventually(t, 20*time.Second, "postgres holds exactly the 200s", func() bool {
+	for deadline := time.Now().Add(20 * time.Second); ; {
 		drainSync(t, in.admin, 15*time.Second)
-		got = persistedTotal(t, direct) - base
-		return got == ok
-	})
+		if got = persistedTotal(t, direct) - base; got == ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("postgres holds %d units, want exactly the %d 200s (lost %d, doubled %d)", got, ok, max(ok-got, 0), max(got-ok, 0))
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
 	drainSync(t, in.admin, 15*time.Second)
 	if got = persistedTotal(t, direct) - base; got != ok {
 		t.Fatalf("after settling: postgres %d, want exactly the %d 200s", got, ok)

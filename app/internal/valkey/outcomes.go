@@ -50,6 +50,12 @@ type outcomes struct {
 	// offset is the server clock minus the local clock in ms, last measured.
 	offset atomic.Int64
 	shards [64]outcomeShard
+
+	// unmarked are users with a count of unknown outcome (keyed or not):
+	// if it applied and started the user's pending delta, its dirty mark
+	// was never sent (it follows a reply). Reconcile marks them.
+	markMu   sync.Mutex
+	unmarked map[int64]struct{}
 }
 
 type outcomeShard struct {
@@ -78,7 +84,7 @@ type epoch struct {
 func newOutcomes() *outcomes {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	o := &outcomes{instance: hex.EncodeToString(b[:])}
+	o := &outcomes{instance: hex.EncodeToString(b[:]), unmarked: map[int64]struct{}{}}
 	for i := range o.shards {
 		o.shards[i].users = map[int64]*userOutcomes{}
 	}
@@ -235,8 +241,50 @@ func (o *outcomes) prune(idleBefore int64) []pendingSettle {
 	return out
 }
 
-// Unsettled reports how many epochs with unknown outcomes wait to be settled.
-func (c *Cache) Unsettled() int64 { return c.outcomes.open.Load() }
+// toMark remembers a user whose dirty mark may be missing.
+func (o *outcomes) toMark(userID int64) {
+	o.markMu.Lock()
+	o.unmarked[userID] = struct{}{}
+	o.markMu.Unlock()
+}
+
+// markAll marks the remembered users dirty (a mark of a user with nothing
+// pending is harmless: its claim finds nothing).
+func (c *Cache) markAll(ctx context.Context) error {
+	o := c.outcomes
+	o.markMu.Lock()
+	if len(o.unmarked) == 0 {
+		o.markMu.Unlock()
+		return nil
+	}
+	users := make([]int64, 0, len(o.unmarked))
+	for id := range o.unmarked {
+		users = append(users, id)
+	}
+	clear(o.unmarked)
+	o.markMu.Unlock()
+	cmds := make(valkey.Commands, len(users))
+	for i, id := range users {
+		cmds[i] = c.markDirtyCmd(id)
+	}
+	var failed error
+	for i, r := range c.doMulti(ctx, cmds) {
+		if err := r.Error(); err != nil {
+			o.toMark(users[i])
+			failed = wrapErr("mark users of unknown counts dirty", err)
+		}
+	}
+	return failed
+}
+
+// Unsettled reports how many epochs with unknown outcomes wait to be
+// settled, plus the users whose dirty mark is still to be sent.
+func (c *Cache) Unsettled() int64 {
+	c.outcomes.markMu.Lock()
+	n := int64(len(c.outcomes.unmarked))
+	c.outcomes.markMu.Unlock()
+	return c.outcomes.open.Load() + n
+}
 
 // Reconcile settles the unknown outcomes that can be settled now (see
 // Unknown outcomes) and forgets users idle for long. It is cheap when there
@@ -244,6 +292,9 @@ func (c *Cache) Unsettled() int64 { return c.outcomes.open.Load() }
 // in-process counts are persisted at shutdown.
 func (c *Cache) Reconcile(ctx context.Context) (Settlement, error) {
 	var st Settlement
+	if err := c.markAll(ctx); err != nil {
+		return st, err
+	}
 	if c.outcomes.open.Load() > 0 {
 		now, err := c.serverTime(ctx)
 		if err != nil {

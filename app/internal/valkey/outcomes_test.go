@@ -88,6 +88,11 @@ func TestUnknownOutcomeApplied(t *testing.T) {
 					t.Fatalf("count before the fault: %+v %v", res, err)
 				}
 			}
+			// As after a sync claim: nothing pending, the user not dirty.
+			rawDel(t, direct, direct.Keys().Pending(user))
+			if err := direct.Client().Do(ctx, direct.Client().B().Zrem().Key(direct.Keys().SyncDirty()).Member("21").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
 			// Replies now come back after the caller's timeout.
 			toxic(t, px, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":400}}`)
 			_, err := c.CheckAndCount(ctx, user, day, reset(day), 100)
@@ -105,6 +110,11 @@ func TestUnknownOutcomeApplied(t *testing.T) {
 			st := settleAll(t, c)
 			if st.Applied != 1 || st.NotApplied != 0 {
 				t.Fatalf("settlement %+v, want 1 applied", st)
+			}
+			// The lost reply carried "first pending unit: mark the user"; the
+			// settlement marks it instead, or the sync would never see it.
+			if _, err := direct.Client().Do(ctx, direct.Client().B().Zscore().Key(direct.Keys().SyncDirty()).Member("21").Build()).AsFloat64(); err != nil {
+				t.Fatalf("user not marked dirty after its unknown count applied: %v", err)
 			}
 			var want []domain.UsageDelta
 			if !served {

@@ -82,6 +82,9 @@ func (c *Cache) Count(ctx context.Context, r CountRequest) (UsageResult, error) 
 		strconv.FormatInt(ttlMillis(r.IdemTTL), 10), strconv.FormatInt(ttlMillis(r.IdemLease), 10),
 	}
 	res, err := parseCount(c.count(ctx, keys, args))
+	if err != nil && outcomeUnknown(err) {
+		c.outcomes.toMark(r.UserID)
+	}
 	if ep != nil {
 		unknown := err != nil && outcomeUnknown(err)
 		if u := c.outcomes.end(r.UserID, ep, err == nil && res.Outcome == Allowed, unknown); u != nil {
