@@ -161,7 +161,7 @@ func TestFlushNotLastWhenAnotherInstanceIsAlive(t *testing.T) {
 			onOthers: func(call int, states map[string]string) { states["live"] = "run:" + strconv.Itoa(call) },
 			calls:    2,
 		},
-		"it is stopping": {others: map[string]string{"peer": StateStopping}, calls: 1},
+		"it is stopping":  {others: map[string]string{"peer": StateStopping}, calls: 1},
 		"it is finishing": {others: map[string]string{"peer": StateFinishing}, calls: 1},
 		"it appears": {
 			others: map[string]string{"killed": "run:3"},
