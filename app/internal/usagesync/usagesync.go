@@ -522,7 +522,7 @@ func (s *Syncer) drain(ctx context.Context) error {
 // false. Entries that stay as they were belong to killed instances: it waits
 // for them to lapse (at most AliveTTL), then reports true.
 func (s *Syncer) awaitLast(ctx context.Context) (bool, error) {
-	poll := max(s.cfg.AliveTTL/20, 10*time.Millisecond)
+	poll := min(max(s.cfg.AliveTTL/20, 10*time.Millisecond), 100*time.Millisecond)
 	var first map[string]string
 	for {
 		others, err := s.cfg.Liveness.Others(ctx, s.cfg.InstanceID)

@@ -43,6 +43,7 @@ type env struct {
 	prefix    string
 	store     ledger
 	users     int
+	mr        *miniredis.Miniredis // nil on the real server
 }
 
 // realEnv needs VALKEY_URL and DATABASE_URL (fresh schema per test).
@@ -115,7 +116,7 @@ func miniEnv(t testing.TB, users int) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{client: client, newClient: newClient, prefix: randomPrefix(), store: st, users: users}
+	return &env{client: client, newClient: newClient, prefix: randomPrefix(), store: st, users: users, mr: mr}
 }
 
 // backends runs fn on the real servers and on miniredis + memory.
