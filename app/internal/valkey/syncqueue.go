@@ -41,9 +41,17 @@ package valkey
 // was never applied: the taker moves its in-flight entries back to pending
 // and re-marks its users. Ack deletes the in-flight entries, then the record.
 // Crash points: before (1) nothing happened; between (1) and (3) the record
-// exists unsealed → reverted after the lease; after (3) the record holds the
-// deltas → applied (once, by key) after the lease; during ack the record is
+// exists unsealed → reverted by a taker; after (3) the record holds the
+// deltas → applied (once, by key) by a taker; during ack the record is
 // still there → re-applied as a no-op and acknowledged.
+//
+// # Takeover and liveness
+//
+// A batch is taken over when its lease expired, or at once when its owner
+// is not alive: every instance keeps a liveness key (Keys.SyncAlive, a short
+// TTL its sync loop refreshes, deleted by a graceful stop) and is listed in
+// Keys.SyncInstances, so a stopping instance can tell whether it is the last
+// one (usagesync.Liveness). The lease still protects an owner that beats.
 //
 // # Seeding
 //
