@@ -235,9 +235,6 @@ func newWarmup(cfg config.Config, a *application, us *usage.Service, tel *teleme
 	})
 }
 
-// newSyncer wires the write-behind loop: pending deltas claimed from the
-// queue, applied to the store under an idempotency key, then acknowledged;
-// plus the in-process counts of fail-open mode through the same path.
 // idempotencyLease is how long the first request with an idempotency key
 // holds it: longer than any request can take (each of its Valkey and
 // Postgres calls is bounded), so a retry while it runs gets 409, and a retry
@@ -246,10 +243,19 @@ func idempotencyLease(cfg config.Config) time.Duration {
 	return max(3*(cfg.ValkeyTimeout+cfg.DBTimeout), time.Second)
 }
 
+// newSyncer wires the write-behind loop: pending deltas claimed from the
+// queue, applied to the store under an idempotency key, then acknowledged;
+// plus the in-process counts of fail-open mode through the same path. The
+// queue is also the roster of live instances, so the last graceful stop
+// finishes what killed instances left (after a sweep for lost marks).
 func newSyncer(cfg config.Config, st store.Store, q *valkey.SyncQueue, tel *telemetry.Telemetry, log *slog.Logger, local *usage.Local) (*usagesync.Syncer, error) {
 	hostname, _ := os.Hostname()
 	return usagesync.New(usagesync.Config{
 		Interval: cfg.SyncInterval, Store: st, Queue: q, Local: local, Pace: pace(cfg.SyncPace),
+		Liveness: q, Sweep: func(ctx context.Context) (int, error) {
+			r, err := q.Sweep(ctx)
+			return r.Marked + r.Reverted, err
+		},
 		Observer: tel.Metrics, Logger: log, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/usagesync"), InstanceID: fmt.Sprintf("%s-%d-%s", hostname, os.Getpid(), randSuffix()),
 	})
 }

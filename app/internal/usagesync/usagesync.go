@@ -27,6 +27,35 @@
 //     its owner, which keeps renewing the lease and retries the SAME key with
 //     capped exponential backoff.
 //
+// # Liveness, and the last graceful stop
+//
+// With Config.Liveness, every instance keeps a liveness entry (in Valkey: a
+// key with a short TTL, AliveTTL) that a goroutine of Run refreshes. A batch
+// whose owner is not alive is taken over at once, without waiting out its
+// lease; the lease still protects the batches of an owner that is alive. A
+// takeover of a live owner's batch (a stall longer than AliveTTL) costs only
+// work done twice: the apply is idempotent by key, and a batch taken while
+// its owner was still claiming it is reverted by both.
+//
+// Flush, the shutdown flush, then works in three phases:
+//
+//  1. stopping: the instance's own work (in-process deltas, held batches),
+//     batches of owners that are not alive, and the dirty index, under the
+//     state StateStopping (still alive: nobody takes its batches).
+//  2. It leaves (its entry is deleted) and looks at the other entries: an
+//     instance that beats (its state changes), one that appeared, or one
+//     that is stopping or finishing will finish after it, so it is done. An
+//     entry that does not change belongs to an instance that was killed: it
+//     waits for it to lapse (at most AliveTTL).
+//  3. finishing (StateFinishing), when no other instance is alive: it is the
+//     last one, so it repairs lost dirty marks (Config.Sweep), then takes
+//     over every batch left by killed instances and drains the dirty index.
+//
+// So once every instance has stopped gracefully within its deadline,
+// Postgres holds every count and the queue is empty. Two instances stopping
+// at the same time both leave before they look, so at least one of them
+// finishes (both may: that is safe).
+//
 // Deltas counted in process while Valkey is down (LocalSource, fail-open
 // mode) go through the same ApplyUsageBatch path, under keys of their own
 // that are kept across retries for the same reason.
@@ -42,6 +71,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,8 +142,9 @@ type Pending interface {
 	// Claim takes up to limit dirty users into a new batch owned by owner. A
 	// batch with Users == 0 means nothing was dirty.
 	Claim(ctx context.Context, owner string, limit int) (Batch, error)
-	// Recover takes over up to limit batches whose owner's lease expired and
-	// returns those that must be applied (again) under their own key.
+	// Recover takes over batches whose lease expired or whose owner is not
+	// alive (Liveness), and returns up to limit of them that must be applied
+	// (again) under their own key; fewer than limit means none is left.
 	Recover(ctx context.Context, owner string, limit int) ([]Batch, error)
 	// Renew extends owner's lease on the batch; false means the batch is no
 	// longer owner's (taken over or already acknowledged): the caller must
@@ -122,6 +154,42 @@ type Pending interface {
 	Ack(ctx context.Context, b Batch) error
 	// Stats reports what waits.
 	Stats(ctx context.Context) (QueueStats, error)
+}
+
+// Liveness is the roster of running instances (valkey.SyncQueue implements
+// it). An owner is alive while its entry exists: Beat creates or refreshes
+// it for ttl, Leave deletes it. Pending.Recover takes over the batches of an
+// owner that is not alive at once. Implementations MUST be safe for
+// concurrent use by several processes.
+type Liveness interface {
+	// Beat marks owner alive for ttl, in state (a running instance's state
+	// changes on every beat; see StateStopping, StateFinishing).
+	Beat(ctx context.Context, owner, state string, ttl time.Duration) error
+	// Leave marks owner gone at once.
+	Leave(ctx context.Context, owner string) error
+	// Others returns the state of every alive owner but owner.
+	Others(ctx context.Context, owner string) (map[string]string, error)
+}
+
+// States an instance announces through Liveness besides its running beats
+// ("run:<n>", n growing with every beat).
+const (
+	// StateStopping: its shutdown flush is finishing its own work; it will
+	// then check whether it is the last instance.
+	StateStopping = "stopping"
+	// StateFinishing: it is the last instance and drains everything left.
+	StateFinishing = "finishing"
+)
+
+// DefaultAliveTTL is the lifetime of a liveness entry for a sync interval:
+// two intervals, between 2s and 5s. Run refreshes it every quarter of it on a
+// goroutine of its own (a long batch never delays a beat), so an instance is
+// taken for dead only after three missed beats; the bound keeps the wait of
+// the last graceful stop for a killed instance's entry (at most one TTL) well
+// inside SHUTDOWN_TIMEOUT. It never exceeds DefaultLease, so liveness only
+// ever shortens a takeover.
+func DefaultAliveTTL(interval time.Duration) time.Duration {
+	return min(max(2*interval, 2*time.Second), 5*time.Second)
 }
 
 // LocalSource holds usage counted in process while the shared counter is
@@ -182,6 +250,19 @@ type Config struct {
 	// the request that forced the sync (TriggerFrom), with the ledger's spans
 	// beneath it.
 	Tracer trace.Tracer
+	// Liveness, optional, is the roster this instance beats in while Run
+	// runs, and that Flush uses to find out whether it is the last instance
+	// (see the package comment). Without it, a killed instance's batches
+	// wait for their lease, and Flush drains only what it can claim.
+	Liveness Liveness
+	// AliveTTL is the lifetime of this instance's liveness entry; default
+	// DefaultAliveTTL(Interval).
+	AliveTTL time.Duration
+	// Sweep, optional, repairs what a killed instance can leave unfindable
+	// (a pending delta whose dirty mark was lost) and reports how many users
+	// it repaired; valkey.SyncQueue.Sweep. The last instance's Flush runs it
+	// before its final drain.
+	Sweep func(ctx context.Context) (repaired int, err error)
 	// MaxBackoff caps the wait between retries after a failed pass; default
 	// half of DefaultLease(Interval), at most 30s, so that an owner retrying
 	// an outage renews its leases in time.
@@ -234,6 +315,7 @@ type Syncer struct {
 	// passCause (guarded by mu) is the cause taken by the running pass: only
 	// the batches of the pass a request forced link to it, not later ones.
 	passCause *trace.SpanContext
+	beats     atomic.Int64 // running beats sent (their state is "run:<n>")
 }
 
 // DefaultPace is the default Config.Pace: a backlog is flushed at half of
@@ -280,6 +362,9 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = min(DefaultLease(cfg.Interval)/2, 30*time.Second)
 	}
+	if cfg.AliveTTL <= 0 {
+		cfg.AliveTTL = DefaultAliveTTL(cfg.Interval)
+	}
 	s := &Syncer{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "usagesync", "instance", cfg.InstanceID),
@@ -314,7 +399,19 @@ func (s *Syncer) TriggerFrom(ctx context.Context) {
 // nil. After a failed pass it waits with capped exponential backoff instead.
 // At shutdown the caller flushes what is left with Flush and its own
 // deadline.
+//
+// With Config.Liveness, Run beats (announces this instance alive) before its
+// first pass and then every AliveTTL/4 on a goroutine of its own, until ctx
+// is done; it has stopped beating when Run returns.
 func (s *Syncer) Run(ctx context.Context) error {
+	if s.cfg.Liveness != nil {
+		// Alive before the first claim: a batch whose owner has no entry
+		// is taken over at once.
+		s.beat(ctx, s.runState())
+		var beating sync.WaitGroup
+		beating.Go(func() { s.beatEvery(ctx, s.runState) })
+		defer beating.Wait()
+	}
 	timer := time.NewTimer(s.cfg.Interval)
 	defer timer.Stop()
 	var backoff time.Duration
@@ -346,11 +443,57 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 }
 
-// Flush syncs until nothing is pending or ctx is done (shutdown, within the
-// drain deadline). On failure, batches claimed from the queue stay there and
-// are taken over after their lease by another (or the restarted) instance;
-// in-process deltas that could not be persisted are handed back to Local.
+// Flush is the shutdown flush: call it once, after Run has returned, with
+// the shutdown deadline. It syncs until nothing this instance can claim is
+// pending, or ctx is done. On failure, batches claimed from the queue stay
+// there for another (or the restarted) instance; in-process deltas that
+// could not be persisted are handed back to Local.
+//
+// With Config.Liveness it then leaves the roster and, if it is the last
+// instance alive, finishes everything left in the queue, including the
+// batches of instances killed earlier, waiting (within ctx) for their
+// liveness entries to lapse: see the package comment.
 func (s *Syncer) Flush(ctx context.Context) error {
+	if s.cfg.Liveness == nil {
+		return s.drain(ctx)
+	}
+	// Even when cut short: what is left is then taken over at once by
+	// another instance instead of after its lease.
+	defer s.leave(ctx)
+	stop := s.beatWhile(ctx, StateStopping)
+	err := s.drain(ctx)
+	stop()
+	if err != nil {
+		return s.withLeft(ctx, err)
+	}
+	s.leave(ctx)
+	last, err := s.awaitLast(ctx)
+	if err != nil {
+		return s.withLeft(ctx, err)
+	}
+	if !last {
+		return nil
+	}
+	stop = s.beatWhile(ctx, StateFinishing)
+	defer stop()
+	s.log.Info("last instance to stop: finishing every batch left in the queue")
+	if s.cfg.Sweep != nil {
+		n, err := s.cfg.Sweep(ctx)
+		switch {
+		case err != nil:
+			s.log.Warn("usage sync sweep before the final drain failed", "err", err)
+		case n > 0:
+			s.log.Warn("usage sync sweep before the final drain repaired users", "users", n)
+		}
+	}
+	if err := s.drain(ctx); err != nil {
+		return s.withLeft(ctx, err)
+	}
+	return nil
+}
+
+// drain syncs until nothing is pending or ctx is done (see Flush).
+func (s *Syncer) drain(ctx context.Context) error {
 	var backoff time.Duration
 	for {
 		drained, err := s.pass(ctx, false)
@@ -370,6 +513,96 @@ func (s *Syncer) Flush(ctx context.Context) error {
 			return fmt.Errorf("usage sync flush: %w (last error: %w)", ctx.Err(), err)
 		case <-t.C:
 		}
+	}
+}
+
+// awaitLast reports whether no other instance is alive. An entry whose
+// state changes (a running instance beats), one that appears, or one that is
+// stopping or finishing means another instance will finish after this one:
+// false. Entries that stay as they were belong to killed instances: it waits
+// for them to lapse (at most AliveTTL), then reports true.
+func (s *Syncer) awaitLast(ctx context.Context) (bool, error) {
+	poll := min(max(s.cfg.AliveTTL/20, 10*time.Millisecond), 100*time.Millisecond)
+	var first map[string]string
+	for {
+		others, err := s.cfg.Liveness.Others(ctx, s.cfg.InstanceID)
+		if err != nil {
+			return false, fmt.Errorf("usage sync: find the other instances: %w", err)
+		}
+		if len(others) == 0 {
+			return true, nil
+		}
+		for owner, state := range others {
+			prev, seen := first[owner]
+			if state == StateStopping || state == StateFinishing || (first != nil && (!seen || prev != state)) {
+				s.log.Info("usage sync: another instance is alive; it finishes the queue", "other", owner, "state", state)
+				return false, nil
+			}
+		}
+		if first == nil {
+			first = others
+			s.log.Info("usage sync: waiting for the liveness of instances that stopped beating (killed) to lapse, to finish their batches",
+				"instances", ownersOf(others), "within", s.cfg.AliveTTL)
+		}
+		if err := sleep(ctx, poll); err != nil {
+			return false, fmt.Errorf("usage sync: waiting for the liveness of %v to lapse: %w", ownersOf(others), err)
+		}
+	}
+}
+
+// withLeft adds to a failed flush's error what it leaves in the queue.
+func (s *Syncer) withLeft(ctx context.Context, err error) error {
+	qs, serr := s.cfg.Queue.Stats(context.WithoutCancel(ctx))
+	if serr != nil {
+		return err
+	}
+	return fmt.Errorf("%w; left in the queue: %d users (dirty or in open batches)", err, qs.PendingUsers)
+}
+
+// runState is the state of a running beat: it changes on every beat, so
+// that a stopping instance tells a running one from a killed one.
+func (s *Syncer) runState() string { return "run:" + strconv.FormatInt(s.beats.Add(1), 10) }
+
+// beat announces this instance alive in state for AliveTTL. A failure is
+// only logged: the cost of a missed beat is that another instance may take
+// this one's batches over, which is safe.
+func (s *Syncer) beat(ctx context.Context, state string) {
+	if err := s.cfg.Liveness.Beat(ctx, s.cfg.InstanceID, state, s.cfg.AliveTTL); err != nil && ctx.Err() == nil {
+		s.log.Debug("usage sync liveness beat failed", "err", err)
+	}
+}
+
+// beatEvery beats every AliveTTL/4 until ctx is done.
+func (s *Syncer) beatEvery(ctx context.Context, state func() string) {
+	t := time.NewTicker(max(s.cfg.AliveTTL/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.beat(ctx, state())
+		}
+	}
+}
+
+// beatWhile beats in state now and then every AliveTTL/4 until stop, which
+// returns once no beat can follow (so a Leave after it is final).
+func (s *Syncer) beatWhile(ctx context.Context, state string) (stop func()) {
+	s.beat(ctx, state)
+	ctx, cancel := context.WithCancel(ctx)
+	var beating sync.WaitGroup
+	beating.Go(func() { s.beatEvery(ctx, func() string { return state }) })
+	return func() {
+		cancel()
+		beating.Wait()
+	}
+}
+
+// leave deletes this instance's liveness entry, even after ctx is done.
+func (s *Syncer) leave(ctx context.Context) {
+	if err := s.cfg.Liveness.Leave(context.WithoutCancel(ctx), s.cfg.InstanceID); err != nil {
+		s.log.Warn("usage sync: could not leave the roster; this instance counts as alive until its entry lapses", "err", err, "within", s.cfg.AliveTTL)
 	}
 }
 
@@ -440,6 +673,8 @@ func (s *Syncer) pass(ctx context.Context, paced bool) (drained bool, err error)
 			return false, errors.Join(localErr, firstErr, err)
 		}
 	}
+	// A full Recover may have left more: not drained yet.
+	moreRecover := len(recovered) >= maxHeld
 
 	passStart := s.cfg.Now()
 	for len(s.held) < maxHeld {
@@ -483,7 +718,7 @@ func (s *Syncer) pass(ctx context.Context, paced bool) (drained bool, err error)
 		}
 	}
 	err = errors.Join(localErr, firstErr)
-	return err == nil && len(s.held) == 0 && s.local == nil, err
+	return err == nil && len(s.held) == 0 && s.local == nil && !moreRecover, err
 }
 
 // applyAndAck applies b under its key and acknowledges it.
@@ -642,6 +877,16 @@ func cmpErr(first, err error) error {
 		return first
 	}
 	return err
+}
+
+// ownersOf lists the owners of a liveness map, sorted (for logs).
+func ownersOf(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for o := range m {
+		out = append(out, o)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func countUsers(ds []domain.UsageDelta) int {

@@ -103,6 +103,17 @@ func (k Keys) SyncBatchInfo() string { return k.prefix + ":{sync}:batchinfo" }
 // SyncBatch is the record of one sync batch.
 func (k Keys) SyncBatch(id string) string { return k.prefix + ":{sync}:batch:" + id }
 
+// SyncAlive is the liveness key of one sync instance (a batch owner): it
+// exists while the instance runs, with a short TTL that the instance's sync
+// loop keeps refreshing; its value is the instance's state
+// (usagesync.Liveness).
+func (k Keys) SyncAlive(owner string) string { return k.prefix + ":{sync}:alive:" + owner }
+
+// SyncInstances is the set of owners that have a liveness key (or had one:
+// members whose key lapsed are pruned when read), so that an instance finds
+// the others without scanning the keyspace.
+func (k Keys) SyncInstances() string { return k.prefix + ":{sync}:instances" }
+
 // user builds <prefix>:{u:<id>}[:<part>...] in one allocation (it is on
 // every request's path).
 func (k Keys) user(userID int64, parts ...string) string {

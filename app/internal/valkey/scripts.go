@@ -347,15 +347,23 @@ redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
 return 1
 `
 
-// takeoverLua makes owner the owner of a batch whose lease has expired and
-// returns {state, users, deltas}, or nil when the lease is live again or the
-// batch is gone. Atomic, so two instances never take the same expiry.
+// takeoverLua makes owner the owner of a batch whose lease has expired, or
+// whose lease is live but whose owner is not alive (its liveness key is
+// gone: it was killed, or it stopped), and returns {state, users, deltas};
+// nil when the batch is not to be taken (its lease is live and its owner
+// alive, or no longer the owner the caller saw dead) or is gone. Atomic, so
+// two instances never take the same batch, and an owner that beats again
+// keeps its batch.
 //
-// KEYS: record, batches, batchinfo. ARGV: batch id, now ms, owner, lease-until ms.
+// KEYS: record, batches, batchinfo, the liveness key of ARGV[5].
+// ARGV: batch id, now ms, owner, lease-until ms, the owner the caller saw.
 const takeoverLua = `
 local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not s then return false end
-if tonumber(s) > tonumber(ARGV[2]) then return false end
+if tonumber(s) > tonumber(ARGV[2]) then
+  if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[5] then return false end
+  if redis.call('EXISTS', KEYS[4]) == 1 then return false end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
@@ -366,6 +374,26 @@ redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[1])
 local v = redis.call('HMGET', KEYS[1], 'state', 'users', 'deltas')
 for i = 1, 3 do if not v[i] then v[i] = '' end end
 return v
+`
+
+// aliveLua reads the liveness keys of the listed owners and returns their
+// values in order (empty for a lapsed one), removing lapsed owners from the
+// instances set. Atomic against a beat (which sets the key before it adds
+// the owner), so an owner that is alive is never removed.
+//
+// KEYS: instances, then the liveness key of each ARGV. ARGV: owners.
+const aliveLua = `
+local out = {}
+for i = 1, #ARGV do
+  local v = redis.call('GET', KEYS[i + 1])
+  if v then
+    out[i] = v
+  else
+    redis.call('SREM', KEYS[1], ARGV[i])
+    out[i] = ''
+  end
+end
+return out
 `
 
 // finishLua forgets a batch record; deleting it is the last step of an ack
@@ -429,6 +457,7 @@ type scripts struct {
 	putPrincipal                        *valkey.Lua
 
 	syncBegin, syncClaim, syncRevert, syncSeal, syncRenew, syncTakeover, syncFinish *valkey.Lua
+	syncAlive                                                                       *valkey.Lua
 
 	lockExtend, lockRelease, lockSwap *valkey.Lua
 }
@@ -436,7 +465,7 @@ type scripts struct {
 // allScripts is every script source, in the order LoadScripts loads them.
 var allScripts = []string{
 	countLua, seedUsageLua, refundLua, idemBeginLua, idemStoreLua, hasNotLua, applyItemsLua, invalidateItemsLua, finishLoadLua, putPrincipalLua,
-	beginLua, claimUserLua, revertUserLua, sealLua, renewLua, takeoverLua, finishLua,
+	beginLua, claimUserLua, revertUserLua, sealLua, renewLua, takeoverLua, finishLua, aliveLua,
 	extendLockLua, releaseLockLua, swapLockLua,
 }
 
@@ -461,6 +490,7 @@ func newScripts() *scripts {
 		syncRenew:    valkey.NewLuaScript(renewLua),
 		syncTakeover: valkey.NewLuaScript(takeoverLua),
 		syncFinish:   valkey.NewLuaScript(finishLua),
+		syncAlive:    valkey.NewLuaScript(aliveLua),
 
 		lockExtend:  valkey.NewLuaScript(extendLockLua),
 		lockRelease: valkey.NewLuaScript(releaseLockLua),

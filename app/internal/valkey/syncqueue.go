@@ -41,9 +41,17 @@ package valkey
 // was never applied: the taker moves its in-flight entries back to pending
 // and re-marks its users. Ack deletes the in-flight entries, then the record.
 // Crash points: before (1) nothing happened; between (1) and (3) the record
-// exists unsealed → reverted after the lease; after (3) the record holds the
-// deltas → applied (once, by key) after the lease; during ack the record is
+// exists unsealed → reverted by a taker; after (3) the record holds the
+// deltas → applied (once, by key) by a taker; during ack the record is
 // still there → re-applied as a no-op and acknowledged.
+//
+// # Takeover and liveness
+//
+// A batch is taken over when its lease expired, or at once when its owner
+// is not alive: every instance keeps a liveness key (Keys.SyncAlive, a short
+// TTL its sync loop refreshes, deleted by a graceful stop) and is listed in
+// Keys.SyncInstances, so a stopping instance can tell whether it is the last
+// one (usagesync.Liveness). The lease still protects an owner that beats.
 //
 // # Seeding
 //
@@ -62,6 +70,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -92,7 +101,10 @@ type SyncQueue struct {
 	lease time.Duration
 }
 
-var _ usagesync.Pending = (*SyncQueue)(nil)
+var (
+	_ usagesync.Pending  = (*SyncQueue)(nil)
+	_ usagesync.Liveness = (*SyncQueue)(nil)
+)
 
 // SyncQueue returns the usage sync queue on the Cache's client, keys, and
 // deadline. The Cache keeps ownership of the client.
@@ -199,27 +211,37 @@ func (q *SyncQueue) Claim(ctx context.Context, owner string, limit int) (usagesy
 	return usagesync.Batch{Key: id, Deltas: deltas, Users: len(users)}, nil
 }
 
-// Recover takes over up to limit batches whose lease expired. Sealed ones are
-// returned to be applied under their key; unsealed ones were never applied
-// and are reverted to pending here.
+// recoverScan bounds the open batches one Recover looks at (oldest lease
+// deadline first). Each instance holds only a few at a time, so it is far
+// above what a healthy deployment has open.
+const recoverScan = 1000
+
+// Recover takes over batches whose lease expired, or whose lease is live but
+// whose owner is not alive (no liveness key: killed, or stopped), and returns
+// up to limit sealed ones, to be applied under their key; unsealed ones were
+// never applied and are reverted to pending here. The caller's own batches
+// are left to it while their lease is live.
 func (q *SyncQueue) Recover(ctx context.Context, owner string, limit int) ([]usagesync.Batch, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("valkey recover: %w", err)
 	}
 	// Like Claim: a takeover and its revert are not cut short by the caller.
 	ctx = context.WithoutCancel(ctx)
-	now := q.now()
-	ids, err := q.do(ctx, q.client.B().Zrangebyscore().Key(q.keys.SyncBatches()).Min("-inf").Max(ms(now)).
-		Limit(0, int64(limit)).Build()).AsStrSlice()
+	cands, err := q.recoverable(ctx, owner)
 	if err != nil {
-		return nil, wrapErr("recover: list expired", err)
+		return nil, err
 	}
+	now := q.now()
 	var out []usagesync.Batch
-	for _, id := range ids {
-		v, err := q.exec(ctx, q.scripts.syncTakeover, []string{q.keys.SyncBatch(id), q.keys.SyncBatches(), q.keys.SyncBatchInfo()},
-			[]string{id, ms(now), owner, ms(now.Add(q.lease))}).AsStrSlice()
+	for _, c := range cands {
+		if len(out) >= limit {
+			break
+		}
+		v, err := q.exec(ctx, q.scripts.syncTakeover,
+			[]string{q.keys.SyncBatch(c.id), q.keys.SyncBatches(), q.keys.SyncBatchInfo(), q.keys.SyncAlive(c.owner)},
+			[]string{c.id, ms(now), owner, ms(now.Add(q.lease)), c.owner}).AsStrSlice()
 		if valkey.IsValkeyNil(err) {
-			continue // renewed, or already finished by someone else
+			continue // renewed, its owner beats again, or already finished by someone else
 		}
 		if err != nil {
 			return out, wrapErr("recover: take over", err)
@@ -230,17 +252,140 @@ func (q *SyncQueue) Recover(ctx context.Context, owner string, limit int) ([]usa
 		if v[0] == "sealed" {
 			deltas, err := decodeDeltas(v[2])
 			if err != nil {
-				return out, fmt.Errorf("valkey recover batch %s: %w", id, err)
+				return out, fmt.Errorf("valkey recover batch %s: %w", c.id, err)
 			}
-			out = append(out, usagesync.Batch{Key: id, Deltas: deltas, Users: countUsers(deltas)})
+			out = append(out, usagesync.Batch{Key: c.id, Deltas: deltas, Users: countUsers(deltas)})
 			continue
 		}
 		users, err := parseMembers(splitList(v[1]))
 		if err != nil {
-			return out, fmt.Errorf("valkey recover batch %s: %w", id, err)
+			return out, fmt.Errorf("valkey recover batch %s: %w", c.id, err)
 		}
-		if err := q.revert(ctx, id, users); err != nil {
+		if err := q.revert(ctx, c.id, users); err != nil {
 			return out, err
+		}
+	}
+	return out, nil
+}
+
+// candidate is an open batch that Recover may take over, with the owner it
+// had when listed.
+type candidate struct{ id, owner string }
+
+// recoverable lists the open batches whose lease expired or whose owner
+// (other than self) has no liveness key, oldest deadline first. The takeover
+// script checks again, atomically.
+func (q *SyncQueue) recoverable(ctx context.Context, self string) ([]candidate, error) {
+	open, err := q.do(ctx, q.client.B().Zrange().Key(q.keys.SyncBatches()).Min("0").Max(strconv.Itoa(recoverScan-1)).
+		Withscores().Build()).AsZScores()
+	if err != nil {
+		return nil, wrapErr("recover: list batches", err)
+	}
+	if len(open) == 0 {
+		return nil, nil
+	}
+	cmds := make(valkey.Commands, len(open))
+	for i, b := range open {
+		cmds[i] = q.client.B().Hget().Key(q.keys.SyncBatch(b.Member)).Field("owner").Build()
+	}
+	owners := make([]string, len(open))
+	for i, res := range q.doMulti(ctx, cmds) {
+		o, err := res.ToString()
+		if err != nil && !valkey.IsValkeyNil(err) {
+			return nil, wrapErr("recover: read owners", err)
+		}
+		owners[i] = o
+	}
+	// Whether each owner under a live lease is alive (one EXISTS per owner).
+	nowMs := float64(q.now().UnixMilli())
+	alive := map[string]bool{}
+	var asked []string
+	cmds = cmds[:0]
+	for i, b := range open {
+		o := owners[i]
+		if b.Score <= nowMs || o == "" || o == self {
+			continue
+		}
+		if _, ok := alive[o]; !ok {
+			alive[o] = true
+			asked = append(asked, o)
+			cmds = append(cmds, q.client.B().Exists().Key(q.keys.SyncAlive(o)).Build())
+		}
+	}
+	if len(cmds) > 0 {
+		for i, res := range q.doMulti(ctx, cmds) {
+			n, err := res.AsInt64()
+			if err != nil {
+				return nil, wrapErr("recover: check liveness", err)
+			}
+			alive[asked[i]] = n == 1
+		}
+	}
+	var out []candidate
+	for i, b := range open {
+		o := owners[i]
+		expired := b.Score <= nowMs
+		if expired || (o != "" && o != self && !alive[o]) {
+			out = append(out, candidate{id: b.Member, owner: o})
+		}
+	}
+	return out, nil
+}
+
+// Beat marks owner alive for ttl in state: its liveness key, and its
+// membership of the instances set (after the key, see aliveLua).
+func (q *SyncQueue) Beat(ctx context.Context, owner, state string, ttl time.Duration) error {
+	for _, res := range q.doMulti(ctx, valkey.Commands{
+		q.client.B().Set().Key(q.keys.SyncAlive(owner)).Value(state).Px(time.Duration(ttlMillis(ttl)) * time.Millisecond).Build(),
+		q.client.B().Sadd().Key(q.keys.SyncInstances()).Member(owner).Build(),
+	}) {
+		if err := res.Error(); err != nil {
+			return wrapErr("liveness beat", err)
+		}
+	}
+	return nil
+}
+
+// Leave deletes owner's liveness key: its batches may be taken over at once.
+func (q *SyncQueue) Leave(ctx context.Context, owner string) error {
+	for _, res := range q.doMulti(ctx, valkey.Commands{
+		q.client.B().Del().Key(q.keys.SyncAlive(owner)).Build(),
+		q.client.B().Srem().Key(q.keys.SyncInstances()).Member(owner).Build(),
+	}) {
+		if err := res.Error(); err != nil {
+			return wrapErr("liveness leave", err)
+		}
+	}
+	return nil
+}
+
+// Others returns the state of every alive owner but owner, and forgets the
+// owners whose liveness key lapsed.
+func (q *SyncQueue) Others(ctx context.Context, owner string) (map[string]string, error) {
+	members, err := q.do(ctx, q.client.B().Smembers().Key(q.keys.SyncInstances()).Build()).AsStrSlice()
+	if err != nil {
+		return nil, wrapErr("liveness: list instances", err)
+	}
+	members = slices.DeleteFunc(members, func(m string) bool { return m == owner })
+	out := map[string]string{}
+	if len(members) == 0 {
+		return out, nil
+	}
+	keys := make([]string, 0, len(members)+1)
+	keys = append(keys, q.keys.SyncInstances())
+	for _, m := range members {
+		keys = append(keys, q.keys.SyncAlive(m))
+	}
+	states, err := q.exec(ctx, q.scripts.syncAlive, keys, members).AsStrSlice()
+	if err != nil {
+		return nil, wrapErr("liveness: read instances", err)
+	}
+	if len(states) != len(members) {
+		return nil, fmt.Errorf("valkey liveness: %w: %d states for %d instances", errUnexpected, len(states), len(members))
+	}
+	for i, st := range states {
+		if st != "" {
+			out[members[i]] = st
 		}
 	}
 	return out, nil

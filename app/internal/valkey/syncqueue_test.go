@@ -43,6 +43,7 @@ type env struct {
 	prefix    string
 	store     ledger
 	users     int
+	mr        *miniredis.Miniredis // nil on the real server
 }
 
 // realEnv needs VALKEY_URL and DATABASE_URL (fresh schema per test).
@@ -115,7 +116,7 @@ func miniEnv(t testing.TB, users int) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{client: client, newClient: newClient, prefix: randomPrefix(), store: st, users: users}
+	return &env{client: client, newClient: newClient, prefix: randomPrefix(), store: st, users: users, mr: mr}
 }
 
 // backends runs fn on the real servers and on miniredis + memory.
@@ -339,6 +340,11 @@ func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
 		e.countEach(t, 50, day1, want)
 		clk := &clock{}
 		dead := e.queue(clk)
+		// Killed moments ago: its liveness key has not lapsed yet, so only
+		// the lease tells the others when to take over.
+		if err := dead.Beat(ctx, "dead", "run:1", time.Minute); err != nil {
+			t.Fatal(err)
+		}
 		b, err := dead.Claim(ctx, "dead", 1000) // then the owner "dies": no apply, no ack
 		if err != nil || b.Users != 50 {
 			t.Fatalf("claim = %d users, %v", b.Users, err)
@@ -353,6 +359,9 @@ func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
 		}
 		clk.Advance(6 * time.Second)
 		flush(t, s)
+		if err := dead.Leave(ctx, "dead"); err != nil {
+			t.Fatal(err)
+		}
 		e.check(t, want)
 
 		// The dead owner comes back and finishes its batch: a no-op.
@@ -626,21 +635,110 @@ func TestTakeoverRefusesLiveLease(t *testing.T) {
 		e.count(t, 1, day1)
 		clk := &clock{}
 		q := e.queue(clk)
+		if err := q.Beat(ctx, "a", "run:1", time.Minute); err != nil {
+			t.Fatal(err)
+		}
 		b, err := q.Claim(ctx, "a", 10)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Listed as expired by a racing instance, but renewed since: the
-		// takeover script itself must refuse.
+		// Listed as orphaned by a racing instance (it saw "a" without a
+		// liveness key), but "a" beats: the takeover script itself must
+		// refuse while the lease is live.
 		now := clk.Now()
-		err = q.scripts.syncTakeover.Exec(ctx, e.client, q.recordKeys(b.Key),
-			[]string{b.Key, ms(now), "b", ms(now.Add(q.lease))}).Error()
-		if !valkey.IsValkeyNil(err) {
-			t.Fatalf("takeover of a live batch: err = %v, want nil reply", err)
+		takeover := func(seen string) error {
+			return q.scripts.syncTakeover.Exec(ctx, e.client,
+				[]string{q.keys.SyncBatch(b.Key), q.keys.SyncBatches(), q.keys.SyncBatchInfo(), q.keys.SyncAlive(seen)},
+				[]string{b.Key, ms(now), "b", ms(now.Add(q.lease)), seen}).Error()
+		}
+		if err := takeover("a"); !valkey.IsValkeyNil(err) {
+			t.Fatalf("takeover of a live owner's batch: err = %v, want nil reply", err)
+		}
+		// Nor when the caller saw another owner (the batch changed hands
+		// since it was listed).
+		if err := takeover("someone-else"); !valkey.IsValkeyNil(err) {
+			t.Fatalf("takeover by a stale owner view: err = %v, want nil reply", err)
 		}
 		if ok, err := q.Renew(ctx, b.Key, "a"); err != nil || !ok {
 			t.Fatalf("owner's renew = %v, %v; want true", ok, err)
 		}
+		if got, err := e.queue(clk).Recover(ctx, "b", 10); err != nil || len(got) != 0 {
+			t.Fatalf("Recover by another instance = %v, %v; want nothing (the lease of a live owner holds)", got, err)
+		}
+	})
+}
+
+// TestTakeoverOfOwnerWithoutLiveness: a batch whose owner's liveness key is
+// gone (deleted by a graceful stop, or lapsed after a kill) is taken over at
+// once, its lease still live; sealed, it is applied once, unsealed it is
+// reverted; the owner's own Renew then fails.
+func TestTakeoverOfOwnerWithoutLiveness(t *testing.T) {
+	backends(t, 4, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		want := map[uk]int64{}
+		for u := int64(1); u <= 2; u++ {
+			e.count(t, u, day1)
+			want[uk{u, day1}]++
+		}
+		clk := &clock{} // never advanced: every lease stays live
+		dead := e.queue(clk)
+		if err := dead.Beat(ctx, "dead", "run:1", time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		sealed, err := dead.Claim(ctx, "dead", 1000)
+		if err != nil || sealed.Users != 2 {
+			t.Fatalf("claim = %+v, %v", sealed, err)
+		}
+		// A second batch, left unsealed (the owner died mid-claim).
+		for u := int64(3); u <= 4; u++ {
+			e.count(t, u, day2)
+			want[uk{u, day2}]++
+		}
+		id := newBatchID(clk.Now())
+		if err := dead.scripts.syncBegin.Exec(ctx, e.client, []string{dead.keys.SyncDirty(), dead.keys.SyncBatches(), dead.keys.SyncBatch(id), dead.keys.SyncBatchInfo()},
+			[]string{"100", id, "dead", ms(clk.Now()), ms(clk.Now().Add(dead.lease))}).Error(); err != nil {
+			t.Fatal(err)
+		}
+		if err := dead.scripts.syncClaim.Exec(ctx, e.client, []string{dead.keys.Pending(3), dead.keys.Inflight(3)}, []string{id}).Error(); err != nil {
+			t.Fatal(err)
+		}
+
+		other := e.queue(clk)
+		if got, err := other.Recover(ctx, "b", 10); err != nil || len(got) != 0 {
+			t.Fatalf("Recover while the owner is alive = %v, %v; want nothing", got, err)
+		}
+		// Its liveness key goes (a kill lets it lapse; deleting it is the
+		// same state, without waiting).
+		if err := e.client.Do(ctx, e.client.B().Del().Key(e.keys().SyncAlive("dead")).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := other.Recover(ctx, "b", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].Key != sealed.Key {
+			t.Fatalf("Recover = %+v; want the sealed batch %s at once", got, sealed.Key)
+		}
+		if d := cmp.Diff(sealed.Deltas, got[0].Deltas); d != "" {
+			t.Errorf("taken-over deltas (-claimed +taken):\n%s", d)
+		}
+		if ok, err := dead.Renew(ctx, sealed.Key, "dead"); err != nil || ok {
+			t.Fatalf("dead owner's renew after the takeover = %v, %v; want false", ok, err)
+		}
+		// The unsealed one went back to pending: the next claim finds it.
+		s := e.syncer(t, other, "b", 1000)
+		if _, err := e.store.ApplyUsageBatch(ctx, domain.UsageBatch{Key: got[0].Key, Deltas: got[0].Deltas}); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Ack(ctx, got[0]); err != nil {
+			t.Fatal(err)
+		}
+		flush(t, s)
+		// The instances set still names "dead": Others prunes it.
+		if o, err := other.Others(ctx, "b"); err != nil || len(o) != 0 {
+			t.Fatalf("Others = %v, %v; want none alive", o, err)
+		}
+		e.check(t, want)
 	})
 }
 

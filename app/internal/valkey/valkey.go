@@ -37,6 +37,8 @@
 //	<prefix>:{sync}:batch:<batch>          hash: owner, state (claiming|sealed), claimedAt, users, deltas
 //	<prefix>:{sync}:batches                sorted set: batch id, score = lease deadline (unix ms)
 //	<prefix>:{sync}:batchinfo              hash: batch id → "<users>,<oldest dirty ms>" (for stats)
+//	<prefix>:{sync}:alive:<owner>          liveness of a sync instance: its state (usagesync.Liveness), short TTL
+//	<prefix>:{sync}:instances              set of owners with a liveness key (lapsed ones pruned on read)
 //
 // # Deadlines
 //
