@@ -174,7 +174,7 @@ func TestFaultCampaign(t *testing.T) {
 				if !f.unknown || settled > 0 {
 					return
 				}
-				if attempt == 5 {
+				if attempt == 10 {
 					t.Fatalf("no count of unknown outcome in %d runs: the scenario does not test settling", attempt)
 				}
 				t.Logf("run %d left no unknown outcome; again", attempt)
@@ -266,6 +266,7 @@ func runFault(t *testing.T, env map[string]string, f fault) float64 {
 		t.Fatalf("after settling: postgres %d, want exactly the %d 200s", got, ok)
 	}
 	applied, notApplied := in.metric(t, "warmpath_usage_reconciled_total", "outcome", "applied"), in.metric(t, "warmpath_usage_reconciled_total", "outcome", "not_applied")
-	t.Logf("usage: %d 200s, %d in postgres (lost 0, doubled 0); reconciled applied=%v not_applied=%v", ok, got, applied, notApplied)
+	t.Logf("usage: %d 200s, %d in postgres (lost 0, doubled 0); usage counter errors %v; reconciled applied=%v not_applied=%v",
+		ok, got, in.metric(t, "warmpath_cache_requests_total", "cache", "usage", "result", "error"), applied, notApplied)
 	return applied + notApplied
 }
