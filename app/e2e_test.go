@@ -171,7 +171,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 }
 
 func TestQuotaBoundaryNeverOverAdmits(t *testing.T) {
-	a, b := startPair(t, backendEnv(t)) // two instances share the counter
+	env := backendEnv(t)
+	// The boundary is the counter's atomicity, not timeouts: a Valkey call
+	// starved past VALKEY_TIMEOUT on a loaded machine would fall back to
+	// counting in process (fail-open), which enforces the quota per instance.
+	env["VALKEY_TIMEOUT"] = "5s"
+	a, b := startPair(t, env) // two instances share the counter
 	u := a.newUser(t, "free", ptr[int64](100))
 	const n = 400
 	var mu sync.Mutex
