@@ -55,7 +55,10 @@ func persistedTotal(t testing.TB, dbURL string) int64 { return sumCounts(persist
 // hotCounts reads each user's hot counters (valkey.Keys.Counter)
 // for today and yesterday (UTC: a run across midnight has both), straight
 // from Valkey.
-func hotCounts(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
+// rawValkey is a plain client (no client-side cache) of the server or
+// cluster at valkeyURL, closed at cleanup: for reading and deleting the
+// test's keys behind the service's back.
+func rawValkey(t testing.TB, valkeyURL string) valkeygo.Client {
 	t.Helper()
 	opt, err := valkeygo.ParseURL(valkeyURL)
 	if err != nil {
@@ -66,7 +69,45 @@ func hotCounts(t testing.TB, valkeyURL, prefix string, users []user) map[int64]i
 	if err != nil {
 		t.Fatalf("connect to valkey: %v", err)
 	}
-	defer c.Close()
+	t.Cleanup(c.Close)
+	return c
+}
+
+// deleteValkeyPrefix removes every key of prefix on every node (SCAN +
+// UNLINK, one key per UNLINK: on a cluster keys live in many slots): the
+// test's Valkey emptied, as a restart without persistence would, without
+// touching anyone else's keys.
+func deleteValkeyPrefix(t testing.TB, valkeyURL, prefix string) {
+	t.Helper()
+	c := rawValkey(t, valkeyURL)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, node := range c.Nodes() {
+		var cursor uint64
+		for {
+			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmds := make(valkeygo.Commands, 0, len(e.Elements))
+			for _, k := range e.Elements {
+				cmds = append(cmds, node.B().Unlink().Key(k).Build())
+			}
+			for _, r := range node.DoMulti(ctx, cmds...) {
+				if err := r.Error(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+}
+
+func hotCounts(t testing.TB, valkeyURL, prefix string, users []user) map[int64]int64 {
+	t.Helper()
+	c := rawValkey(t, valkeyURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	now := time.Now().UTC()

@@ -63,6 +63,16 @@ type proc struct {
 	exitCode    int
 }
 
+// binaryEnv is env for a binary of the test: listeners on free loopback
+// ports, warnings only, then the given name, value pairs.
+func binaryEnv(env map[string]string, pairs ...string) map[string]string {
+	env["HTTP_ADDR"], env["ADMIN_ADDR"], env["LOG_LEVEL"] = "127.0.0.1:0", "127.0.0.1:0", "warn"
+	for i := 0; i+1 < len(pairs); i += 2 {
+		env[pairs[i]] = pairs[i+1]
+	}
+	return env
+}
+
 // startProc starts the binary in dir with exactly env (plus PATH and HOME),
 // waits for its "serving" line and for /readyz, and kills it at cleanup if it
 // is still running.

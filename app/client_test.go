@@ -97,6 +97,19 @@ func call(t testing.TB, method, url, token string, body any, headers ...string) 
 	return r
 }
 
+// queryRequest is a metered query of token with a raw JSON body, plus the
+// given header name, value pairs (for load loops that count their own
+// outcomes rather than fail the test on a transport error, as call does).
+func queryRequest(base, token, body string, headers ...string) *http.Request {
+	req, _ := http.NewRequest("POST", base+queryRoute, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	return req
+}
+
 // user is a provisioned user.
 type user struct {
 	id      int64

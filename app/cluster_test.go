@@ -92,16 +92,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	}
 
 	// Where the keys are: one slot per user, more than one node in all.
-	opt, err := valkeygo.ParseURL(env["VALKEY_URL"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := valkeygo.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := rawValkey(t, env["VALKEY_URL"])
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	keys := valkey.NewKeys(env["VALKEY_PREFIX"])
@@ -172,7 +163,7 @@ func TestClusterEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	emptyValkey(t, env["VALKEY_URL"], env["VALKEY_PREFIX"])
+	deleteValkeyPrefix(t, env["VALKEY_URL"], env["VALKEY_PREFIX"])
 	if got, want := persistedTotal(t, env["DATABASE_URL"]), ok.Load()+1+served.Load(); got != want {
 		t.Fatalf("after graceful stops and an emptied cluster: postgres total %d, want exactly the %d 200s", got, want)
 	}

@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	valkeygo "github.com/valkey-io/valkey-go"
 )
 
 // crashTally counts what the clients saw in the crash test.
@@ -43,7 +42,7 @@ func driveUntilKill(t *testing.T, p *proc, users []user, workers int, loadFor ti
 	tr := &http.Transport{MaxIdleConnsPerHost: workers}
 	defer tr.CloseIdleConnections()
 	cl := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	body := []byte(`{"items":["a","b","c"]}`)
+	const body = `{"items":["a","b","c"]}`
 	var killed atomic.Bool
 	var started sync.WaitGroup
 	var wg sync.WaitGroup
@@ -55,9 +54,7 @@ func driveUntilKill(t *testing.T, p *proc, users []user, workers int, loadFor ti
 			first := true
 			for i := w; !killed.Load(); i++ {
 				u := users[i%len(users)]
-				req, _ := http.NewRequest("POST", p.base+"/api/hasNotEngine-ultra-fast", strings.NewReader(string(body)))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Authorization", "Bearer "+u.token)
+				req := queryRequest(p.base, u.token, body)
 				if first {
 					started.Done()
 					first = false
@@ -100,13 +97,9 @@ func driveUntilKill(t *testing.T, p *proc, users []user, workers int, loadFor ti
 // exactly once, and that Postgres holds the 200s seen (plus at most the
 // requests whose outcome the client could not know).
 func TestSyncCrashExactlyOnce(t *testing.T) {
-	env := realBackendEnv(t, "SIGKILLed processes must find their counts in a Postgres and a Valkey that outlive them")
+	env := binaryEnv(realBackendEnv(t, "SIGKILLed processes must find their counts in a Postgres and a Valkey that outlive them"),
+		"SYNC_INTERVAL", "20ms", "SHUTDOWN_TIMEOUT", "10s")
 	bin := binary(t)
-	env["HTTP_ADDR"] = "127.0.0.1:0"
-	env["ADMIN_ADDR"] = "127.0.0.1:0"
-	env["SYNC_INTERVAL"] = "20ms"
-	env["LOG_LEVEL"] = "warn"
-	env["SHUTDOWN_TIMEOUT"] = "10s"
 	rounds := 4
 	if v := os.Getenv("WARMPATH_CRASH_ROUNDS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -317,13 +310,9 @@ type stopTally struct {
 // kill, whose outcome the client cannot know, are a tolerance on the
 // doubled side only (retries without an Idempotency-Key).
 func TestLastGracefulStopAfterKillsLosesNothing(t *testing.T) {
-	env := realBackendEnv(t, "instances are killed and the last stop is read back from Postgres after Valkey is emptied")
+	env := binaryEnv(realBackendEnv(t, "instances are killed and the last stop is read back from Postgres after Valkey is emptied"),
+		"SYNC_INTERVAL", "50ms", "SHUTDOWN_TIMEOUT", "15s")
 	bin := binary(t)
-	env["HTTP_ADDR"] = "127.0.0.1:0"
-	env["ADMIN_ADDR"] = "127.0.0.1:0"
-	env["SYNC_INTERVAL"] = "50ms"
-	env["LOG_LEVEL"] = "warn"
-	env["SHUTDOWN_TIMEOUT"] = "15s"
 
 	slow := maps.Clone(env)
 	slow["DATABASE_URL"] = slowDatabase(t, env["DATABASE_URL"], 400*time.Millisecond)
@@ -362,10 +351,7 @@ func TestLastGracefulStopAfterKillsLosesNothing(t *testing.T) {
 				}
 				base := live[i%len(live)]
 				liveMu.Unlock()
-				req, _ := http.NewRequest("POST", base+"/api/hasNotEngine-ultra-fast", strings.NewReader(`{"items":["a","b"]}`))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Authorization", "Bearer "+u.token)
-				resp, err := cl.Do(req)
+				resp, err := cl.Do(queryRequest(base, u.token, `{"items":["a","b"]}`))
 				switch {
 				case err != nil && errors.Is(err, syscall.ECONNREFUSED):
 					tally.refused.Add(1)
@@ -458,38 +444,5 @@ func TestLastGracefulStopAfterKillsLosesNothing(t *testing.T) {
 	}
 	if !strings.Contains(stderr, "last instance to stop") {
 		t.Errorf("the last instance never finished the queue:\n%s", tail(stderr, 3000))
-	}
-}
-
-// deleteValkeyPrefix removes every key of prefix (SCAN + UNLINK): the
-// Valkey of the test emptied without touching anyone else's keys.
-func deleteValkeyPrefix(t testing.TB, valkeyURL, prefix string) {
-	t.Helper()
-	opt, err := valkeygo.ParseURL(valkeyURL)
-	if err != nil {
-		t.Fatalf("parse VALKEY_URL: %v", err)
-	}
-	opt.DisableCache = true
-	c, err := valkeygo.NewClient(opt)
-	if err != nil {
-		t.Fatalf("connect to valkey: %v", err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var cursor uint64
-	for {
-		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
-		if err != nil {
-			t.Fatalf("scan: %v", err)
-		}
-		if len(e.Elements) > 0 {
-			if err := c.Do(ctx, c.B().Unlink().Key(e.Elements...).Build()).Error(); err != nil {
-				t.Fatalf("unlink: %v", err)
-			}
-		}
-		if cursor = e.Cursor; cursor == 0 {
-			return
-		}
 	}
 }

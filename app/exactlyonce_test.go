@@ -1,20 +1,16 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	valkeygo "github.com/valkey-io/valkey-go"
 )
 
 // keyedClient sends logical requests, each with its own Idempotency-Key,
@@ -45,11 +41,7 @@ func (k *keyedClient) one(t *testing.T, prefix string, u user) {
 			k.retries.Add(1)
 			time.Sleep(20 * time.Millisecond) // the client's back-off between retries
 		}
-		req, _ := http.NewRequest("POST", *k.base.Load()+queryRoute, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+u.token)
-		req.Header.Set("Idempotency-Key", key)
-		resp, err := k.cl.Do(req)
+		resp, err := k.cl.Do(queryRequest(*k.base.Load(), u.token, body, "Idempotency-Key", key))
 		if err != nil {
 			continue // refused, reset, timed out: retry with the same key
 		}
@@ -81,15 +73,10 @@ func (k *keyedClient) one(t *testing.T, prefix string, u user) {
 // syncs), then a graceful stop of the last instance, then Valkey emptied:
 // Postgres holds exactly one unit per key answered 200. No tolerance.
 func TestExactlyOnceWithIdempotencyKeys(t *testing.T) {
-	env := realBackendEnv(t, "SIGKILLed processes must find their counts and keys in a Postgres and a Valkey that outlive them")
+	env := binaryEnv(realBackendEnv(t, "SIGKILLed processes must find their counts and keys in a Postgres and a Valkey that outlive them"),
+		"SYNC_INTERVAL", "50ms", "SHUTDOWN_TIMEOUT", "10s",
+		"VALKEY_TIMEOUT", "100ms", "DB_TIMEOUT", "300ms") // a key held by a killed request frees after 3 × (100 + 300) ms
 	bin := binary(t)
-	env["HTTP_ADDR"] = "127.0.0.1:0"
-	env["ADMIN_ADDR"] = "127.0.0.1:0"
-	env["SYNC_INTERVAL"] = "50ms"
-	env["LOG_LEVEL"] = "warn"
-	env["VALKEY_TIMEOUT"] = "100ms"
-	env["DB_TIMEOUT"] = "300ms" // a key held by a killed request frees after 3 × (100 + 300) ms
-	env["SHUTDOWN_TIMEOUT"] = "10s"
 
 	kc := &keyedClient{cl: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}}
 	prefix := "eo-" + randHex(4)
@@ -154,7 +141,7 @@ func TestExactlyOnceWithIdempotencyKeys(t *testing.T) {
 	if code := p.wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("graceful stop: exit %d; stderr:\n%s", code, tail(p.stderr.String(), 3000))
 	}
-	emptyValkey(t, env["VALKEY_URL"], env["VALKEY_PREFIX"])
+	deleteValkeyPrefix(t, env["VALKEY_URL"], env["VALKEY_PREFIX"])
 
 	pg := persistedTotal(t, env["DATABASE_URL"])
 	var statuses []string
@@ -167,44 +154,5 @@ func TestExactlyOnceWithIdempotencyKeys(t *testing.T) {
 	if pg != kc.okN.Load() {
 		t.Fatalf("postgres holds %d units, want exactly the %d keys answered 200 (lost %d, doubled %d)",
 			pg, kc.okN.Load(), max(kc.okN.Load()-pg, 0), max(pg-kc.okN.Load(), 0))
-	}
-}
-
-// emptyValkey deletes every key of prefix, as a Valkey restart without
-// persistence would.
-func emptyValkey(t *testing.T, valkeyURL, prefix string) {
-	t.Helper()
-	opt, err := valkeygo.ParseURL(valkeyURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := valkeygo.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, node := range c.Nodes() { // every node of a cluster
-		var cursor uint64
-		for {
-			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmds := make(valkeygo.Commands, 0, len(e.Elements))
-			for _, k := range e.Elements { // one key per UNLINK: keys of several slots
-				cmds = append(cmds, node.B().Unlink().Key(k).Build())
-			}
-			for _, r := range node.DoMulti(ctx, cmds...) {
-				if err := r.Error(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if cursor = e.Cursor; cursor == 0 {
-				break
-			}
-		}
 	}
 }

@@ -7,12 +7,10 @@ package main
 // recovery: Postgres holds exactly one unit per 200, neither less nor more.
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
-	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -61,7 +59,6 @@ func (l *faultLoad) String() string {
 // closed; every answer is recorded.
 func runLoad(in *instance, users []user, workers int, stop <-chan struct{}, l *faultLoad) *sync.WaitGroup {
 	var wg sync.WaitGroup
-	body := []byte(`{"items":["a","b"]}`)
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; ; i++ {
@@ -70,11 +67,8 @@ func runLoad(in *instance, users []user, workers int, stop <-chan struct{}, l *f
 					return
 				default:
 				}
-				req, _ := http.NewRequest("POST", in.base+queryRoute, bytes.NewReader(body))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Authorization", "Bearer "+users[i%len(users)].token)
 				t0 := time.Now()
-				resp, err := client.Do(req)
+				resp, err := client.Do(queryRequest(in.base, users[i%len(users)].token, `{"items":["a","b"]}`))
 				d := time.Since(t0)
 				if err != nil {
 					l.add(0, "", d, err)

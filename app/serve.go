@@ -48,7 +48,15 @@ func (a *application) serve(ctx context.Context, pubLn, admLn net.Listener, stdo
 	var tasks sync.WaitGroup // the background tasks that only need stopping
 	tasks.Go(func() { sweepEvery(bg, a.queue, 5*time.Minute, log) })
 	tasks.Go(func() { a.invalidator.Run(bg) })
-	tasks.Go(func() { reconcileEvery(bg, a.meter, time.Second, log) })
+	tasks.Go(func() {
+		// Settle counts of unknown outcome once Valkey can tell (cheap while
+		// there are none).
+		every(bg, time.Second, func() {
+			if err := a.meter.Reconcile(bg); err != nil && bg.Err() == nil {
+				log.Debug("usage reconcile", "err", err.Error())
+			}
+		})
+	})
 
 	select {
 	case <-ctx.Done():
@@ -98,23 +106,6 @@ func (a *application) serve(ctx context.Context, pubLn, admLn net.Listener, stdo
 	return nil
 }
 
-// reconcileEvery settles counts of unknown outcome once Valkey can tell
-// (cheap while there are none).
-func reconcileEvery(ctx context.Context, m *usage.Service, every time.Duration, log *slog.Logger) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := m.Reconcile(ctx); err != nil && ctx.Err() == nil {
-			log.Debug("usage reconcile", "err", err.Error())
-		}
-	}
-}
-
 // settleAll reconciles until no count of unknown outcome is left (their
 // fences pass within a few Valkey timeouts), or ctx ends.
 func settleAll(ctx context.Context, m *usage.Service, c *valkey.Cache) error {
@@ -135,19 +126,28 @@ func settleAll(ctx context.Context, m *usage.Service, c *valkey.Cache) error {
 
 // sweepEvery runs the sync queue's safety net (it scans the keyspace, so it
 // runs rarely and never on the request path).
-func sweepEvery(ctx context.Context, q *valkey.SyncQueue, every time.Duration, log *slog.Logger) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
+func sweepEvery(ctx context.Context, q *valkey.SyncQueue, d time.Duration, log *slog.Logger) {
+	sweep := func() {
 		if res, err := q.Sweep(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("usage sync sweep failed", "err", err.Error())
 		} else if res.Marked+res.Reverted > 0 {
 			log.Warn("usage sync sweep repaired entries", "marked", res.Marked, "reverted", res.Reverted)
 		}
+	}
+	sweep()
+	every(ctx, d, sweep)
+}
+
+// every runs f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		f()
 	}
 }

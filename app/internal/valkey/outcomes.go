@@ -187,19 +187,27 @@ type pendingSettle struct {
 // settled by the caller and whose fence the server clock has passed.
 func (o *outcomes) ready(serverNow int64) []pendingSettle {
 	var out []pendingSettle
+	o.each(func(_ map[int64]*userOutcomes, id int64, u *userOutcomes) {
+		for _, ep := range u.closed {
+			if ep.inflight == 0 && ep.unset == 0 && ep.fence < serverNow {
+				out = append(out, pendingSettle{id, ep})
+			}
+		}
+	})
+	return out
+}
+
+// each calls f for every tracked user, under its shard's lock (f may delete
+// the user from users).
+func (o *outcomes) each(f func(users map[int64]*userOutcomes, id int64, u *userOutcomes)) {
 	for i := range o.shards {
 		sh := &o.shards[i]
 		sh.mu.Lock()
 		for id, u := range sh.users {
-			for _, ep := range u.closed {
-				if ep.inflight == 0 && ep.unset == 0 && ep.fence < serverNow {
-					out = append(out, pendingSettle{id, ep})
-				}
-			}
+			f(sh.users, id, u)
 		}
 		sh.mu.Unlock()
 	}
-	return out
 }
 
 // done forgets settled epochs.
@@ -224,20 +232,15 @@ func (o *outcomes) done(settled []pendingSettle) {
 // and returns the applied fields they leave in Valkey.
 func (o *outcomes) prune(idleBefore int64) []pendingSettle {
 	var out []pendingSettle
-	for i := range o.shards {
-		sh := &o.shards[i]
-		sh.mu.Lock()
-		for id, u := range sh.users {
-			if len(u.closed) > 0 || u.lastUsed >= idleBefore || (u.cur != nil && u.cur.inflight > 0) {
-				continue
-			}
-			if u.cur != nil && u.cur.acked > 0 {
-				out = append(out, pendingSettle{id, u.cur})
-			}
-			delete(sh.users, id)
+	o.each(func(users map[int64]*userOutcomes, id int64, u *userOutcomes) {
+		if len(u.closed) > 0 || u.lastUsed >= idleBefore || (u.cur != nil && u.cur.inflight > 0) {
+			return
 		}
-		sh.mu.Unlock()
-	}
+		if u.cur != nil && u.cur.acked > 0 {
+			out = append(out, pendingSettle{id, u.cur})
+		}
+		delete(users, id)
+	})
 	return out
 }
 
@@ -321,20 +324,15 @@ func (c *Cache) Reconcile(ctx context.Context) (Settlement, error) {
 func (c *Cache) Abandon() Settlement {
 	var st Settlement
 	var all []pendingSettle
-	for i := range c.outcomes.shards {
-		sh := &c.outcomes.shards[i]
-		sh.mu.Lock()
-		for id, u := range sh.users {
-			for _, ep := range u.closed {
-				all = append(all, pendingSettle{id, ep})
-				st.NotApplied += ep.unknown
-				if ep.served != 0 {
-					st.Corrections = append(st.Corrections, domain.UsageDelta{UserID: id, PeriodStart: ep.start, Delta: ep.served})
-				}
+	c.outcomes.each(func(_ map[int64]*userOutcomes, id int64, u *userOutcomes) {
+		for _, ep := range u.closed {
+			all = append(all, pendingSettle{id, ep})
+			st.NotApplied += ep.unknown
+			if ep.served != 0 {
+				st.Corrections = append(st.Corrections, domain.UsageDelta{UserID: id, PeriodStart: ep.start, Delta: ep.served})
 			}
 		}
-		sh.mu.Unlock()
-	}
+	})
 	c.outcomes.done(all)
 	return st
 }

@@ -29,11 +29,17 @@ func New(t testing.TB) *valkey.Cache {
 // NewWith is New with a config; URL and Prefix are set by NewWith.
 func NewWith(t testing.TB, cfg valkey.Config) *valkey.Cache {
 	t.Helper()
-	url := os.Getenv("VALKEY_URL")
-	if url == "" {
-		t.Skip("VALKEY_URL not set: skipping test against a real Valkey (e.g. VALKEY_URL=redis://127.0.0.1:6379)")
+	return fromEnv(t, "VALKEY_URL", "a real Valkey (e.g. VALKEY_URL=redis://127.0.0.1:6379)", cfg)
+}
+
+// fromEnv opens a Cache on the URL in the environment variable name (with a
+// random prefix unless cfg has one), or skips the test when it is unset.
+func fromEnv(t testing.TB, name, what string, cfg valkey.Config) *valkey.Cache {
+	t.Helper()
+	cfg.URL = os.Getenv(name)
+	if cfg.URL == "" {
+		t.Skipf("%s not set: skipping test against %s", name, what)
 	}
-	cfg.URL = url
 	if cfg.Prefix == "" {
 		cfg.Prefix = Prefix()
 	}
@@ -45,15 +51,7 @@ func NewWith(t testing.TB, cfg valkey.Config) *valkey.Cache {
 // prefix. It skips the test when VALKEY_CLUSTER_URL is unset.
 func NewCluster(t testing.TB, cfg valkey.Config) *valkey.Cache {
 	t.Helper()
-	url := os.Getenv("VALKEY_CLUSTER_URL")
-	if url == "" {
-		t.Skip("VALKEY_CLUSTER_URL not set: skipping test against a Valkey Cluster (e.g. VALKEY_CLUSTER_URL='redis://127.0.0.1:7001?addr=127.0.0.1:7002&addr=127.0.0.1:7003')")
-	}
-	cfg.URL = url
-	if cfg.Prefix == "" {
-		cfg.Prefix = Prefix()
-	}
-	c := open(t, cfg)
+	c := fromEnv(t, "VALKEY_CLUSTER_URL", "a Valkey Cluster (e.g. VALKEY_CLUSTER_URL='redis://127.0.0.1:7001?addr=127.0.0.1:7002&addr=127.0.0.1:7003')", cfg)
 	if n := len(c.Client().Nodes()); n < 2 {
 		t.Fatalf("VALKEY_CLUSTER_URL reaches %d node(s): not a cluster", n)
 	}
