@@ -241,8 +241,12 @@ type rollingTally struct {
 	failures []string
 	// gen[i] is the generation of instance i (bumped once the old process
 	// has exited); served[i][g] the 200s that generation g of i gave.
-	gen       [3]atomic.Int64
-	served    [3]map[int64]int
+	gen    [3]atomic.Int64
+	served [3]map[int64]int
+	// inFlight[i] is the number of requests sent to instance i and not yet
+	// answered; atSIGTERM sums it at each restart's SIGTERM.
+	inFlight  [3]atomic.Int64
+	atSIGTERM int64
 	logical   atomic.Int64
 	completed atomic.Int64
 }
@@ -280,7 +284,9 @@ func logicalRequest(ctx context.Context, cl *http.Client, backends []string, fir
 		}
 		bi := (first + attempt) % len(backends)
 		gen := tally.gen[bi].Load()
+		tally.inFlight[bi].Add(1)
 		a := post(ctx, cl, backends[bi], token, key, body)
+		tally.inFlight[bi].Add(-1)
 		label := strconv.Itoa(a.status)
 		switch {
 		case a.err != nil && errors.Is(a.err, syscall.ECONNREFUSED):
@@ -347,6 +353,13 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 	// flush (or a later instance's sync), never by luck of the timer.
 	env["SYNC_INTERVAL"] = "5s"
 	env["SYSTEM_WARMUP_DELAY"] = "10ms"
+	// Requests that take a while, so that some are inside a handler when
+	// each SIGTERM lands: every query is cold (no warmup) and goes to a
+	// Postgres behind a latency proxy.
+	direct := env["DATABASE_URL"]
+	env["DATABASE_URL"] = slowDatabase(t, direct, 25*time.Millisecond)
+	env["WARMUP_STRATEGY"] = "off"
+	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
 
 	addrs := []string{freePort(t), freePort(t), freePort(t)}
 	procs := make([]*proc, 3)
@@ -429,6 +442,7 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 	began := time.Now()
 	for i := range procs {
 		old := procs[i]
+		inFlight := tally.inFlight[i].Load()
 		if err := old.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatalf("SIGTERM instance %d: %v", i, err)
 		}
@@ -437,7 +451,11 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 		}
 		tally.gen[i].Add(1) // requests sent from now on reach the new process
 		startOn(i)
-		t.Logf("instance %d restarted (%s into the restarts, %d logical requests completed)", i, time.Since(began).Round(time.Millisecond), tally.completed.Load())
+		tally.mu.Lock()
+		tally.atSIGTERM += inFlight
+		tally.mu.Unlock()
+		t.Logf("instance %d restarted (%s into the restarts, %d requests in flight to it at SIGTERM, %d logical requests completed)",
+			i, time.Since(began).Round(time.Millisecond), inFlight, tally.completed.Load())
 		servedBy(i, 100, fmt.Sprintf("load through instance %d after its restart", i))
 	}
 	close(stop)
@@ -462,15 +480,15 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 	for _, u := range tally.okKeys {
 		wantPG[users[u].id]++
 	}
-	pg := persistedUsage(t, env["DATABASE_URL"])
+	pg := persistedUsage(t, direct)
 	labels := slices.Collect(maps.Keys(tally.attempts))
 	sort.Strings(labels)
 	var seen []string
 	for _, l := range labels {
 		seen = append(seen, fmt.Sprintf("%s=%d", l, tally.attempts[l]))
 	}
-	t.Logf("rolling restart: logical requests=%d final 200=%d final other=%v attempts: %s retries=%d max latency=%s postgres=%d 200s per instance and generation=%v",
-		logical, tally.final[200], tally.final, strings.Join(seen, " "), tally.retries, tally.maxLat.Round(time.Millisecond), sumCounts(pg), tally.served)
+	t.Logf("rolling restart: logical requests=%d final 200=%d final other=%v attempts: %s retries=%d max latency=%s in flight at the SIGTERMs=%d postgres=%d 200s per instance and generation=%v",
+		logical, tally.final[200], tally.final, strings.Join(seen, " "), tally.retries, tally.maxLat.Round(time.Millisecond), tally.atSIGTERM, sumCounts(pg), tally.served)
 
 	if len(tally.failures) > 0 {
 		t.Errorf("logical requests without a 200 (first %d):\n%s", len(tally.failures), strings.Join(tally.failures, "\n"))
