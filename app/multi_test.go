@@ -51,10 +51,16 @@ func (a answer) errCode() string {
 // post sends one metered query through cl without a testing.TB (it runs in
 // load goroutines); key is sent as Idempotency-Key when not empty.
 func post(ctx context.Context, cl *http.Client, base, token, key string, body []byte) answer {
-	req, err := http.NewRequestWithContext(ctx, "POST", base+queryRoute, bytes.NewReader(body))
+	return postBody(ctx, cl, base, token, key, bytes.NewReader(body), len(body))
+}
+
+// postBody is post with the body read from rd (n bytes).
+func postBody(ctx context.Context, cl *http.Client, base, token, key string, rd io.Reader, n int) answer {
+	req, err := http.NewRequestWithContext(ctx, "POST", base+queryRoute, rd)
 	if err != nil {
 		return answer{err: err}
 	}
+	req.ContentLength = int64(n)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+token)
 	if key != "" {
@@ -259,6 +265,35 @@ func (r *rollingTally) fail(s string) {
 	}
 }
 
+// slowBody is a request body whose second half comes pause after its
+// first: a slow client, still uploading when a SIGTERM lands.
+type slowBody struct {
+	first, rest []byte
+	pause       time.Duration
+}
+
+func newSlowBody(b []byte, pause time.Duration) *slowBody {
+	return &slowBody{first: b[:len(b)/2], rest: b[len(b)/2:], pause: pause}
+}
+
+func (s *slowBody) Read(p []byte) (int, error) {
+	if len(s.first) > 0 {
+		n := copy(p, s.first)
+		s.first = s.first[n:]
+		return n, nil
+	}
+	if s.pause > 0 {
+		time.Sleep(s.pause)
+		s.pause = 0
+	}
+	if len(s.rest) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, s.rest)
+	s.rest = s.rest[n:]
+	return n, nil
+}
+
 // retryDelay is how long to wait before retrying a after an answer that
 // asks for it (Retry-After, capped), or a short pause.
 func retryDelay(a answer) time.Duration {
@@ -273,7 +308,7 @@ func retryDelay(a answer) time.Duration {
 // logicalRequest sends one logical request (one Idempotency-Key) until it
 // has a 200, moving to the next backend on a refused connection at once and
 // retrying with the same key after transport errors, 503 and 409.
-func logicalRequest(ctx context.Context, cl *http.Client, backends []string, first int, token string, user int, key string, tally *rollingTally) {
+func logicalRequest(ctx context.Context, cl *http.Client, backends []string, first int, token string, user int, key string, slow time.Duration, tally *rollingTally) {
 	const maxAttempts = 40
 	body := []byte(`{"items":["a","b","c"]}`)
 	began := time.Now()
@@ -285,7 +320,12 @@ func logicalRequest(ctx context.Context, cl *http.Client, backends []string, fir
 		bi := (first + attempt) % len(backends)
 		gen := tally.gen[bi].Load()
 		tally.inFlight[bi].Add(1)
-		a := post(ctx, cl, backends[bi], token, key, body)
+		var a answer
+		if slow > 0 {
+			a = postBody(ctx, cl, backends[bi], token, key, newSlowBody(body, slow), len(body))
+		} else {
+			a = post(ctx, cl, backends[bi], token, key, body)
+		}
 		tally.inFlight[bi].Add(-1)
 		label := strconv.Itoa(a.status)
 		switch {
@@ -395,8 +435,11 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 	defer cancel()
 
 	// The load: one logical request every 5 ms (open model, bounded by
-	// maxLogical and by at most 128 in flight) until stop is closed.
+	// maxLogical and by at most 128 in flight) until stop is closed; one in
+	// ten is a slow upload (its body's second half slowUpload after the
+	// first), which a draining instance may cut: its client retries.
 	const (
+		slowUpload = 300 * time.Millisecond
 		every      = 5 * time.Millisecond
 		maxLogical = 8000
 		inFlight   = 128
@@ -422,7 +465,11 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 			reqs.Go(func() {
 				defer func() { <-sem }()
 				u := i % nUsers
-				logicalRequest(ctx, cl, backends, i%3, users[u].token, u, fmt.Sprintf("roll-%d", i), tally)
+				var slow time.Duration
+				if i%10 == 5 {
+					slow = slowUpload
+				}
+				logicalRequest(ctx, cl, backends, i%3, users[u].token, u, fmt.Sprintf("roll-%d", i), slow, tally)
 			})
 		}
 	})
