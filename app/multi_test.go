@@ -378,10 +378,13 @@ func logicalRequest(ctx context.Context, cl *http.Client, backends []string, fir
 // and one Valkey under a steady load (about 200 logical requests a second,
 // each with its own Idempotency-Key, spread round-robin; a client moves to
 // the next instance on a refused connection and retries with the same key
-// on a transport error, 503 or 409) and restarts them one at a time: SIGTERM,
-// exit 0, a new binary on the same port, ready. Every logical request ends
-// with a 200, and once the three have stopped gracefully Postgres holds
-// exactly one unit per key answered 200, per user.
+// on a transport error, 503 or 409, honouring Retry-After) and restarts them
+// one at a time: SIGTERM, exit 0, a new binary on the same port, ready, and
+// load through it. Queries are cold on a Postgres behind a latency proxy and
+// one in ten uploads its body slowly, so that each SIGTERM finds requests in
+// handlers and uploads under way. Every logical request ends with a 200, and
+// once the three have stopped gracefully Postgres holds exactly one unit
+// per key answered 200, per user.
 func TestRollingRestartUnderLoad(t *testing.T) {
 	env := realBackendEnv(t, "three binaries restarted one by one must find counts and idempotency keys in a Postgres and a Valkey that outlive them")
 	bin := binary(t)
