@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -97,7 +98,43 @@ func newPublic(app *fiber.App, conns *connTracker) *Public {
 }
 
 // Serve serves on ln until Shutdown.
-func (p *Public) Serve(ln net.Listener) error { return p.App.Listener(ln) }
+func (p *Public) Serve(ln net.Listener) error { return p.App.Listener(drainListener{ln}) }
+
+// drainListener hands fasthttp drainConns.
+type drainListener struct{ net.Listener }
+
+func (l drainListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &drainConn{c}, nil
+}
+
+// drainConn is a public connection that closeQuiet may close while fasthttp
+// still holds it: a request whose last bytes arrive just as its connection
+// is judged quiet reaches the handler anyway, and fasthttp panics ("BUG:
+// error in SetWriteDeadline") when it then sets the write deadline of a
+// closed connection, which would crash the process in the middle of its
+// drain, before the usage flush. On a closed connection a deadline is a
+// no-op here; the write that follows fails and fasthttp drops the
+// connection as it drops any broken one.
+type drainConn struct{ net.Conn }
+
+func (c *drainConn) SetDeadline(t time.Time) error { return ignoreClosed(c.Conn.SetDeadline(t)) }
+func (c *drainConn) SetReadDeadline(t time.Time) error {
+	return ignoreClosed(c.Conn.SetReadDeadline(t))
+}
+func (c *drainConn) SetWriteDeadline(t time.Time) error {
+	return ignoreClosed(c.Conn.SetWriteDeadline(t))
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
 
 // Shutdown stops accepting, lets in-flight requests finish, and closes
 // connections that carry no request, all within ctx's deadline.
