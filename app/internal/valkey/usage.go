@@ -76,10 +76,13 @@ func (c *Cache) Count(ctx context.Context, r CountRequest) (UsageResult, error) 
 		ep = c.outcomes.begin(r.UserID, r.Start, period, fence)
 		field = ep.field
 	}
+	idemTTL, idemLease := "0", "0" // unused without a key: no formatting on the hot path
+	if r.Idem.Key != "" {
+		idemTTL, idemLease = strconv.FormatInt(ttlMillis(r.IdemTTL), 10), strconv.FormatInt(ttlMillis(r.IdemLease), 10)
+	}
 	args := []string{
 		strconv.FormatInt(r.Limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(r.Reset)), 10),
-		strconv.FormatInt(fence, 10), field, r.Idem.Fingerprint,
-		strconv.FormatInt(ttlMillis(r.IdemTTL), 10), strconv.FormatInt(ttlMillis(r.IdemLease), 10),
+		strconv.FormatInt(fence, 10), field, r.Idem.Fingerprint, idemTTL, idemLease,
 	}
 	res, err := parseCount(c.count(ctx, keys, args))
 	if err != nil && outcomeUnknown(err) {
