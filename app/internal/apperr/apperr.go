@@ -23,6 +23,7 @@ const (
 	UnknownToken         Code = "unknown_token"
 	ExpiredToken         Code = "expired_token"
 	RevokedToken         Code = "revoked_token"
+	InvalidToken         Code = "invalid_token" // a JWT that fails verification
 	Forbidden            Code = "forbidden"
 	NotFound             Code = "not_found"
 	MethodNotAllowed     Code = "method_not_allowed"
@@ -80,7 +81,7 @@ func Temporary(err error, message string) *Error {
 func IsFault(err error) bool {
 	switch CodeOf(err) {
 	case InvalidRequest, InvalidItems, BodyTooLarge, UnsupportedMedia, MissingToken, MalformedToken,
-		UnknownToken, ExpiredToken, RevokedToken, Forbidden, NotFound, MethodNotAllowed, QuotaExceeded,
+		UnknownToken, ExpiredToken, RevokedToken, InvalidToken, Forbidden, NotFound, MethodNotAllowed, QuotaExceeded,
 		TooManyItems, UnknownPlan, RequestTimeout, ConflictingOperation:
 		return false
 	}

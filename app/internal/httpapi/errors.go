@@ -22,7 +22,7 @@ func status(code apperr.Code) int {
 	switch code {
 	case apperr.InvalidRequest, apperr.InvalidItems, apperr.UnknownPlan:
 		return http.StatusBadRequest
-	case apperr.MissingToken, apperr.MalformedToken, apperr.UnknownToken, apperr.ExpiredToken, apperr.RevokedToken:
+	case apperr.MissingToken, apperr.MalformedToken, apperr.UnknownToken, apperr.ExpiredToken, apperr.RevokedToken, apperr.InvalidToken:
 		return http.StatusUnauthorized
 	case apperr.Forbidden:
 		return http.StatusForbidden
