@@ -38,8 +38,6 @@ import (
 // checks skip a query that uses one of these with t.Log, and fail on any
 // other name that is missing. Delete an entry when the service exports it.
 var pendingMetrics = map[string]string{
-	"warmpath_auth_requests_total":        "named in DESIGN.md (Telemetry); the service does not export it yet",
-	"warmpath_jwks_refreshes_total":       "named in DESIGN.md (Telemetry); the service does not export it yet",
 	"warmpath_idempotent_replays_total":   "named in DESIGN.md (Telemetry); the service does not export it yet",
 	"warmpath_usage_reconciled_total":     "named in DESIGN.md (Telemetry); the service does not export it yet",
 	"valkey_command_duration_seconds":     "app/serve.go wires valkeyotel with a no-op MeterProvider (pass tel.MeterProvider to export it)",
