@@ -145,7 +145,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	a.admin = &http.Server{
 		Handler: httpapi.NewAdmin(httpapi.AdminConfig{
 			Logger: log, Store: a.store, Cache: a.cache, Sync: a.syncer, Warmup: a.warmup,
-			MetricsHandler: tel.MetricsHandler(), Token: cfg.AdminToken,
+			MetricsHandler: tel.MetricsHandler(), Token: cfg.AdminToken, JWTIssuer: cfg.AuthJWTIssuer,
 			Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/httpapi"),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -49,10 +49,10 @@ type Store interface {
 	// sign-ins race on several instances. domain.ErrUnknownPlan when a user
 	// must be created on a plan that does not exist.
 	SubjectPrincipal(ctx context.Context, issuer, subject, plan string) (domain.Principal, error)
-	// BindSubject binds an existing user to (issuer, subject) before its
-	// first sign-in: domain.ErrNotFound without such a user, domain.ErrConflict
-	// when the subject or the user is bound already.
-	BindSubject(ctx context.Context, userID int64, issuer, subject string) error
+	// CreateSubjectUser creates a user (as CreateUser) bound to the JWT
+	// subject (issuer, subject) before its first sign-in, atomically:
+	// domain.ErrConflict, and no user, when the subject is bound already.
+	CreateSubjectUser(ctx context.Context, name, plan string, quotaOverride *int64, issuer, subject string) (domain.User, error)
 
 	// ItemsHaving returns which of items the user's set contains (any order,
 	// no duplicates).

@@ -40,26 +40,30 @@ func (s *Store) SubjectPrincipal(ctx context.Context, issuer, subject, plan stri
 	return domain.Principal{UserID: id, Plan: pl}, nil
 }
 
-// BindSubject binds an existing user to (issuer, subject) before its first
-// sign-in. domain.ErrConflict when the subject (or the user) is bound
-// already, domain.ErrNotFound when there is no such user.
-func (s *Store) BindSubject(ctx context.Context, userID int64, issuer, subject string) error {
+// CreateSubjectUser creates a user on plan bound to (issuer, subject), in
+// one step: domain.ErrConflict (and no user) when the subject is bound
+// already, domain.ErrUnknownPlan when the plan does not exist.
+func (s *Store) CreateSubjectUser(ctx context.Context, name, plan string, quotaOverride *int64, issuer, subject string) (domain.User, error) {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("bind subject: %w", err)
+		return domain.User{}, fmt.Errorf("create subject user: %w", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.users[userID]; !ok {
-		return fmt.Errorf("bind subject: user %d: %w", userID, domain.ErrNotFound)
-	}
 	if _, ok := s.subjects[subjectKey{issuer, subject}]; ok {
-		return fmt.Errorf("bind subject: %w", domain.ErrConflict)
+		return domain.User{}, fmt.Errorf("create subject user: %w", domain.ErrConflict)
 	}
-	for _, id := range s.subjects {
-		if id == userID {
-			return fmt.Errorf("bind subject: user %d: %w", userID, domain.ErrConflict)
-		}
+	if _, ok := s.plans[plan]; !ok {
+		return domain.User{}, fmt.Errorf("create subject user: plan %q: %w", plan, domain.ErrUnknownPlan)
 	}
-	s.subjects[subjectKey{issuer, subject}] = userID
-	return nil
+	s.lastUserID++
+	u := &user{
+		User: domain.User{
+			ID: s.lastUserID, Name: name, Plan: plan,
+			QuotaOverride: cloneInt(quotaOverride), CreatedAt: s.stamp(),
+		},
+		items: map[string]struct{}{},
+	}
+	s.users[u.ID] = u
+	s.subjects[subjectKey{issuer, subject}] = u.ID
+	return u.public(), nil
 }

@@ -67,24 +67,38 @@ func (s *Store) subjectPrincipal(ctx context.Context, issuer, subject string) (d
 	return p, nil
 }
 
-// BindSubject binds an existing user to (issuer, subject) before its first
-// sign-in. domain.ErrConflict when the subject is bound already,
-// domain.ErrNotFound when there is no such user.
-func (s *Store) BindSubject(ctx context.Context, userID int64, issuer, subject string) error {
-	const op = "bind subject"
+// CreateSubjectUser creates a user on plan bound to (issuer, subject), in
+// one transaction: domain.ErrConflict (and no user) when the subject is
+// bound already, domain.ErrUnknownPlan when the plan does not exist.
+func (s *Store) CreateSubjectUser(ctx context.Context, name, plan string, quotaOverride *int64, issuer, subject string) (domain.User, error) {
+	const op = "create subject user"
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, `INSERT INTO subjects (issuer, subject, user_id)
-		SELECT $1, $2, id FROM users WHERE id = $3
-		ON CONFLICT DO NOTHING`, issuer, subject, userID)
-	if err != nil {
-		return wrap(op, err)
-	}
-	if tag.RowsAffected() == 0 {
-		if _, err := s.User(ctx, userID); err != nil {
+	var u domain.User
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `INSERT INTO users (name, plan, quota_override) VALUES ($1, $2, $3)
+			RETURNING id, name, plan, quota_override, created_at`, name, plan, quotaOverride).Scan(
+			&u.ID, &u.Name, &u.Plan, &u.QuotaOverride, &u.CreatedAt); err != nil {
 			return err
 		}
-		return wrap(op, domain.ErrConflict)
+		tag, err := tx.Exec(ctx, `INSERT INTO subjects (issuer, subject, user_id) VALUES ($1, $2, $3)
+			ON CONFLICT (issuer, subject) DO NOTHING`, issuer, subject, u.ID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return errSubjectTaken
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errSubjectTaken):
+		return domain.User{}, fmt.Errorf("%s: %w", op, domain.ErrConflict)
+	case pgCode(err) == codeForeignKeyViolation:
+		return domain.User{}, fmt.Errorf("%s: plan %q: %w", op, plan, domain.ErrUnknownPlan)
+	case err != nil:
+		return domain.User{}, wrap(op, err)
 	}
-	return nil
+	u.CreatedAt = u.CreatedAt.UTC()
+	return u, nil
 }

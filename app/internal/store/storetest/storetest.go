@@ -56,7 +56,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"RecentlyActiveUsers", testRecentlyActiveUsers},
 		{"SubjectPrincipal", testSubjectPrincipal},
 		{"SubjectPrincipalRace", testSubjectPrincipalRace},
-		{"BindSubject", testBindSubject},
+		{"CreateSubjectUser", testCreateSubjectUser},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

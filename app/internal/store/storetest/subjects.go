@@ -68,17 +68,26 @@ func testSubjectPrincipalRace(t *testing.T, s store.Store) {
 	}
 }
 
-func testBindSubject(t *testing.T, s store.Store) {
+func testCreateSubjectUser(t *testing.T, s store.Store) {
 	setupPlans(t, s)
-	u := newUser(t, s, "pro")
-	if err := s.BindSubject(ctx(t), u.ID, "https://idp.example", "carol"); err != nil {
-		t.Fatalf("bind: %v", err)
+	u, err := s.CreateSubjectUser(ctx(t), "carol", "pro", ptr[int64](7), "https://idp.example", "carol")
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if u.ID == 0 || u.Name != "carol" || u.Plan != "pro" || u.QuotaOverride == nil || *u.QuotaOverride != 7 {
+		t.Fatalf("created %+v", u)
 	}
 	p, err := s.SubjectPrincipal(ctx(t), "https://idp.example", "carol", "free")
-	if err != nil || p.UserID != u.ID || p.Plan.Name != "pro" {
-		t.Fatalf("sign-in of a bound subject = %+v, %v; want user %d on pro", p, err, u.ID)
+	if err != nil || p.UserID != u.ID || p.Plan.Name != "pro" || p.Plan.Quota != 7 {
+		t.Fatalf("sign-in of a bound subject = %+v, %v; want user %d on pro with quota 7", p, err, u.ID)
 	}
-	wantErr(t, "bind a bound subject", s.BindSubject(ctx(t), newUser(t, s, "free").ID, "https://idp.example", "carol"), domain.ErrConflict)
-	wantErr(t, "bind a bound user", s.BindSubject(ctx(t), u.ID, "https://idp.example", "dave"), domain.ErrConflict)
-	wantErr(t, "bind an unknown user", s.BindSubject(ctx(t), 1<<40, "https://idp.example", "erin"), domain.ErrNotFound)
+	_, err = s.CreateSubjectUser(ctx(t), "again", "free", nil, "https://idp.example", "carol")
+	wantErr(t, "bind a bound subject", err, domain.ErrConflict)
+	_, err = s.CreateSubjectUser(ctx(t), "x", "no-such-plan", nil, "https://idp.example", "dave")
+	wantErr(t, "unknown plan", err, domain.ErrUnknownPlan)
+	// Neither refusal created a user: the next one takes the next id.
+	next := newUser(t, s, "free")
+	if _, err := s.User(ctx(t), u.ID+1); err == nil && next.ID != u.ID+1 {
+		t.Fatalf("a refused CreateSubjectUser left user %d behind", u.ID+1)
+	}
 }
