@@ -322,7 +322,7 @@ export interface components {
                 };
             };
         };
-        /** @description No valid bearer token. Codes: `missing_token`, `malformed_token`, `unknown_token`, `expired_token`, `revoked_token`. */
+        /** @description No valid bearer token. Codes: `missing_token`, `malformed_token`, `unknown_token`, `expired_token`, `revoked_token`, `invalid_token` (a JWT that fails verification: signature, algorithm, issuer, audience, not-before, missing subject; an expired JWT is `expired_token`). */
         Unauthorized: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -343,7 +343,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"] & {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "missing_token" | "malformed_token" | "unknown_token" | "expired_token" | "revoked_token";
+                        code?: "missing_token" | "malformed_token" | "unknown_token" | "expired_token" | "revoked_token" | "invalid_token";
                     };
                 };
             };
