@@ -157,15 +157,17 @@ func (a *Authenticator) Authenticate(ctx context.Context, header string) (domain
 
 // bearer is ParseBearer that also lets a JWT through when JWTs are enabled.
 func (a *Authenticator) bearer(header string) (string, error) {
+	if a.cfg.JWT != nil {
+		scheme, tok, ok := strings.Cut(strings.TrimSpace(header), " ")
+		if tok = strings.TrimSpace(tok); ok && strings.EqualFold(scheme, "Bearer") && LooksLikeJWT(tok) {
+			return tok, nil
+		}
+	}
 	tok, err := ParseBearer(header)
-	if err == nil || a.cfg.JWT == nil || apperr.CodeOf(err) != apperr.MalformedToken {
-		return tok, err
+	if err != nil && a.cfg.JWT != nil && apperr.CodeOf(err) == apperr.MalformedToken && strings.TrimSpace(header) != "" {
+		return "", apperr.New(apperr.MalformedToken, "the bearer token is neither a warmpath token nor a JWT")
 	}
-	_, rest, _ := strings.Cut(strings.TrimSpace(header), " ")
-	if rest = strings.TrimSpace(rest); LooksLikeJWT(rest) {
-		return rest, nil
-	}
-	return "", apperr.New(apperr.MalformedToken, "the bearer token is neither a warmpath token nor a JWT")
+	return tok, err
 }
 
 func (a *Authenticator) observe(ctx context.Context, method string, err error) {
