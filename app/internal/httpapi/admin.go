@@ -59,7 +59,7 @@ type AdminConfig struct {
 	// JWTIssuer is AUTH_JWT_ISSUER: a user created with a "subject" signs in
 	// as (JWTIssuer, subject). Empty: JWT sign-in is off and "subject" refused.
 	JWTIssuer string
-	Now   func() time.Time
+	Now       func() time.Time
 }
 
 type admin struct {
