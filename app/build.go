@@ -223,7 +223,7 @@ func newWarmup(cfg config.Config, a *application, us *usage.Service, tel *teleme
 	var sessions warmup.Store = a.store
 	if a.jwt != nil {
 		steps = append(steps, jwksStep(a.jwt))
-		sessions = sessionStore{a.store, a.cache}
+		sessions = sessionStore{a.store, a.jwt}
 	}
 	return warmup.New(warmup.Config{
 		QueueSize: cfg.WarmupQueueSize, Workers: cfg.WarmupWorkers,

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
@@ -44,20 +43,16 @@ func (d dbTimed) SubjectPrincipal(ctx context.Context, issuer, subject, plan str
 }
 
 // sessionStore is the store as the login warmup reads principals: a JWT's
-// hash is in no table, only in the principal cache, where the verifier put
-// it when the token was verified.
+// hash is in no table; the verifier of this instance (where the login
+// warmup runs) holds it since it verified the token.
 type sessionStore struct {
 	store.Store
-	cache auth.Cache
+	jwt *auth.JWTVerifier
 }
 
 func (s sessionStore) Principal(ctx context.Context, h domain.TokenHash) (domain.Principal, error) {
-	p, err := s.Store.Principal(ctx, h)
-	if !errors.Is(err, domain.ErrNotFound) {
-		return p, err
+	if p, ok := s.jwt.CachedPrincipal(h); ok {
+		return p, nil
 	}
-	if cp, ok, cerr := s.cache.Principal(ctx, h); cerr == nil && ok && cp.TokenID == 0 {
-		return cp, nil
-	}
-	return p, err
+	return s.Store.Principal(ctx, h)
 }

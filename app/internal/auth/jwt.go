@@ -42,9 +42,8 @@ type JWTConfig struct {
 
 	// Subjects resolves verified subjects: the system of record.
 	Subjects SubjectStore
-	// Cache, when set, keeps subject principals (like token principals,
-	// up to CacheTTL) and the principal of every verified token under its
-	// hash until the token expires, so a login warmup finds it.
+	// Cache, when set, keeps subject principals (like token principals, up
+	// to CacheTTL), keyed by SubjectKey.
 	Cache    Cache
 	CacheTTL time.Duration
 	// TokenCacheSize bounds the in-process cache of verified tokens (10,000
@@ -154,11 +153,15 @@ func (v *JWTVerifier) Principal(ctx context.Context, token string, h domain.Toke
 		until = cap
 	}
 	v.tokens.put(h, p, until, now)
-	if v.cfg.Cache != nil {
-		// Best effort: a login warmup resolves the token's hash through it.
-		_ = v.cfg.Cache.PutPrincipal(ctx, h, p, v.cfg.CacheTTL)
-	}
 	return p, nil
+}
+
+// CachedPrincipal returns the principal of a token this verifier verified
+// (by its hash) while the token is still valid: how the login warmup, which
+// runs in the instance that took the login and knows only the hash, finds a
+// JWT's principal without a write on the request path.
+func (v *JWTVerifier) CachedPrincipal(h domain.TokenHash) (domain.Principal, bool) {
+	return v.tokens.get(h, v.cfg.Now())
 }
 
 // subject resolves (iss, sub) through the principal cache, keyed by a hash

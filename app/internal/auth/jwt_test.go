@@ -383,8 +383,11 @@ func TestJWTCachedRepeat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f.cache.m[Hash(tok)]; !ok {
-		t.Fatal("the verified token's principal is not in the shared cache under its hash (a login warmup needs it)")
+	if cp, ok := f.v.CachedPrincipal(Hash(tok)); !ok || cp.UserID != first.UserID {
+		t.Fatalf("CachedPrincipal of the verified token = %+v, %v (a login warmup needs it)", cp, ok)
+	}
+	if _, ok := f.cache.m[Hash(tok)]; ok {
+		t.Fatal("the verified token was written to the shared cache on the request path")
 	}
 	if _, ok := f.cache.m[SubjectKey(testIssuer, "alice")]; !ok {
 		t.Fatal("the subject's principal is not in the shared cache")
@@ -414,6 +417,9 @@ func TestJWTCachedRepeat(t *testing.T) {
 	}
 	// Past its expiry (and the leeway) the cached token is refused.
 	f.clk.Advance(time.Hour + 31*time.Second)
+	if _, ok := f.v.CachedPrincipal(Hash(tok)); ok {
+		t.Fatal("CachedPrincipal of an expired token")
+	}
 	_, err = f.auth(t, tok)
 	wantCode(t, "expired cached token", err, apperr.ExpiredToken)
 }
