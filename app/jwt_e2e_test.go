@@ -106,6 +106,9 @@ func TestJWTSignInEndToEnd(t *testing.T) {
 	idp := newTestIDP(t)
 	in := start(t, idp.env(backendEnv(t)))
 	waitJWKSStep(t, in)
+	if r := call(t, "GET", in.base+"/readyz?verbose", "", nil); !strings.Contains(string(r.raw), `"jwks"`) {
+		t.Errorf("/readyz?verbose does not show the jwks step: %s", r.raw)
+	}
 
 	tok := idp.token(t, "alice", nil)
 	r := in.items(t, tok, []string{"a", "b"}, nil)

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
 	"github.com/warmpath/warmpath/app/internal/domain"
@@ -631,4 +633,36 @@ func TestAuthenticatorJWTBesideOpaque(t *testing.T) {
 	// JWTs not enabled: a JWT is a malformed token, as before.
 	_, _, err = New(Config{Store: opaque}).Authenticate(context.Background(), "Bearer "+jwtTok)
 	wantCode(t, "JWT without JWTs enabled", err, apperr.MalformedToken)
+}
+
+func TestAuthSpanSaysMethod(t *testing.T) {
+	p := newIDP(t)
+	s := p.addKey("k1", "ES256")
+	f := newFixture(t, p, newMemStore(t))
+	text, h, _ := NewToken()
+	a := New(Config{Store: &fakeStore{m: map[domain.TokenHash]domain.Principal{h: {UserID: 1}}}, JWT: f.v, Now: f.clk.Now})
+	rec := tracetest.NewSpanRecorder()
+	tr := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)).Tracer("test")
+	jwtTok := sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
+	for _, header := range []string{"Bearer " + text, "Bearer " + jwtTok} {
+		ctx, span := tr.Start(context.Background(), "auth")
+		if _, _, err := a.Authenticate(ctx, header); err != nil {
+			t.Fatal(err)
+		}
+		span.End()
+	}
+	var got []string
+	for _, sp := range rec.Ended() {
+		for _, kv := range sp.Attributes() {
+			if kv.Key == "warmpath.auth.method" {
+				got = append(got, kv.Value.AsString())
+			}
+			if strings.Contains(kv.Value.Emit(), "alice") || strings.Contains(kv.Value.Emit(), jwtTok[:20]) {
+				t.Errorf("span attribute %s carries the token or its subject", kv.Key)
+			}
+		}
+	}
+	if strings.Join(got, ",") != "opaque,jwt" {
+		t.Fatalf("auth span methods = %v, want opaque, jwt", got)
+	}
 }
