@@ -60,6 +60,7 @@ type JWTVerifier struct {
 	cfg    JWTConfig
 	keys   *jwks
 	tokens *tokenCache
+	after  func(time.Duration) <-chan time.Time // the refresher's timer (a test seam)
 }
 
 // NewJWTVerifier returns a verifier; it fetches no keys until Refresh (the
@@ -93,6 +94,7 @@ func NewJWTVerifier(cfg JWTConfig) *JWTVerifier {
 			minRefresh: cfg.MinRefresh, now: cfg.Now, obs: cfg.Observer,
 		},
 		tokens: newTokenCache(cfg.TokenCacheSize),
+		after:  time.After,
 	}
 }
 
@@ -103,12 +105,10 @@ func (v *JWTVerifier) Refresh(ctx context.Context) error { return v.keys.refresh
 // max-age runs out after a success, every MinRefresh after a failure.
 func (v *JWTVerifier) Run(ctx context.Context) {
 	for {
-		t := time.NewTimer(v.keys.nextRefresh())
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
-		case <-t.C:
+		case <-v.after(v.keys.nextRefresh()):
 		}
 		_ = v.keys.refresh(ctx) // recorded by the observer; the keys stay
 	}

@@ -666,3 +666,39 @@ func TestAuthSpanSaysMethod(t *testing.T) {
 		t.Fatalf("auth span methods = %v, want opaque, jwt", got)
 	}
 }
+
+func TestJWKSBackgroundRefresh(t *testing.T) {
+	p := newIDP(t)
+	p.addKey("k1", "ES256")
+	p.maxAge = "3600"
+	f := newFixture(t, p, newMemStore(t))
+	waits := make(chan time.Duration)
+	fire := make(chan time.Time)
+	f.v.after = func(d time.Duration) <-chan time.Time { waits <- d; return fire }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.v.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	if d := <-waits; d != 10*time.Second {
+		t.Fatalf("wait before any keys = %v, want MinRefresh", d)
+	}
+	fire <- time.Time{}
+	if d := <-waits; d != 45*time.Minute {
+		t.Fatalf("wait after a fetch with max-age=3600 = %v, want 3/4 of it", d)
+	}
+	if n := p.fetches.Load(); n != 1 {
+		t.Fatalf("fetches = %d, want 1", n)
+	}
+	p.down.Store(true)
+	fire <- time.Time{}
+	if d := <-waits; d != 10*time.Second {
+		t.Fatalf("wait after a failed fetch = %v, want MinRefresh", d)
+	}
+	if f.v.keys.current() == nil {
+		t.Fatal("a failed refresh dropped the keys")
+	}
+	if f.refresh.get("error") != 1 || f.refresh.get("ok") != 1 {
+		t.Fatalf("refreshes counted: %v", f.refresh.m)
+	}
+}
