@@ -64,6 +64,7 @@ type application struct {
 	syncer      *usagesync.Syncer
 	invalidator *engine.Invalidator
 	meter       *usage.Service
+	jwt         *auth.JWTVerifier // nil unless AUTH_JWKS_URL is set
 
 	demo       demo
 	demoListed bool // GET /demo/users is served
@@ -112,7 +113,8 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	// every store call lands in the request's "db" phase.
 	db := dbTimed{a.store}
 	local := usage.NewLocal()
-	authn := auth.New(auth.Config{Store: auth.NewCachedStore(db, a.cache, tel.Metrics, cfg.CacheTTL)})
+	a.jwt = newJWT(a, db, tel)
+	authn := auth.New(auth.Config{Store: auth.NewCachedStore(db, a.cache, tel.Metrics, cfg.CacheTTL), JWT: a.jwt, Observer: tel.Metrics})
 	a.invalidator = engine.NewInvalidator(engine.InvalidatorConfig{Cache: a.cache, Logger: log})
 	eng := engine.New(engine.Config{Items: engine.NewCachedItems(engine.FromStore(db), a.cache, tel.Metrics, a.invalidator)})
 	lease := idempotencyLease(cfg)
@@ -148,7 +150,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	a.admin = &http.Server{
 		Handler: httpapi.NewAdmin(httpapi.AdminConfig{
 			Logger: log, Store: a.store, Cache: a.cache, Sync: a.syncer, Warmup: a.warmup,
-			MetricsHandler: tel.MetricsHandler(), Token: cfg.AdminToken,
+			MetricsHandler: tel.MetricsHandler(), Token: cfg.AdminToken, JWTIssuer: cfg.AuthJWTIssuer,
 			Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/httpapi"),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -224,11 +226,16 @@ func newWarmup(cfg config.Config, a *application, us *usage.Service, tel *teleme
 			return err
 		}},
 	)
+	var sessions warmup.Store = a.store
+	if a.jwt != nil {
+		steps = append(steps, jwksStep(a.jwt))
+		sessions = sessionStore{a.store, a.jwt}
+	}
 	return warmup.New(warmup.Config{
 		QueueSize: cfg.WarmupQueueSize, Workers: cfg.WarmupWorkers,
 		TTL: cfg.WarmupTTL, CacheTTL: cfg.CacheTTL,
 		SystemDelay: cfg.SystemWarmupDelay, HotUsers: query.SystemHotUsers(cfg.WarmupStrategy, cfg.SystemWarmupHotUsers), SystemSteps: steps,
-		Store: a.store, Items: warmup.ItemsOf(a.cache.BeginItemsLoad, a.cache.ItemsWarm),
+		Store: sessions, Items: warmup.ItemsOf(a.cache.BeginItemsLoad, a.cache.ItemsWarm),
 		Usage: us, Sessions: a.cache, Status: ws, Locks: ws,
 		Observer: tel.Metrics, Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/warmup"),
 		Logger: log,

@@ -36,8 +36,6 @@ import (
 // checks skip a query that uses one of these with t.Log, and fail on any
 // other name that is missing. Delete an entry when the service exports it.
 var pendingMetrics = map[string]string{
-	"warmpath_auth_requests_total":        "named in DESIGN.md (Telemetry); the service does not export it yet",
-	"warmpath_jwks_refreshes_total":       "named in DESIGN.md (Telemetry); the service does not export it yet",
 	"warmpath_db_pool_acquired_conns":     "exported only with DATABASE_URL; this test runs the embedded default",
 	"warmpath_db_pool_idle_conns":         "exported only with DATABASE_URL; this test runs the embedded default",
 	"warmpath_db_pool_total_conns":        "exported only with DATABASE_URL; this test runs the embedded default",

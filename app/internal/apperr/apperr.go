@@ -39,7 +39,8 @@ const (
 	IdemKeyInUse         Code = "idempotency_key_in_use"  // the key's first request is still being answered
 	IdemKeyReused        Code = "idempotency_key_reused"  // the key was used with another request
 
-	// InvalidToken is what a client is told for a bearer token that is
+	// InvalidToken is what a client is told for a JWT that fails
+	// verification, and for an opaque token that is
 	// malformed, unknown or revoked: one answer for all three, so the answer
 	// never says whether a token exists. The auth package's finer codes
 	// (MalformedToken, UnknownToken, RevokedToken) stay internal, for logs.

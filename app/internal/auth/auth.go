@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/warmpath/warmpath/app/internal/apperr"
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
@@ -58,8 +61,25 @@ type Config struct {
 	// Store resolves hashes: the system of record, usually wrapped in a
 	// CachedStore.
 	Store Store
-	Now   func() time.Time
+	// JWT, when set, accepts JWT bearer tokens (compact JWS) beside
+	// warmpath tokens.
+	JWT *JWTVerifier
+	// Observer, when set, counts every authentication by method and result.
+	Observer AuthObserver
+	Now      func() time.Time
 }
+
+// AuthObserver counts authentications (telemetry.Metrics implements it):
+// method "opaque" or "jwt", result "ok", the 401 code, or "unavailable".
+type AuthObserver interface {
+	AuthRequest(ctx context.Context, method, result string)
+}
+
+// Authentication methods, as metrics and spans name them.
+const (
+	MethodOpaque = "opaque"
+	MethodJWT    = "jwt"
+)
 
 // Authenticator resolves bearer tokens.
 type Authenticator struct {
@@ -110,14 +130,59 @@ func WellFormed(s string) bool {
 // the token's hash too (a login warmup caches the caller's principal under
 // it). Errors are *apperr.Error with a distinct code per cause; a store that
 // cannot be reached gives apperr.Unavailable.
+//
+// With JWTs enabled, a bearer that is a compact JWS is verified locally
+// instead: its hash is the hash of its text, like a warmpath token's.
 func (a *Authenticator) Authenticate(ctx context.Context, header string) (domain.Principal, domain.TokenHash, error) {
-	tok, err := ParseBearer(header)
+	method := MethodOpaque
+	tok, err := a.bearer(header)
+	if err == nil && a.cfg.JWT != nil && LooksLikeJWT(tok) {
+		method = MethodJWT
+	}
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("warmpath.auth.method", method))
 	if err != nil {
+		a.observe(ctx, method, err)
 		return domain.Principal{}, domain.TokenHash{}, err
 	}
 	h := Hash(tok)
-	p, err := a.Resolve(ctx, h)
+	var p domain.Principal
+	if method == MethodJWT {
+		p, err = a.cfg.JWT.Principal(ctx, tok, h)
+	} else {
+		p, err = a.Resolve(ctx, h)
+	}
+	a.observe(ctx, method, err)
 	return p, h, err
+}
+
+// bearer is ParseBearer that also lets a JWT through when JWTs are enabled.
+func (a *Authenticator) bearer(header string) (string, error) {
+	if a.cfg.JWT != nil {
+		scheme, tok, ok := strings.Cut(strings.TrimSpace(header), " ")
+		if tok = strings.TrimSpace(tok); ok && strings.EqualFold(scheme, "Bearer") && LooksLikeJWT(tok) {
+			return tok, nil
+		}
+	}
+	tok, err := ParseBearer(header)
+	if err != nil && a.cfg.JWT != nil && apperr.CodeOf(err) == apperr.MalformedToken && strings.TrimSpace(header) != "" {
+		return "", apperr.New(apperr.MalformedToken, "the bearer token is neither a warmpath token nor a JWT")
+	}
+	return tok, err
+}
+
+func (a *Authenticator) observe(ctx context.Context, method string, err error) {
+	if a.cfg.Observer == nil {
+		return
+	}
+	result := "ok"
+	switch {
+	case err == nil:
+	case apperr.IsFault(err):
+		result = "unavailable"
+	default:
+		result = string(apperr.CodeOf(err))
+	}
+	a.cfg.Observer.AuthRequest(ctx, method, result)
 }
 
 // Resolve resolves a token hash to a principal that may be used now.

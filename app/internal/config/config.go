@@ -75,6 +75,14 @@ type Config struct {
 	AuthFailureRate  float64  `env:"AUTH_FAILURE_RATE" envDefault:"1"`
 	AuthFailureBurst int      `env:"AUTH_FAILURE_BURST" envDefault:"20"`
 	TrustedProxies   []string `env:"TRUSTED_PROXIES" envSeparator:","`
+	// JWT bearer tokens (the application's own login), on when AUTH_JWKS_URL
+	// is set; AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE are then required.
+	AuthJWKSURL        string        `env:"AUTH_JWKS_URL"`
+	AuthJWTIssuer      string        `env:"AUTH_JWT_ISSUER"`
+	AuthJWTAudience    string        `env:"AUTH_JWT_AUDIENCE"`
+	AuthJWTPlan        string        `env:"AUTH_JWT_PLAN" envDefault:"free"`
+	AuthJWTLeeway      time.Duration `env:"AUTH_JWT_LEEWAY" envDefault:"30s"`
+	AuthJWKSMinRefresh time.Duration `env:"AUTH_JWKS_MIN_REFRESH" envDefault:"10s"`
 
 	// Plans is "name:quota/period:maxItems,…".
 	Plans []domain.Plan `env:"PLANS" envDefault:"free:1000/day:10000,pro:1000000/month:1000000"`
@@ -244,6 +252,9 @@ func (c *Config) validate() error {
 	if err := c.validateAuthLimit(); err != nil {
 		return err
 	}
+	if err := c.validateJWT(); err != nil {
+		return err
+	}
 	// Provisioning and pprof must not be open to the network.
 	if c.AdminToken == "" && c.AdminNeedsToken() {
 		return &Error{Var: "ADMIN_TOKEN", Msg: "required when ADMIN_ADDR is not a loopback address"}
@@ -372,8 +383,60 @@ func (c Config) LogValue() slog.Value {
 		slog.Float64("AUTH_FAILURE_RATE", c.AuthFailureRate),
 		slog.Int("AUTH_FAILURE_BURST", c.AuthFailureBurst),
 		slog.String("TRUSTED_PROXIES", strings.Join(c.TrustedProxies, ",")),
+		slog.String("AUTH_JWKS_URL", maskURL(c.AuthJWKSURL)),
+		slog.String("AUTH_JWT_ISSUER", c.AuthJWTIssuer),
+		slog.String("AUTH_JWT_AUDIENCE", c.AuthJWTAudience),
+		slog.String("AUTH_JWT_PLAN", c.AuthJWTPlan),
+		slog.Duration("AUTH_JWT_LEEWAY", c.AuthJWTLeeway),
+		slog.Duration("AUTH_JWKS_MIN_REFRESH", c.AuthJWKSMinRefresh),
 		slog.String("PLANS", strings.Join(plans, ",")),
 	)
+}
+
+// JWTEnabled reports whether JWT bearer tokens are accepted.
+func (c Config) JWTEnabled() bool { return c.AuthJWKSURL != "" }
+
+// validateJWT checks the JWT options: the three of URL, issuer and audience
+// together, an https JWKS (http only on loopback), a plan that exists.
+func (c *Config) validateJWT() error {
+	set := map[string]bool{"AUTH_JWKS_URL": c.AuthJWKSURL != "", "AUTH_JWT_ISSUER": c.AuthJWTIssuer != "", "AUTH_JWT_AUDIENCE": c.AuthJWTAudience != ""}
+	if !c.JWTEnabled() {
+		for _, name := range []string{"AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"} {
+			if set[name] {
+				return &Error{Var: "AUTH_JWKS_URL", Msg: "required when " + name + " is set"}
+			}
+		}
+		return nil
+	}
+	for _, name := range []string{"AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"} {
+		if !set[name] {
+			return &Error{Var: name, Msg: "required when AUTH_JWKS_URL is set"}
+		}
+	}
+	u, err := url.Parse(c.AuthJWKSURL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return &Error{Var: "AUTH_JWKS_URL", Msg: "must be an https URL"}
+	}
+	if u.Scheme == "http" {
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return &Error{Var: "AUTH_JWKS_URL", Msg: "must be https (http only on a loopback address)"}
+		}
+	}
+	found := false
+	for _, p := range c.Plans {
+		found = found || p.Name == c.AuthJWTPlan
+	}
+	if !found {
+		return &Error{Var: "AUTH_JWT_PLAN", Msg: fmt.Sprintf("no plan %q in PLANS", c.AuthJWTPlan)}
+	}
+	if c.AuthJWTLeeway < time.Second || c.AuthJWTLeeway > 5*time.Minute {
+		return &Error{Var: "AUTH_JWT_LEEWAY", Msg: fmt.Sprintf("must be between 1s and 5m, got %s", c.AuthJWTLeeway)}
+	}
+	if c.AuthJWKSMinRefresh < time.Second {
+		return &Error{Var: "AUTH_JWKS_MIN_REFRESH", Msg: fmt.Sprintf("must be at least 1s, got %s", c.AuthJWKSMinRefresh)}
+	}
+	return nil
 }
 
 func maskSecret(s string) string {

@@ -27,6 +27,7 @@ import (
 // AdminStore is what the admin API needs from the system of record.
 type AdminStore interface {
 	CreateUser(ctx context.Context, name, plan string, quotaOverride *int64) (domain.User, error)
+	CreateSubjectUser(ctx context.Context, name, plan string, quotaOverride *int64, issuer, subject string) (domain.User, error)
 	CreateToken(ctx context.Context, userID int64, hash domain.TokenHash, expiresAt *time.Time) (domain.Token, error)
 	RevokeToken(ctx context.Context, tokenID int64, at time.Time) (domain.Token, error)
 }
@@ -55,7 +56,10 @@ type AdminConfig struct {
 	Tracer trace.Tracer
 	// Token, when set, is required as "Authorization: Bearer <token>".
 	Token string
-	Now   func() time.Time
+	// JWTIssuer is AUTH_JWT_ISSUER: a user created with a "subject" signs in
+	// as (JWTIssuer, subject). Empty: JWT sign-in is off and "subject" refused.
+	JWTIssuer string
+	Now       func() time.Time
 }
 
 type admin struct {
@@ -135,6 +139,8 @@ type createUserRequest struct {
 	Name  string `json:"name"`
 	Plan  string `json:"plan"`
 	Quota *int64 `json:"quota"`
+	// Subject, when set, is the JWT subject ("sub") this user signs in as.
+	Subject *string `json:"subject"`
 }
 
 type tokenResponse struct {
@@ -160,9 +166,24 @@ func (a *admin) createUser(w http.ResponseWriter, r *http.Request) {
 	case req.Quota != nil && *req.Quota < 0:
 		a.error(w, apperr.New(apperr.InvalidRequest, "quota must not be negative"))
 		return
+	case req.Subject != nil && a.cfg.JWTIssuer == "":
+		a.error(w, apperr.New(apperr.InvalidRequest, "subject needs JWT sign-in (AUTH_JWKS_URL) configured"))
+		return
+	case req.Subject != nil && (*req.Subject == "" || len(*req.Subject) > 255 || !utf8.ValidString(*req.Subject)):
+		a.error(w, apperr.New(apperr.InvalidRequest, "subject must be 1-255 bytes of UTF-8"))
+		return
 	}
-	u, err := a.cfg.Store.CreateUser(r.Context(), req.Name, req.Plan, req.Quota)
+	var u domain.User
+	var err error
+	if req.Subject != nil {
+		u, err = a.cfg.Store.CreateSubjectUser(r.Context(), req.Name, req.Plan, req.Quota, a.cfg.JWTIssuer, *req.Subject)
+	} else {
+		u, err = a.cfg.Store.CreateUser(r.Context(), req.Name, req.Plan, req.Quota)
+	}
 	switch {
+	case errors.Is(err, domain.ErrConflict):
+		a.error(w, apperr.New(apperr.ConflictingOperation, "the subject is bound to another user already"))
+		return
 	case errors.Is(err, domain.ErrUnknownPlan):
 		a.error(w, apperr.New(apperr.UnknownPlan, "no plan named %q", req.Plan))
 		return

@@ -43,6 +43,17 @@ type Store interface {
 	// domain.ErrNotFound when the hash is unknown.
 	Principal(ctx context.Context, hash domain.TokenHash) (domain.Principal, error)
 
+	// SubjectPrincipal returns the principal (TokenID 0, no expiry) of the
+	// user bound to the JWT subject (issuer, subject), creating that user on
+	// plan when there is none: exactly one user per subject, even when first
+	// sign-ins race on several instances. domain.ErrUnknownPlan when a user
+	// must be created on a plan that does not exist.
+	SubjectPrincipal(ctx context.Context, issuer, subject, plan string) (domain.Principal, error)
+	// CreateSubjectUser creates a user (as CreateUser) bound to the JWT
+	// subject (issuer, subject) before its first sign-in, atomically:
+	// domain.ErrConflict, and no user, when the subject is bound already.
+	CreateSubjectUser(ctx context.Context, name, plan string, quotaOverride *int64, issuer, subject string) (domain.User, error)
+
 	// ItemsHaving returns which of items the user's set contains (any order,
 	// no duplicates).
 	ItemsHaving(ctx context.Context, userID int64, items []string) ([]string, error)

@@ -65,6 +65,7 @@ type Metrics struct {
 	syncBatches    metric.Int64Counter
 	replays        metric.Int64Counter
 	reconciled     metric.Int64Counter
+	authMetrics    // warmpath_auth_requests_total, warmpath_jwks_refreshes_total
 
 	// Precomputed attribute options: RecordRequest runs on every request
 	// and must not allocate attribute sets.
@@ -179,6 +180,7 @@ func NewMetrics(mp metric.MeterProvider, th Thresholds) (*Metrics, error) {
 		}))
 	check(err)
 	check(m.registerPool(meter))
+	check(m.registerAuth(meter))
 
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("create instruments: %w", err)

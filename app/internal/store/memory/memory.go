@@ -35,6 +35,7 @@ type Store struct {
 	tokenIDs   map[domain.TokenHash]int64
 	usage      map[usageKey]int64
 	batches    map[string]struct{}
+	subjects   map[subjectKey]int64
 	lastUserID int64
 	lastToken  int64
 	// activity orders RecentlyActiveUsers: every applied batch takes the next
@@ -67,6 +68,7 @@ func New() *Store {
 		tokenIDs: map[domain.TokenHash]int64{},
 		usage:    map[usageKey]int64{},
 		batches:  map[string]struct{}{},
+		subjects: map[subjectKey]int64{},
 	}
 }
 

@@ -54,6 +54,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ApplyUsageBatchUnknownUser", testApplyUsageBatchUnknownUser},
 		{"ApplyUsageBatchConcurrent", testApplyUsageBatchConcurrent},
 		{"RecentlyActiveUsers", testRecentlyActiveUsers},
+		{"SubjectPrincipal", testSubjectPrincipal},
+		{"SubjectPrincipalRace", testSubjectPrincipalRace},
+		{"CreateSubjectUser", testCreateSubjectUser},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

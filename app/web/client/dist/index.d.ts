@@ -27,7 +27,9 @@ export type WarmupState = Schemas["WarmupState"];
 export type WarmupPart = Schemas["WarmupPart"];
 /**
  * The bearer token, or a function that returns it (called before every
- * request, so a refreshed token is picked up). `undefined` sends no
+ * request, so a refreshed token is picked up): a warmpath `wp_` token, or,
+ * when the server has JWT sign-in on (`AUTH_JWKS_URL`), the application's
+ * own session JWT (e.g. `() => session.accessToken`). `undefined` sends no
  * `Authorization` header; the server then answers 401 `missing_token`.
  */
 export type TokenSource = string | (() => string | undefined | Promise<string | undefined>);

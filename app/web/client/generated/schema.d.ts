@@ -322,7 +322,7 @@ export interface components {
                 };
             };
         };
-        /** @description No valid bearer token. Codes: `missing_token` (none sent), `invalid_token` (malformed, unknown or revoked: one answer for all three, so it never tells whether a token exists), `expired_token`. Its `Server-Timing` has only `total`. */
+        /** @description No valid bearer token. Codes: `missing_token` (none sent), `invalid_token` (an opaque token that is malformed, unknown or revoked: one answer for all three, so it never tells whether a token exists; or a JWT that fails verification: signature, algorithm, issuer, audience, not-before, missing subject), `expired_token` (an expired opaque token or JWT). Its `Server-Timing` has only `total`. */
         Unauthorized: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
