@@ -72,11 +72,25 @@ func valkeyProxyEnv(t *testing.T, failureMode string) (env map[string]string, px
 
 // drainedTo drains the usage sync and fails unless Postgres then holds exactly
 // want counts (one per 200); when names the moment in the test.
+//
+// A count whose Valkey outcome was unknown reaches Postgres once it is
+// settled (after Valkey answers again and its fence passes, within a few
+// seconds; a refused one that Valkey applied is then taken back), so the
+// sync is drained again until Postgres holds want; not reaching exactly want
+// within the deadline fails.
 func drainedTo(t *testing.T, in *instance, direct string, within time.Duration, want int64, when string) {
 	t.Helper()
-	st := drainSync(t, in.admin, within)
-	if got := persistedTotal(t, direct); got != want {
-		t.Fatalf("%s: postgres total %d, want exactly the %d 200s (last batch %+v)", when, got, want, st.LastBatch)
+	deadline := time.Now().Add(within)
+	for {
+		st := drainSync(t, in.admin, within)
+		got := persistedTotal(t, direct)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: postgres total %d, want exactly the %d 200s (last batch %+v)", when, got, want, st.LastBatch)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
 	}
 }
 
