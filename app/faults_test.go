@@ -120,11 +120,12 @@ func onValkey(v, _ *toxiproxy.Proxy) *toxiproxy.Proxy { return v }
 func onPG(_, p *toxiproxy.Proxy) *toxiproxy.Proxy     { return p }
 
 // Timeouts of the campaign's service: every Valkey call gives up after
-// 200 ms and every Postgres call after 1 s, so each fault's latency bound
-// is a small multiple of them.
+// 200 ms and every Postgres call after 2 s (the default: a start-up under
+// -race on a loaded machine needs it), so each fault's latency bound is a
+// small multiple of them.
 const (
 	faultValkeyTimeout = 200 * time.Millisecond
-	faultDBTimeout     = time.Second
+	faultDBTimeout     = 2 * time.Second
 	// faultBound is the most a request may take during any fault: a request
 	// makes a handful of calls, each bounded by its timeout.
 	faultBound = 4 * faultDBTimeout

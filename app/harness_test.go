@@ -152,6 +152,7 @@ func startWith(t *testing.T, env map[string]string, opts options) *instance {
 		}
 		select {
 		case err := <-done:
+			done <- err // for stop, which the cleanup calls
 			t.Fatalf("service exited before serving: %v\nstderr:\n%s", err, inst.stderr.String())
 		case <-time.After(5 * time.Millisecond):
 		}
