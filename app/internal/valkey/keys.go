@@ -135,8 +135,12 @@ func (k Keys) user(userID int64, parts ...string) string {
 
 const userTag = ":{u:"
 
-// userPattern matches every per-user key (for Sweep's SCAN).
-func (k Keys) userPattern() string { return k.prefix + userTag + "*" }
+// sweepPatterns match the per-user keys Sweep looks at, pending and
+// in-flight hashes only: SCAN filters on the server, so the other per-user
+// keys (item sets, idempotency records, …) are never sent to the sweep.
+func (k Keys) sweepPatterns() []string {
+	return []string{k.prefix + userTag + "*}:" + partPending, k.prefix + userTag + "*}:" + partInflight}
+}
 
 // parseUser splits a per-user key into the user id and what follows "}:"
 // ("pending", "items:v", …).

@@ -538,55 +538,57 @@ func (q *SyncQueue) Sweep(ctx context.Context) (SweepResult, error) {
 	seen := map[string]bool{}
 	marked := map[int64]bool{}
 	for _, node := range q.client.Nodes() {
-		var cursor uint64
-		for {
-			sctx, cancel := q.opCtx(ctx)
-			e, err := node.Do(sctx, node.B().Scan().Cursor(cursor).Match(q.keys.userPattern()).Count(1000).Build()).AsScanEntry()
-			cancel()
-			if err != nil {
-				return res, wrapErr("sweep: scan", err)
-			}
-			var dirty []member
-			for _, key := range e.Elements {
-				if seen[key] {
-					continue
+		for _, pattern := range q.keys.sweepPatterns() {
+			var cursor uint64
+			for {
+				sctx, cancel := q.opCtx(ctx)
+				e, err := node.Do(sctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+				cancel()
+				if err != nil {
+					return res, wrapErr("sweep: scan", err)
 				}
-				seen[key] = true
-				id, part, ok := q.keys.parseUser(key)
-				if !ok {
-					continue
+				var dirty []member
+				for _, key := range e.Elements {
+					if seen[key] {
+						continue
+					}
+					seen[key] = true
+					id, part, ok := q.keys.parseUser(key)
+					if !ok {
+						continue
+					}
+					switch part {
+					case partPending:
+						dirty = append(dirty, member{id: id, score: ms(q.now())})
+					case partInflight:
+						n, err := q.sweepInflight(ctx, id)
+						if err != nil {
+							return res, err
+						}
+						if n > 0 {
+							res.Reverted++
+							dirty = append(dirty, member{id: id, score: ms(q.now())})
+						}
+					}
 				}
-				switch part {
-				case partPending:
-					dirty = append(dirty, member{id: id, score: ms(q.now())})
-				case partInflight:
-					n, err := q.sweepInflight(ctx, id)
-					if err != nil {
+				fresh := dirty[:0]
+				for _, m := range dirty {
+					if !marked[m.id] {
+						marked[m.id] = true
+						fresh = append(fresh, m)
+					}
+				}
+				dirty = fresh
+				if len(dirty) > 0 {
+					if err := q.mark(ctx, dirty); err != nil {
 						return res, err
 					}
-					if n > 0 {
-						res.Reverted++
-						dirty = append(dirty, member{id: id, score: ms(q.now())})
-					}
+					res.Marked += len(dirty)
 				}
-			}
-			fresh := dirty[:0]
-			for _, m := range dirty {
-				if !marked[m.id] {
-					marked[m.id] = true
-					fresh = append(fresh, m)
+				cursor = e.Cursor
+				if cursor == 0 {
+					break
 				}
-			}
-			dirty = fresh
-			if len(dirty) > 0 {
-				if err := q.mark(ctx, dirty); err != nil {
-					return res, err
-				}
-				res.Marked += len(dirty)
-			}
-			cursor = e.Cursor
-			if cursor == 0 {
-				break
 			}
 		}
 	}
