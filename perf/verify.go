@@ -106,7 +106,7 @@ func quickConfig() verifyConfig {
 		queryUsers: 40, items: 50, queryItems: 10, firstRate: 50, queryRate: 2000, queryDur: time.Second,
 		maxWorkers: 16, maxDur: time.Second, maxPairs: 4,
 		syncUsers: 1000, syncLoadUsers: 20, syncRate: 500, syncDur: 1500 * time.Millisecond, syncRounds: 3,
-		coldUsers: 50, coldItems: 1000, coldRate: 40, coldRounds: 3,
+		coldUsers: 50, coldItems: 5000, coldRate: 40, coldRounds: 3,
 		provisioners: 16,
 	}
 }
