@@ -101,11 +101,10 @@ type fault struct {
 	unknown bool
 }
 
-func cut(px *toxiproxy.Proxy) func(t *testing.T) func() {
-	return func(t *testing.T) func() {
-		px.Stop()
-		return func() { restoreProxy(t, px) }
-	}
+// cut stops px (the backend is down) and returns what restores it.
+func cut(t *testing.T, px *toxiproxy.Proxy) (heal func()) {
+	px.Stop()
+	return func() { restoreProxy(t, px) }
 }
 
 func withToxic(px func(v, p *toxiproxy.Proxy) *toxiproxy.Proxy, name, js string) func(t *testing.T, v, p *toxiproxy.Proxy) func() {
@@ -133,9 +132,9 @@ const (
 
 var faults = []fault{
 	{name: "valkey down, open", mode: "open", allowed: []int{200}, ready: 200,
-		inject: func(t *testing.T, v, _ *toxiproxy.Proxy) func() { return cut(v)(t) }},
+		inject: func(t *testing.T, v, _ *toxiproxy.Proxy) func() { return cut(t, v) }},
 	{name: "valkey down, closed", mode: "closed", allowed: []int{200, 503}, ready: 503,
-		inject: func(t *testing.T, v, _ *toxiproxy.Proxy) func() { return cut(v)(t) }},
+		inject: func(t *testing.T, v, _ *toxiproxy.Proxy) func() { return cut(t, v) }},
 	{name: "valkey unresponsive, open", mode: "open", allowed: []int{200}, ready: 200, unknown: true,
 		inject: withToxic(onValkey, "hang", `{"name":"hang","type":"timeout","stream":"upstream","attributes":{"timeout":0}}`)},
 	{name: "valkey unresponsive, closed", mode: "closed", allowed: []int{200, 503}, ready: 503,
@@ -151,12 +150,12 @@ var faults = []fault{
 	{name: "valkey reset mid-request, open", mode: "open", allowed: []int{200}, ready: 200, unknown: true,
 		inject: withToxic(onValkey, "reset", `{"name":"reset","type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}`)},
 	{name: "postgres down", mode: "open", allowed: []int{200}, ready: 200,
-		inject: func(t *testing.T, _, p *toxiproxy.Proxy) func() { return cut(p)(t) }},
+		inject: func(t *testing.T, _, p *toxiproxy.Proxy) func() { return cut(t, p) }},
 	{name: "postgres slow", mode: "open", allowed: []int{200}, ready: 200,
 		inject: withToxic(onPG, "slow", `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":150,"jitter":100}}`)},
 	{name: "both down, open", mode: "open", allowed: []int{200, 503}, ready: 503,
 		inject: func(t *testing.T, v, p *toxiproxy.Proxy) func() {
-			hv, hp := cut(v)(t), cut(p)(t)
+			hv, hp := cut(t, v), cut(t, p)
 			return func() { hv(); hp() }
 		}},
 }
