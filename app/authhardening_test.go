@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
 var totalDur = regexp.MustCompile(`dur=[0-9.]+`)
@@ -169,8 +171,8 @@ func TestAdminOffLoopbackWithoutTokenRefusesToStart(t *testing.T) {
 		err := run(context.Background(), []string{"warmpath"}, func(k string) string {
 			return map[string]string{"ADMIN_ADDR": addr, "HTTP_ADDR": "127.0.0.1:0"}[k]
 		}, &out, &errOut)
-		var ee *exitError
-		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
+		var ee *cli.ExitError
+		if !errors.As(err, &ee) || ee.Code != 2 || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
 			t.Errorf("ADMIN_ADDR=%s without ADMIN_TOKEN: want exit 2 naming ADMIN_TOKEN, got %v", addr, err)
 		}
 		if strings.Contains(out.String(), "serving") {

@@ -31,6 +31,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/valkey"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 	"github.com/warmpath/warmpath/app/web"
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
 // host is what build gets from the process around it.
@@ -99,7 +100,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	if cfg.EmbeddedStore() {
 		var err error
 		if a.demo, err = createDemoUsers(ctx, cfg.DemoUsersFile, a.store, h.stdout); err != nil {
-			return a, &exitError{code: 2, err: err}
+			return a, cli.Usage(err)
 		}
 		if httpapi.IsLoopback(h.publicAddr) {
 			demoRoute, a.demoListed = a.demo.users, true

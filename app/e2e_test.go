@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
 func TestQueryEndToEnd(t *testing.T) {
@@ -279,8 +281,8 @@ func TestBadConfigExitsTwo(t *testing.T) {
 			}
 			return ""
 		}, &out, &errOut)
-		var ee *exitError
-		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), kv[0]) || strings.Contains(err.Error(), "\n") {
+		var ee *cli.ExitError
+		if !errors.As(err, &ee) || ee.Code != 2 || !strings.Contains(err.Error(), kv[0]) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s=%s: want exit 2 naming the variable in one line, got %v", kv[0], kv[1], err)
 		}
 	}
@@ -314,8 +316,8 @@ func TestMissingDemoUsersFileExitsTwo(t *testing.T) {
 	env := map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0", "DEMO_USERS_FILE": filepath.Join(t.TempDir(), "nope.json")}
 	var out, errOut syncBuffer
 	err := run(context.Background(), []string{"warmpath"}, func(k string) string { return env[k] }, &out, &errOut)
-	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "DEMO_USERS_FILE") {
+	var ee *cli.ExitError
+	if !errors.As(err, &ee) || ee.Code != 2 || !strings.Contains(err.Error(), "DEMO_USERS_FILE") {
 		t.Fatalf("want exit 2 naming DEMO_USERS_FILE, got %v", err)
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/warmpath/warmpath/app/internal/store"
 	"io"
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/warmpath/warmpath/app/internal/store"
+	"github.com/warmpath/warmpath/internal/cli"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
@@ -56,7 +58,7 @@ func runWith(ctx context.Context, args []string, getenv func(string) string, std
 		fmt.Fprintln(stdout, usageText)
 		return nil
 	default:
-		return &exitError{code: 2, err: fmt.Errorf("unknown command %q\n%s", cmd, usageText)}
+		return cli.Usage(fmt.Errorf("unknown command %q\n%s", cmd, usageText))
 	}
 }
 
@@ -72,7 +74,7 @@ func runServe(ctx context.Context, getenv func(string) string, stdout, stderr io
 	}
 	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
-		return &exitError{code: 2, err: err}
+		return cli.Usage(err)
 	}
 	log.Info("starting warmpath", "version", version, "config", cfg)
 
@@ -103,7 +105,7 @@ func runServe(ctx context.Context, getenv func(string) string, stdout, stderr io
 func loadConfig(getenv func(string) string) (config.Config, error) {
 	cfg, err := config.Load(getenv)
 	if err != nil {
-		return cfg, &exitError{code: 2, err: err}
+		return cfg, cli.Usage(err)
 	}
 	return cfg, nil
 }
@@ -113,12 +115,12 @@ func loadConfig(getenv func(string) string) (config.Config, error) {
 func listen(cfg config.Config) (pub, adm net.Listener, err error) {
 	pub, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
-		return nil, nil, &exitError{code: 1, err: fmt.Errorf("listen HTTP_ADDR %s: %w", cfg.HTTPAddr, err)}
+		return nil, nil, fmt.Errorf("listen HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
 	adm, err = net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		pub.Close()
-		return nil, nil, &exitError{code: 1, err: fmt.Errorf("listen ADMIN_ADDR %s: %w", cfg.AdminAddr, err)}
+		return nil, nil, fmt.Errorf("listen ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 	}
 	return pub, adm, nil
 }
@@ -163,7 +165,7 @@ func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 		return err
 	}
 	if cfg.DatabaseURL == "" {
-		return &exitError{code: 2, err: errors.New("config: DATABASE_URL: required by migrate")}
+		return cli.Usage(errors.New("config: DATABASE_URL: required by migrate"))
 	}
 	applied, err := postgres.Migrate(ctx, cfg.DatabaseURL)
 	if err != nil {

@@ -32,7 +32,7 @@ func newFloor() *fiber.App {
 }
 
 // runFloor serves the floor until ctx is done.
-func runFloor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runFloor(ctx context.Context, args []string, _ func(string) string, stdout, stderr io.Writer) error {
 	ln, err := listenFlag("floor", "127.0.0.1:18081", "listen address", args, stderr)
 	if ln == nil {
 		return err

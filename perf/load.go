@@ -13,6 +13,8 @@ import (
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
 // Endpoints the load command can drive.
@@ -80,10 +82,10 @@ func runLoad(ctx context.Context, args []string, getenv func(string) string, std
 		return usageErr(err)
 	}
 	if f.endpoint != endpointQuery && f.endpoint != endpointWarmup {
-		return &usageError{err: fmt.Errorf("--endpoint must be query or warmup, got %q", f.endpoint)}
+		return cli.Usage(fmt.Errorf("--endpoint must be query or warmup, got %q", f.endpoint))
 	}
 	if f.users < 1 || f.duration <= 0 || (!f.max && f.rate < 1) {
-		return &usageError{err: errors.New("--users, --duration and --rate (unless --max) must be positive")}
+		return cli.Usage(errors.New("--users, --duration and --rate (unless --max) must be positive"))
 	}
 	c := NewClient(f.target, f.admin, f.adminToken)
 	start := time.Now()

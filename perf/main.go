@@ -17,23 +17,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "perf:", err)
-		var ue *usageError
-		if errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("perf", run) }
 
 const usageText = `usage: perf <command> [flags]
 
@@ -47,17 +35,11 @@ const usageText = `usage: perf <command> [flags]
 
 Run "perf <command> -h" for the flags of a command.`
 
-// usageError is a bad command line (exit 2).
-type usageError struct{ err error }
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
 func usageErr(err error) error {
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
-	return &usageError{err: err}
+	return cli.Usage(err)
 }
 
 // listenFlag parses the command line of a server command whose one flag is
@@ -77,28 +59,29 @@ func listenFlag(cmd, addr, usage string, args []string, stderr io.Writer) (net.L
 	return ln, nil
 }
 
+// commands are perf's subcommands by name.
+var commands = map[string]cli.Run{
+	"floor":   runFloor,
+	"load":    runLoad,
+	"verify":  runVerify,
+	"sink":    runSink,
+	"soak":    runSoak,
+	"bigwarm": runBigWarm,
+}
+
 // run is the whole program; main only wires the process to it.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) < 2 {
-		return &usageError{err: errors.New(usageText)}
+		return cli.Usage(errors.New(usageText))
 	}
-	switch cmd, rest := args[1], args[2:]; cmd {
-	case "floor":
-		return runFloor(ctx, rest, stdout, stderr)
-	case "load":
-		return runLoad(ctx, rest, getenv, stdout, stderr)
-	case "verify":
-		return runVerify(ctx, rest, getenv, stdout, stderr)
-	case "sink":
-		return runSink(ctx, rest, stdout, stderr)
-	case "soak":
-		return runSoak(ctx, rest, getenv, stdout, stderr)
-	case "bigwarm":
-		return runBigWarm(ctx, rest, getenv, stdout, stderr)
-	case "help", "-h", "--help":
+	cmd, rest := args[1], args[2:]
+	if cmd == "help" || cmd == "-h" || cmd == "--help" {
 		fmt.Fprintln(stdout, usageText)
 		return nil
-	default:
-		return &usageError{err: fmt.Errorf("unknown command %q\n%s", cmd, usageText)}
 	}
+	c, ok := commands[cmd]
+	if !ok {
+		return cli.Usage(fmt.Errorf("unknown command %q\n%s", cmd, usageText))
+	}
+	return c(ctx, rest, getenv, stdout, stderr)
 }

@@ -16,7 +16,7 @@ import (
 //
 //	go run ./perf sink --addr 127.0.0.1:4318 &
 //	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 go run ./app
-func runSink(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runSink(ctx context.Context, args []string, _ func(string) string, stdout, stderr io.Writer) error {
 	ln, err := listenFlag("sink", "127.0.0.1:4318", "listen address (loopback)", args, stderr)
 	if ln == nil {
 		return err

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
 // errSoakFailed makes soak exit non-zero when a resource keeps growing,
@@ -196,10 +198,10 @@ func runSoak(ctx context.Context, args []string, getenv func(string) string, std
 		return usageErr(err)
 	}
 	if (*target == "") != (*admin == "") {
-		return &usageError{err: errors.New("--target and --admin go together")}
+		return cli.Usage(errors.New("--target and --admin go together"))
 	}
 	if *duration < 9*time.Second || *rate < 1 || *users < 1 {
-		return &usageError{err: errors.New("--duration must be at least 9s, --rate and --users positive")}
+		return cli.Usage(errors.New("--duration must be at least 9s, --rate and --users positive"))
 	}
 	every := *interval
 	if every <= 0 {

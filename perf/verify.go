@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
 // Checklist item ids (DESIGN.md, "Perf lab").
@@ -131,10 +133,10 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 		return usageErr(err)
 	}
 	if (*target == "") != (*admin == "") {
-		return &usageError{err: errors.New("--target and --admin go together")}
+		return cli.Usage(errors.New("--target and --admin go together"))
 	}
 	if *durScale <= 0 || *rateScale <= 0 {
-		return &usageError{err: errors.New("--duration-scale and --rate-scale must be positive")}
+		return cli.Usage(errors.New("--duration-scale and --rate-scale must be positive"))
 	}
 	cfg := fullConfig()
 	if *quick {
@@ -150,7 +152,7 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 	cfg.scale(*durScale, *rateScale)
 	if *only != "" {
 		if *target == "" {
-			return &usageError{err: errors.New("--only goes with --target")}
+			return cli.Usage(errors.New("--only goes with --target"))
 		}
 		cfg.only = map[string]bool{}
 		for _, id := range strings.Split(*only, ",") {
