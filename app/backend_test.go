@@ -4,12 +4,13 @@ package main
 
 import (
 	"context"
-	"github.com/warmpath/warmpath/app/internal/valkey"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	valkeygo "github.com/valkey-io/valkey-go"
+
+	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
 // withPG runs f on a fresh connection to the database (and schema) of dbURL,

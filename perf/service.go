@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +18,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	vk "github.com/valkey-io/valkey-go"
+
+	"github.com/warmpath/warmpath/internal/pgschema"
 )
 
 // moduleRoot finds the directory holding go.mod, from the working directory
@@ -301,21 +301,13 @@ func (b *Backend) Isolate(ctx context.Context) (Isolation, error) {
 	env := Isolation{"DATABASE_URL": "", "VALKEY_URL": b.ValkeyURL}
 	if b.DatabaseURL != "" {
 		schema := "wp_perf_" + id
-		conn, err := pgx.Connect(ctx, b.DatabaseURL)
+		u, err := pgschema.Create(ctx, b.DatabaseURL, schema)
 		if err != nil {
-			return nil, fmt.Errorf("connect to DATABASE_URL: %w", err)
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-			return nil, fmt.Errorf("create schema %s: %w", schema, err)
+			return nil, err
 		}
 		b.mu.Lock()
 		b.schemas = append(b.schemas, schema)
 		b.mu.Unlock()
-		u, err := withSearchPath(b.DatabaseURL, schema)
-		if err != nil {
-			return nil, err
-		}
 		env["DATABASE_URL"] = u
 	}
 	env["VALKEY_PREFIX"] = b.NewPrefix()
@@ -340,16 +332,8 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	b.schemas, b.prefixes = nil, nil
 	b.mu.Unlock()
 	if len(schemas) > 0 {
-		conn, err := pgx.Connect(ctx, b.DatabaseURL)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("cleanup: connect: %w", err))
-		} else {
-			defer conn.Close(ctx)
-			for _, s := range schemas {
-				if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+s+" CASCADE"); err != nil {
-					errs = append(errs, fmt.Errorf("cleanup: drop schema %s: %w", s, err))
-				}
-			}
+		if err := pgschema.Drop(ctx, b.DatabaseURL, schemas...); err != nil {
+			errs = append(errs, fmt.Errorf("cleanup: %w", err))
 		}
 	}
 	if b.ValkeyURL != "" && len(prefixes) > 0 {
@@ -392,27 +376,6 @@ func deleteKeys(ctx context.Context, rawURL string, prefixes []string) error {
 		}
 	}
 	return nil
-}
-
-// withSearchPath adds `-c search_path=<schema>` to the URL's startup
-// options, so every session of a process given the URL lands in the schema.
-func withSearchPath(base, schema string) (string, error) {
-	opt := "-c search_path=" + schema
-	if !strings.HasPrefix(base, "postgres://") && !strings.HasPrefix(base, "postgresql://") {
-		return base + " options='" + opt + "'", nil
-	}
-	u, err := url.Parse(base)
-	if err != nil {
-		return "", fmt.Errorf("parse DATABASE_URL: %w", err)
-	}
-	q := u.Query()
-	if old := q.Get("options"); old != "" {
-		opt = old + " " + opt
-	}
-	q.Set("options", opt)
-	// %20, not '+': libpq-style parsers do not decode '+' as a space.
-	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
-	return u.String(), nil
 }
 
 func randHex(n int) string {

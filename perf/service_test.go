@@ -18,20 +18,6 @@ func TestMergeEnv(t *testing.T) {
 	}
 }
 
-func TestWithSearchPath(t *testing.T) {
-	tests := []struct{ base, want string }{
-		{"postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3Dwp_perf_x&sslmode=disable"},
-		{"postgres://h/db?options=-c%20statement_timeout%3D5s", "postgres://h/db?options=-c%20statement_timeout%3D5s%20-c%20search_path%3Dwp_perf_x"},
-		{"host=h dbname=db", "host=h dbname=db options='-c search_path=wp_perf_x'"},
-	}
-	for _, tt := range tests {
-		got, err := withSearchPath(tt.base, "wp_perf_x")
-		if err != nil || got != tt.want {
-			t.Errorf("withSearchPath(%q) = %q, %v; want %q", tt.base, got, err, tt.want)
-		}
-	}
-}
-
 func TestServiceLines(t *testing.T) {
 	// The lines exactly as app/serve.go prints them.
 	m := servingLine.FindStringSubmatch("warmpath: serving http://127.0.0.1:45575 admin http://127.0.0.1:38211 (pid 15167, started in 7.979ms)")

@@ -7,15 +7,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"net/url"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/warmpath/warmpath/app/internal/store/postgres"
+	"github.com/warmpath/warmpath/internal/pgschema"
 )
 
 // SchemaPrefix starts the name of every schema NewSchema creates.
@@ -39,20 +36,11 @@ func NewSchema(t testing.TB) string {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("pgtest: connect to DATABASE_URL: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("pgtest: create schema: %v", err)
-	}
-	t.Cleanup(func() { dropSchema(t, base, schema) })
-
-	u, err := withSearchPath(base, schema)
+	u, err := pgschema.Create(ctx, base, schema)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
+	t.Cleanup(func() { dropSchema(t, base, schema) })
 	return u
 }
 
@@ -74,44 +62,10 @@ func NewStore(t testing.TB) *postgres.Store {
 	return s
 }
 
-// withSearchPath adds `-c search_path=<schema>` to the URL's startup options
-// (keeping any options it already has). Keyword/value DSNs get an options
-// keyword appended instead.
-func withSearchPath(base, schema string) (string, error) {
-	opt := "-c search_path=" + schema
-	if !strings.HasPrefix(base, "postgres://") && !strings.HasPrefix(base, "postgresql://") {
-		return base + " options='" + opt + "'", nil
-	}
-	u, err := url.Parse(base)
-	if err != nil {
-		return "", err
-	}
-	q := u.Query()
-	if old := q.Get("options"); old != "" {
-		opt = old + " " + opt
-	}
-	q.Set("options", opt)
-	// %20, not '+': libpq-based tools (psql) do not decode '+' as a space.
-	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
-	return u.String(), nil
-}
-
 func dropSchema(t testing.TB, base, schema string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Logf("pgtest: drop schema %s: %v", schema, err)
-		return
-	}
-	defer conn.Close(ctx)
-	// A process still connected (a server under test shutting down) must not
-	// hang the cleanup: give up after a while and leave the schema behind.
-	if _, err := conn.Exec(ctx, "SET lock_timeout = '10s'"); err != nil {
-		t.Logf("pgtest: drop schema %s: %v", schema, err)
-		return
-	}
-	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
-		t.Logf("pgtest: drop schema %s: %v", schema, err)
+	if err := pgschema.Drop(ctx, base, schema); err != nil {
+		t.Logf("pgtest: %v", err)
 	}
 }

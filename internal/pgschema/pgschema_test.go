@@ -1,0 +1,77 @@
+package pgschema
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestURL(t *testing.T) {
+	tests := []struct{ base, want, options string }{
+		{"postgres://u@h:5432/db?sslmode=disable", "postgres://u@h:5432/db?options=-c%20search_path%3Ds1&sslmode=disable", "-c search_path=s1"},
+		{"postgresql://u@h/db?options=-c%20statement_timeout%3D5s", "postgresql://u@h/db?options=-c%20statement_timeout%3D5s%20-c%20search_path%3Ds1", "-c statement_timeout=5s -c search_path=s1"},
+		{"host=h user=u dbname=db", "host=h user=u dbname=db options='-c search_path=s1'", "-c search_path=s1"},
+	}
+	for _, tt := range tests {
+		got, err := URL(tt.base, "s1")
+		if err != nil || got != tt.want {
+			t.Errorf("URL(%q) = %q, %v; want %q", tt.base, got, err, tt.want)
+			continue
+		}
+		cfg, err := pgx.ParseConfig(got)
+		if err != nil {
+			t.Fatalf("ParseConfig(%q): %v", got, err)
+		}
+		if o := cfg.RuntimeParams["options"]; o != tt.options {
+			t.Errorf("URL(%q): options %q, want %q", tt.base, o, tt.options)
+		}
+	}
+	if _, err := URL("postgres://h/%zz", "s1"); err == nil {
+		t.Error("URL of a malformed URL: no error")
+	}
+}
+
+// TestCreateDrop: a session on Create's URL lands in the schema; Drop
+// removes it.
+func TestCreateDrop(t *testing.T) {
+	base := os.Getenv("DATABASE_URL")
+	if base == "" {
+		t.Skip("DATABASE_URL not set: skipping test that needs Postgres")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "wp_pgschema_" + hex.EncodeToString(b[:])
+	u, err := Create(ctx, base, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var current string
+	err = conn.QueryRow(ctx, "SELECT current_schema()").Scan(&current)
+	conn.Close(ctx)
+	if err != nil || current != schema {
+		t.Fatalf("current_schema() = %q, %v; want %q", current, err, schema)
+	}
+	if err := Drop(ctx, base, schema); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	c2, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close(ctx)
+	if err := c2.QueryRow(ctx, "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", schema).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("schema still there after Drop: %d, %v", n, err)
+	}
+}
