@@ -14,6 +14,7 @@ import (
 
 	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/valkey"
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 // serve runs the application on its listeners until ctx is done or a
@@ -51,7 +52,7 @@ func (a *application) serve(ctx context.Context, pubLn, admLn net.Listener, stdo
 	tasks.Go(func() {
 		// Settle counts of unknown outcome once Valkey can tell (cheap while
 		// there are none).
-		every(bg, time.Second, func() {
+		ctxtime.Every(bg, time.Second, func() {
 			if err := a.meter.Reconcile(bg); err != nil && bg.Err() == nil {
 				log.Debug("usage reconcile", "err", err.Error())
 			}
@@ -135,19 +136,5 @@ func sweepEvery(ctx context.Context, q *valkey.SyncQueue, d time.Duration, log *
 		}
 	}
 	sweep()
-	every(ctx, d, sweep)
-}
-
-// every runs f every d until ctx is done.
-func every(ctx context.Context, d time.Duration, f func()) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		f()
-	}
+	ctxtime.Every(ctx, d, sweep)
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 // runBigWarm measures the warmup of users with a large item set (issue
@@ -48,7 +50,7 @@ func runBigWarm(ctx context.Context, args []string, getenv func(string) string, 
 			if st.State == "failed" {
 				return fmt.Errorf("bigwarm: user %d: warmup failed: %s", u.ID, st.Error)
 			}
-			if err := pause(ctx, 2*time.Millisecond); err != nil {
+			if err := ctxtime.Sleep(ctx, 2*time.Millisecond); err != nil {
 				return err
 			}
 			if st, err = c.Warmup(ctx, u); err != nil {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 // Paths of the service's public API, as DESIGN.md names them.
@@ -204,7 +206,7 @@ func (c *Client) WarmAndWait(ctx context.Context, u User) error {
 		st, err := c.RequestWarmup(ctx, u)
 		var se *statusError
 		if errors.As(err, &se) && se.Code == http.StatusServiceUnavailable {
-			if err := pause(ctx, 50*time.Millisecond); err != nil {
+			if err := ctxtime.Sleep(ctx, 50*time.Millisecond); err != nil {
 				return fmt.Errorf("warm user %d: %w", u.ID, err)
 			}
 			continue
@@ -216,7 +218,7 @@ func (c *Client) WarmAndWait(ctx context.Context, u User) error {
 			if st.State == "failed" {
 				return fmt.Errorf("warm user %d: warmup failed: %s", u.ID, st.Error)
 			}
-			if err := pause(ctx, 5*time.Millisecond); err != nil {
+			if err := ctxtime.Sleep(ctx, 5*time.Millisecond); err != nil {
 				return fmt.Errorf("warm user %d: still %s: %w", u.ID, st.State, err)
 			}
 			if st, err = c.Warmup(ctx, u); err != nil {
@@ -246,7 +248,7 @@ func (c *Client) SyncStatus(ctx context.Context) (SyncStatus, error) {
 		if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable {
 			return s, err
 		}
-		if perr := pause(ctx, 200*time.Millisecond); perr != nil {
+		if perr := ctxtime.Sleep(ctx, 200*time.Millisecond); perr != nil {
 			return s, err
 		}
 	}
@@ -268,7 +270,7 @@ func (c *Client) WaitQuiet(ctx context.Context, timeout time.Duration) error {
 		if err == nil && !s.busy() {
 			return nil
 		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return fmt.Errorf("wait for warmup queue to drain (depth %d, running %d): %w", s.Queue.Depth, s.Queue.Running, err)
 		}
 	}
@@ -286,7 +288,7 @@ func (c *Client) WaitSynced(ctx context.Context, timeout time.Duration) error {
 		if err == nil && s.PendingUsers == 0 {
 			return nil
 		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return fmt.Errorf("wait for usage sync (pending %d): %w", s.PendingUsers, err)
 		}
 	}
@@ -386,16 +388,4 @@ func queryItems(seed, k int) []string {
 		}
 	}
 	return out
-}
-
-// pause waits d or until ctx is done.
-func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 const (
@@ -175,7 +177,7 @@ func (v *verifier) boot(ctx context.Context, env map[string]string, token, logPa
 				break
 			}
 		}
-		if err := pause(ctx, 500*time.Microsecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 500*time.Microsecond); err != nil {
 			return b, fmt.Errorf("no 200 from /livez: %w", err)
 		}
 	}
@@ -193,7 +195,7 @@ func (v *verifier) boot(ctx context.Context, env map[string]string, token, logPa
 				break
 			}
 		}
-		if err := pause(ctx, 500*time.Microsecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 500*time.Microsecond); err != nil {
 			return b, fmt.Errorf("no successful first query: %w", err)
 		}
 	}
@@ -207,7 +209,7 @@ func (v *verifier) boot(ctx context.Context, env map[string]string, token, logPa
 	listCtx, cancelList := context.WithTimeout(ctx, 10*time.Second)
 	defer cancelList()
 	for sw.HotUsers.Found == 0 && sw.busy() {
-		if pause(listCtx, 5*time.Millisecond) != nil {
+		if ctxtime.Sleep(listCtx, 5*time.Millisecond) != nil {
 			break
 		}
 		if next, err := c.SystemWarmup(listCtx); err == nil {
@@ -443,7 +445,7 @@ func (v *verifier) throughput(ctx context.Context, svc *Service, c *Client, user
 		if time.Now().After(deadline) {
 			return fmt.Errorf("floor not answering: %w", err)
 		}
-		if err := pause(ctx, 10*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 10*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -562,7 +564,7 @@ func sampleSync(ctx context.Context, c *Client, every time.Duration) *syncSample
 				s.samples = append(s.samples, syncSample{At: time.Since(s.start), Status: st})
 				s.mu.Unlock()
 			}
-			if pause(ctx, every) != nil {
+			if ctxtime.Sleep(ctx, every) != nil {
 				return
 			}
 		}
@@ -732,7 +734,7 @@ func (v *verifier) syncRound(ctx context.Context, c *Client, targets vegeta.Targ
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if pause(ctx, v.cfg.warm+spec.Duration/4) != nil {
+		if ctxtime.Sleep(ctx, v.cfg.warm+spec.Duration/4) != nil {
 			return
 		}
 		triggered = time.Now()
@@ -759,7 +761,7 @@ func (v *verifier) syncRound(ctx context.Context, c *Client, targets vegeta.Targ
 			}
 		}
 		s2.mu.Unlock()
-		if round.DrainS >= 0 || pause(drainCtx, 100*time.Millisecond) != nil {
+		if round.DrainS >= 0 || ctxtime.Sleep(drainCtx, 100*time.Millisecond) != nil {
 			break
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/warmpath/warmpath/internal/cli"
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 // errSoakFailed makes soak exit non-zero when a resource keeps growing,
@@ -445,7 +446,7 @@ func startResourceSampler(ctx context.Context, c *Client, pid int, every time.Du
 			s.mu.Lock()
 			s.samples = append(s.samples, x)
 			s.mu.Unlock()
-			if pause(ctx, every) != nil {
+			if ctxtime.Sleep(ctx, every) != nil {
 				return
 			}
 		}

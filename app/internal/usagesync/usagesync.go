@@ -83,6 +83,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 // Batch results reported to Observer.SyncBatch and in Status.LastBatch; they
@@ -348,7 +349,7 @@ func New(cfg Config) (*Syncer, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Wait == nil {
-		cfg.Wait = sleep
+		cfg.Wait = ctxtime.Sleep
 	}
 	if cfg.InstanceID == "" {
 		cfg.InstanceID = "i-" + rand.Text()[:12]
@@ -544,7 +545,7 @@ func (s *Syncer) awaitLast(ctx context.Context) (bool, error) {
 			s.log.Info("usage sync: waiting for the liveness of instances that stopped beating (killed) to lapse, to finish their batches",
 				"instances", ownersOf(others), "within", s.cfg.AliveTTL)
 		}
-		if err := sleep(ctx, poll); err != nil {
+		if err := ctxtime.Sleep(ctx, poll); err != nil {
 			return false, fmt.Errorf("usage sync: waiting for the liveness of %v to lapse: %w", ownersOf(others), err)
 		}
 	}
@@ -574,16 +575,7 @@ func (s *Syncer) beat(ctx context.Context, state string) {
 
 // beatEvery beats every AliveTTL/4 until ctx is done.
 func (s *Syncer) beatEvery(ctx context.Context, state func() string) {
-	t := time.NewTicker(max(s.cfg.AliveTTL/4, time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.beat(ctx, state())
-		}
-	}
+	ctxtime.Every(ctx, max(s.cfg.AliveTTL/4, time.Millisecond), func() { s.beat(ctx, state()) })
 }
 
 // beatWhile beats in state now and then every AliveTTL/4 until stop, which
@@ -814,18 +806,6 @@ func (s *Syncer) apply(ctx context.Context, b domain.UsageBatch) (bool, error) {
 		s.log.Info("usage batch already applied; acknowledging", "key", b.Key)
 	}
 	return applied, nil
-}
-
-// sleep is the default Config.Wait: it waits for d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func (s *Syncer) refreshStats(ctx context.Context) {

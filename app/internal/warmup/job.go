@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 // plansTTL bounds how long Store.Plans is cached: plans come from config and
@@ -212,20 +213,13 @@ func (m *Manager) put(ctx context.Context, e *entry, ttl time.Duration) {
 // heartbeat keeps the lock and the running status alive while a job runs
 // longer than a third of LockTTL.
 func (m *Manager) heartbeat(ctx context.Context, e *entry) {
-	t := time.NewTicker(max(m.cfg.LockTTL/3, time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	ctxtime.Every(ctx, max(m.cfg.LockTTL/3, time.Millisecond), func() {
 		ok, err := m.cfg.Locks.Extend(ctx, e.job.UserID, e.token, m.cfg.LockTTL)
 		if err == nil && !ok {
 			m.cfg.Logger.WarnContext(ctx, "warmup: lock lost while running", "user_id", e.job.UserID)
 		}
 		m.put(ctx, e, m.cfg.LockTTL)
-	}
+	})
 }
 
 // runParts runs the items part concurrently with the session → usage chain

@@ -52,6 +52,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/internal/ctxtime"
 )
 
 // Kind says why a job runs. It is the kind label of warmup metrics.
@@ -367,7 +368,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Now = time.Now
 	}
 	if c.Wait == nil {
-		c.Wait = wait
+		c.Wait = ctxtime.Sleep
 	}
 	return c, nil
 }
@@ -376,21 +377,6 @@ func (c Config) withDefaults() (Config, error) {
 func def[T int | time.Duration](v *T, d T) {
 	if *v <= 0 {
 		*v = d
-	}
-}
-
-// wait is the default Config.Wait.
-func wait(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
