@@ -179,15 +179,8 @@ func TestBadInputCorpus(t *testing.T) {
 	if r := in.items(t, u.token, []string{"keep"}, nil); r.status != 200 {
 		t.Fatalf("items: %d %s", r.status, r.raw)
 	}
-	expired := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{"expiresAt": time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)})
-	revoked := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{})
-	if expired.status != 201 || revoked.status != 201 {
-		t.Fatalf("tokens: %s %s", expired.raw, revoked.raw)
-	}
-	if r := call(t, "DELETE", in.admin+"/admin/tokens/"+itoa(int64(revoked.body["id"].(float64))), "", nil); r.status != 200 {
-		t.Fatalf("revoke: %d %s", r.status, r.raw)
-	}
-	data := badInputData{Token: u.token, Revoked: revoked.body["token"].(string), Expired: expired.body["token"].(string),
+	expired, revoked := in.deadTokens(t, u)
+	data := badInputData{Token: u.token, Revoked: revoked, Expired: expired,
 		Unknown: "wp_" + strings.Repeat("Q", 43)}
 	features := map[string]string{"idempotency-key-validation": idempotencyKeyValidated(t, in)}
 

@@ -118,6 +118,21 @@ type user struct {
 }
 
 // newUser provisions a user through the admin API, as the perf lab does.
+// deadTokens issues two more tokens of u: one already expired and one
+// revoked.
+func (in *instance) deadTokens(t testing.TB, u user) (expired, revoked string) {
+	t.Helper()
+	exp := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{"expiresAt": time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)})
+	rev := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{})
+	if exp.status != 201 || rev.status != 201 {
+		t.Fatalf("tokens: %s %s", exp.raw, rev.raw)
+	}
+	if r := call(t, "DELETE", in.admin+"/admin/tokens/"+itoa(int64(rev.body["id"].(float64))), "", nil); r.status != 200 {
+		t.Fatalf("revoke: %d %s", r.status, r.raw)
+	}
+	return exp.body["token"].(string), rev.body["token"].(string)
+}
+
 func (in *instance) newUser(t testing.TB, plan string, quota *int64) user {
 	t.Helper()
 	body := map[string]any{"name": "u-" + randHex(4), "plan": plan}

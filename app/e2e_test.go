@@ -97,14 +97,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	u := in.newUser(t, "free", ptr[int64](50))
 	in.items(t, u.token, []string{"keep"}, nil)
 
-	expired := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{"expiresAt": time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)})
-	revoked := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{})
-	if expired.status != 201 || revoked.status != 201 {
-		t.Fatalf("tokens: %s %s", expired.raw, revoked.raw)
-	}
-	if r := call(t, "DELETE", in.admin+"/admin/tokens/"+itoa(int64(revoked.body["id"].(float64))), "", nil); r.status != 200 {
-		t.Fatalf("revoke: %d %s", r.status, r.raw)
-	}
+	expired, revoked := in.deadTokens(t, u)
 	tooMany := make([]string, 1001)
 	for i := range tooMany {
 		tooMany[i] = "i" + itoa(int64(i))
@@ -123,8 +116,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"not bearer", "POST", q, "", map[string]any{"items": []string{"a"}}, []string{"Authorization", "Basic Zm9vOmJhcg=="}, 401, "invalid_token"},
 		{"malformed", "POST", q, "nope", map[string]any{"items": []string{"a"}}, nil, 401, "invalid_token"},
 		{"unknown", "POST", q, "wp_" + strings.Repeat("A", 43), map[string]any{"items": []string{"a"}}, nil, 401, "invalid_token"},
-		{"expired", "POST", q, expired.body["token"].(string), map[string]any{"items": []string{"a"}}, nil, 401, "expired_token"},
-		{"revoked", "POST", q, revoked.body["token"].(string), map[string]any{"items": []string{"a"}}, nil, 401, "invalid_token"},
+		{"expired", "POST", q, expired, map[string]any{"items": []string{"a"}}, nil, 401, "expired_token"},
+		{"revoked", "POST", q, revoked, map[string]any{"items": []string{"a"}}, nil, 401, "invalid_token"},
 		{"wrong content type", "POST", q, u.token, []byte(`{"items":["a"]}`), []string{"Content-Type", "text/plain"}, 415, "unsupported_media_type"},
 		{"no content type", "POST", q, u.token, []byte(`{"items":["a"]}`), []string{"Content-Type", ""}, 415, "unsupported_media_type"},
 		{"malformed json", "POST", q, u.token, []byte(`{"items":[`), nil, 400, "invalid_request"},
@@ -142,7 +135,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"unknown route", "GET", "/api/nope", u.token, nil, nil, 404, "not_found"},
 		{"items: empty change", "POST", "/api/items", u.token, map[string]any{"add": []string{}}, nil, 400, "invalid_items"},
 		{"items: bad element", "POST", "/api/items", u.token, []byte(`{"add":[true]}`), nil, 400, "invalid_request"},
-		{"items: revoked", "POST", "/api/items", revoked.body["token"].(string), map[string]any{"add": []string{"z"}}, nil, 401, "invalid_token"},
+		{"items: revoked", "POST", "/api/items", revoked, map[string]any{"add": []string{"z"}}, nil, 401, "invalid_token"},
 		{"warmup: no token", "POST", "/api/user/warmup", "", nil, nil, 401, "missing_token"},
 	}
 	for _, tc := range cases {

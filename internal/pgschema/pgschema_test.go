@@ -2,9 +2,8 @@ package pgschema
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -45,33 +44,36 @@ func TestCreateDrop(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "wp_pgschema_" + hex.EncodeToString(b[:])
+	schema := "wp_pgschema_" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	u, err := Create(ctx, base, schema)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var current string
-	err = conn.QueryRow(ctx, "SELECT current_schema()").Scan(&current)
-	conn.Close(ctx)
-	if err != nil || current != schema {
-		t.Fatalf("current_schema() = %q, %v; want %q", current, err, schema)
+	if got := currentSchema(t, ctx, u); got != schema {
+		t.Fatalf("current_schema() = %q, want %q", got, schema)
 	}
 	if err := Drop(ctx, base, schema); err != nil {
 		t.Fatal(err)
 	}
-	var n int
-	c2, err := pgx.Connect(ctx, base)
+	// search_path names a schema that is gone: no current schema.
+	if got := currentSchema(t, ctx, u); got != "" {
+		t.Fatalf("after Drop, current_schema() = %q, want none", got)
+	}
+}
+
+func currentSchema(t *testing.T, ctx context.Context, url string) string {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close(ctx)
-	if err := c2.QueryRow(ctx, "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", schema).Scan(&n); err != nil || n != 0 {
-		t.Fatalf("schema still there after Drop: %d, %v", n, err)
+	defer conn.Close(ctx)
+	var s *string
+	if err := conn.QueryRow(ctx, "SELECT current_schema()").Scan(&s); err != nil {
+		t.Fatal(err)
 	}
+	if s == nil {
+		return ""
+	}
+	return *s
 }

@@ -17,37 +17,41 @@ import (
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 )
 
-// status is the one place where error codes become HTTP statuses.
-func status(code apperr.Code) int {
-	switch code {
-	case apperr.InvalidRequest, apperr.InvalidItems, apperr.UnknownPlan, apperr.InvalidIdemKey:
-		return http.StatusBadRequest
-	case apperr.MissingToken, apperr.MalformedToken, apperr.UnknownToken, apperr.ExpiredToken, apperr.RevokedToken,
-		apperr.InvalidToken:
-		return http.StatusUnauthorized
-	case apperr.Forbidden:
-		return http.StatusForbidden
-	case apperr.NotFound:
-		return http.StatusNotFound
-	case apperr.MethodNotAllowed:
-		return http.StatusMethodNotAllowed
-	case apperr.ConflictingOperation, apperr.IdemKeyInUse:
-		return http.StatusConflict
-	case apperr.RequestTimeout:
-		return http.StatusRequestTimeout
-	case apperr.BodyTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case apperr.UnsupportedMedia:
-		return http.StatusUnsupportedMediaType
-	case apperr.TooManyItems, apperr.IdemKeyReused:
-		return http.StatusUnprocessableEntity
-	case apperr.QuotaExceeded, apperr.TooManyAuthFailures:
-		return http.StatusTooManyRequests
-	case apperr.Unavailable, apperr.WarmupQueueFull, apperr.ShuttingDown:
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusInternalServerError
+// statuses is the one place where error codes become HTTP statuses; a code
+// not listed here is a 500.
+var statuses = map[int][]apperr.Code{
+	http.StatusBadRequest: {apperr.InvalidRequest, apperr.InvalidItems, apperr.UnknownPlan, apperr.InvalidIdemKey},
+	http.StatusUnauthorized: {apperr.MissingToken, apperr.MalformedToken, apperr.UnknownToken, apperr.ExpiredToken,
+		apperr.RevokedToken, apperr.InvalidToken},
+	http.StatusForbidden:             {apperr.Forbidden},
+	http.StatusNotFound:              {apperr.NotFound},
+	http.StatusMethodNotAllowed:      {apperr.MethodNotAllowed},
+	http.StatusRequestTimeout:        {apperr.RequestTimeout},
+	http.StatusConflict:              {apperr.ConflictingOperation, apperr.IdemKeyInUse},
+	http.StatusRequestEntityTooLarge: {apperr.BodyTooLarge},
+	http.StatusUnsupportedMediaType:  {apperr.UnsupportedMedia},
+	http.StatusUnprocessableEntity:   {apperr.TooManyItems, apperr.IdemKeyReused},
+	http.StatusTooManyRequests:       {apperr.QuotaExceeded, apperr.TooManyAuthFailures},
+	http.StatusServiceUnavailable:    {apperr.Unavailable, apperr.WarmupQueueFull, apperr.ShuttingDown},
+}
+
+// statusOf is statuses by code.
+var statusOf = func() map[apperr.Code]int {
+	m := map[apperr.Code]int{}
+	for st, codes := range statuses {
+		for _, c := range codes {
+			m[c] = st
+		}
 	}
+	return m
+}()
+
+// status is the HTTP status of an error code (statuses).
+func status(code apperr.Code) int {
+	if st, ok := statusOf[code]; ok {
+		return st
+	}
+	return http.StatusInternalServerError
 }
 
 // errorBody is the JSON shape of every error.
@@ -61,6 +65,19 @@ type errorDetail struct {
 	Message string      `json:"message"`
 }
 
+// fiberErrors are the answers to Fiber's own errors, by their status.
+var fiberErrors = map[int]struct {
+	code    apperr.Code
+	message string
+}{
+	fiber.StatusNotFound:                    {apperr.NotFound, "no such route"},
+	fiber.StatusMethodNotAllowed:            {apperr.MethodNotAllowed, "method not allowed on this route"},
+	fiber.StatusRequestEntityTooLarge:       {apperr.BodyTooLarge, "the request body is larger than 1 MiB"},
+	fiber.StatusRequestTimeout:              {apperr.RequestTimeout, "timed out reading the request"},
+	fiber.StatusBadRequest:                  {apperr.InvalidRequest, "the request is malformed"},
+	fiber.StatusRequestHeaderFieldsTooLarge: {apperr.InvalidRequest, "the request headers are too large"},
+}
+
 // fromFiber turns Fiber's own errors (routing, body limit) into apperr ones.
 func fromFiber(err error) *apperr.Error {
 	if e := apperr.As(err); e != nil {
@@ -68,19 +85,8 @@ func fromFiber(err error) *apperr.Error {
 	}
 	var fe *fiber.Error
 	if errors.As(err, &fe) {
-		switch fe.Code {
-		case fiber.StatusNotFound:
-			return apperr.New(apperr.NotFound, "no such route")
-		case fiber.StatusMethodNotAllowed:
-			return apperr.New(apperr.MethodNotAllowed, "method not allowed on this route")
-		case fiber.StatusRequestEntityTooLarge:
-			return apperr.New(apperr.BodyTooLarge, "the request body is larger than 1 MiB")
-		case fiber.StatusRequestTimeout:
-			return apperr.New(apperr.RequestTimeout, "timed out reading the request")
-		case fiber.StatusBadRequest:
-			return apperr.New(apperr.InvalidRequest, "the request is malformed")
-		case fiber.StatusRequestHeaderFieldsTooLarge:
-			return apperr.New(apperr.InvalidRequest, "the request headers are too large")
+		if e, ok := fiberErrors[fe.Code]; ok {
+			return &apperr.Error{Code: e.code, Message: e.message}
 		}
 		if fe.Code >= 400 && fe.Code < 500 {
 			return apperr.New(apperr.InvalidRequest, "the request was rejected")

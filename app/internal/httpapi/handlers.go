@@ -16,6 +16,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/apperr"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/engine"
+	"github.com/warmpath/warmpath/app/internal/query"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/warmup"
@@ -122,14 +123,21 @@ func topField(p jsontext.Pointer) string {
 	return ""
 }
 
-func (s *Server) handleQuery(c *fiber.Ctx) error {
-	ctx := c.UserContext()
+// callerWithBody authenticates the caller, then decodes the JSON body into
+// req: an unauthenticated request learns nothing about its body.
+func (s *Server) callerWithBody(c *fiber.Ctx, ctx context.Context, req any) (query.Caller, error) {
 	who, err := s.caller(c, ctx)
 	if err != nil {
-		return err
+		return who, err
 	}
+	return who, decodeJSON(c, req)
+}
+
+func (s *Server) handleQuery(c *fiber.Ctx) error {
+	ctx := c.UserContext()
 	var req queryRequest
-	if err := decodeJSON(c, &req); err != nil {
+	who, err := s.callerWithBody(c, ctx, &req)
+	if err != nil {
 		return err
 	}
 	if err := engine.ValidateItems("items", req.Items, 1); err != nil {
@@ -192,12 +200,9 @@ func windowStart(plan domain.Plan, reset time.Time) time.Time {
 
 func (s *Server) handleItems(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	who, err := s.caller(c, ctx)
-	if err != nil {
-		return err
-	}
 	var req itemsRequest
-	if err := decodeJSON(c, &req); err != nil {
+	who, err := s.callerWithBody(c, ctx, &req)
+	if err != nil {
 		return err
 	}
 	if len(req.Add)+len(req.Remove) == 0 {

@@ -149,26 +149,8 @@ func NewMetrics(mp metric.MeterProvider, th Thresholds) (*Metrics, error) {
 			return nil
 		}))
 	check(err)
-	_, err = meter.Int64ObservableGauge("warmpath.warmup.queue_depth",
-		metric.WithUnit("{job}"),
-		metric.WithDescription("Warmup jobs waiting in the queue."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			if f := m.queueDepth.Load(); f != nil {
-				o.Observe((*f)())
-			}
-			return nil
-		}))
-	check(err)
-	_, err = meter.Int64ObservableGauge("warmpath.usage_sync.pending_users",
-		metric.WithUnit("{user}"),
-		metric.WithDescription("Users with usage not yet written to Postgres."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			if f := m.syncPending.Load(); f != nil {
-				o.Observe((*f)())
-			}
-			return nil
-		}))
-	check(err)
+	check(observedInt(meter, "warmpath.warmup.queue_depth", "{job}", "Warmup jobs waiting in the queue.", &m.queueDepth))
+	check(observedInt(meter, "warmpath.usage_sync.pending_users", "{user}", "Users with usage not yet written to Postgres.", &m.syncPending))
 	_, err = meter.Float64ObservableGauge("warmpath.usage_sync.lag",
 		metric.WithUnit("s"),
 		metric.WithDescription("Age of the oldest usage delta not yet written to Postgres."),
@@ -360,6 +342,19 @@ func (m *Metrics) SyncBatch(ctx context.Context, result string) {
 
 // ObserveQueueDepth makes f the source of warmpath_warmup_queue_depth. A later
 // call replaces f; nil stops reporting.
+// observedInt registers the gauge name, read from the function src holds
+// when it is collected (no sample while it holds none).
+func observedInt(meter metric.Meter, name, unit, desc string, src *atomic.Pointer[func() int64]) error {
+	_, err := meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			if f := src.Load(); f != nil {
+				o.Observe((*f)())
+			}
+			return nil
+		}))
+	return err
+}
+
 func (m *Metrics) ObserveQueueDepth(f func() int64) { storeFunc(&m.queueDepth, f, f == nil) }
 
 // ObserveSync makes pendingUsers and lagSeconds the sources of
