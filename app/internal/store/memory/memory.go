@@ -136,7 +136,7 @@ func (s *Store) CreateUser(ctx context.Context, name, plan string, quotaOverride
 			ID:            s.lastUserID,
 			Name:          name,
 			Plan:          plan,
-			QuotaOverride: cloneInt(quotaOverride),
+			QuotaOverride: clone(quotaOverride),
 			CreatedAt:     s.stamp(),
 		},
 		items: map[string]struct{}{},
@@ -227,8 +227,8 @@ func (s *Store) Principal(ctx context.Context, hash domain.TokenHash) (domain.Pr
 		UserID:    u.ID,
 		TokenID:   tok.ID,
 		Plan:      plan,
-		ExpiresAt: cloneTime(tok.ExpiresAt),
-		RevokedAt: cloneTime(tok.RevokedAt),
+		ExpiresAt: clone(tok.ExpiresAt),
+		RevokedAt: clone(tok.RevokedAt),
 	}, nil
 }
 
@@ -443,7 +443,7 @@ func (s *Store) stamp() time.Time { return s.now().UTC().Truncate(time.Microseco
 
 func (u *user) public() domain.User {
 	pu := u.User
-	pu.QuotaOverride = cloneInt(u.QuotaOverride)
+	pu.QuotaOverride = clone(u.QuotaOverride)
 	return pu
 }
 
@@ -468,25 +468,17 @@ func pgTime(t *time.Time) *time.Time {
 	return &c
 }
 
-func cloneTime(t *time.Time) *time.Time {
-	if t == nil {
+// clone is a copy of *p in a new variable (nil for nil).
+func clone[T any](p *T) *T {
+	if p == nil {
 		return nil
 	}
-	c := *t
-	return &c
-}
-
-func cloneInt(v *int64) *int64 {
-	if v == nil {
-		return nil
-	}
-	c := *v
-	return &c
+	return new(*p)
 }
 
 func cloneToken(t *domain.Token) domain.Token {
 	c := *t
-	c.ExpiresAt = cloneTime(t.ExpiresAt)
-	c.RevokedAt = cloneTime(t.RevokedAt)
+	c.ExpiresAt = clone(t.ExpiresAt)
+	c.RevokedAt = clone(t.RevokedAt)
 	return c
 }

@@ -59,7 +59,7 @@ func (s *Store) CreateSubjectUser(ctx context.Context, name, plan string, quotaO
 	u := &user{
 		User: domain.User{
 			ID: s.lastUserID, Name: name, Plan: plan,
-			QuotaOverride: cloneInt(quotaOverride), CreatedAt: s.stamp(),
+			QuotaOverride: clone(quotaOverride), CreatedAt: s.stamp(),
 		},
 		items: map[string]struct{}{},
 	}

@@ -72,7 +72,10 @@ func (s *Store) CreateUser(ctx context.Context, name, plan string, quotaOverride
 	const op = "create user"
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
-	u := domain.User{Name: name, Plan: plan, QuotaOverride: cloneInt(quotaOverride)}
+	u := domain.User{Name: name, Plan: plan}
+	if quotaOverride != nil {
+		u.QuotaOverride = new(*quotaOverride) // the caller keeps its variable
+	}
 	err := s.pool.QueryRow(ctx,
 		`INSERT INTO users (name, plan, quota_override) VALUES ($1, $2, $3) RETURNING id, created_at`,
 		name, plan, quotaOverride).Scan(&u.ID, &u.CreatedAt)
@@ -180,12 +183,4 @@ func utcPtr(t *time.Time) *time.Time {
 	}
 	u := t.UTC()
 	return &u
-}
-
-func cloneInt(v *int64) *int64 {
-	if v == nil {
-		return nil
-	}
-	c := *v
-	return &c
 }
