@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/warmpath/warmpath/app/internal/warmup"
+	"github.com/warmpath/warmpath/internal/loopback"
 )
 
 // answer is one HTTP exchange seen by a load client; err is a transport
@@ -225,17 +226,6 @@ func TestThreeInstancesQuotaBoundary(t *testing.T) {
 	}
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // rollingTally is what the rolling-restart load saw.
 type rollingTally struct {
 	mu       sync.Mutex
@@ -404,7 +394,13 @@ func TestRollingRestartUnderLoad(t *testing.T) {
 	env["WARMUP_STRATEGY"] = "off"
 	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
 
-	addrs := []string{freePort(t), freePort(t), freePort(t)}
+	addrs := make([]string, 3)
+	for i := range addrs {
+		var err error
+		if addrs[i], err = loopback.FreeAddr(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	procs := make([]*proc, 3)
 	backends := make([]string, 3) // fixed: the load reads it while instances restart
 	for i, a := range addrs {

@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -28,6 +27,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/warmpath/warmpath/internal/loopback"
 )
 
 // pendingMetrics are the metric names the dashboards and rules use that the
@@ -329,17 +330,6 @@ func prometheusBin(t *testing.T) string {
 	return path
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // promAPI is a Prometheus HTTP API answer.
 type promAPI struct {
 	Status string `json:"status"`
@@ -391,7 +381,10 @@ func TestPanelQueriesHaveData(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr, err := loopback.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var logs bytes.Buffer
 	prom := exec.Command(bin,
 		"--config.file="+filepath.Join(dir, "prometheus.yml"),

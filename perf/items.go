@@ -17,6 +17,7 @@ import (
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/warmpath/warmpath/internal/ctxtime"
+	"github.com/warmpath/warmpath/internal/loopback"
 )
 
 const (
@@ -422,7 +423,7 @@ func (m *cpuMeter) perRequest(requests int) any {
 func (v *verifier) throughput(ctx context.Context, svc *Service, c *Client, users []User, it *Item) error {
 	it.Measured.Unit, it.Limit.Unit = "× floor", "× floor"
 	it.Limit.Value = floorRatioLimit
-	addr, err := freeAddr()
+	addr, err := loopback.FreeAddr()
 	if err != nil {
 		return err
 	}

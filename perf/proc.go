@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	vk "github.com/valkey-io/valkey-go"
+
+	"github.com/warmpath/warmpath/internal/loopback"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat: 100
@@ -68,15 +69,6 @@ func fdCounts(pid int) (fds, sockets int, err error) {
 	return fds, sockets, nil
 }
 
-// loopback reports whether host names this machine.
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 // valkeyPID finds the process of the Valkey (or Redis) server at rawURL
 // when it runs on this machine: first the process holding the listening
 // socket of its port (/proc/net/tcp{,6} gives the socket's inode,
@@ -88,7 +80,7 @@ func valkeyPID(ctx context.Context, rawURL string) (pid int, how string) {
 	if err != nil || u.Hostname() == "" {
 		return 0, "VALKEY_URL not parsable"
 	}
-	if !loopback(u.Hostname()) {
+	if !loopback.Host(u.Hostname()) {
 		return 0, "remote server (" + u.Hostname() + "): CPU not measurable from here"
 	}
 	port := 6379

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 
 	vk "github.com/valkey-io/valkey-go"
 
+	"github.com/warmpath/warmpath/internal/loopback"
 	"github.com/warmpath/warmpath/internal/pgschema"
 )
 
@@ -63,16 +63,6 @@ func build(ctx context.Context, root, dir string, log io.Writer) (binaries, erro
 	return b, nil
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 // servingLine is the line the service prints once both listeners are up.
 var servingLine = regexp.MustCompile(`warmpath: serving http://(\S+) admin http://(\S+)(?: .*started in ([0-9.]+[a-zµ]+)\))?`)
 
@@ -99,11 +89,11 @@ type Service struct {
 // fresh loopback ports, and returns at once: the caller may probe it before
 // it says it is serving. Its stderr (the logs) goes to logPath.
 func launch(bin binaries, env map[string]string, logPath string) (*Service, error) {
-	pub, err := freeAddr()
+	pub, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	adm, err := freeAddr()
+	adm, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
+	"github.com/warmpath/warmpath/internal/loopback"
 )
 
 // Config is every setting of the service. Durations use Go's syntax.
@@ -324,15 +325,11 @@ func oneOf(v string, allowed ...string) error {
 	return fmt.Errorf("must be one of %s, got %q", strings.Join(allowed, "|"), v)
 }
 
-// Threshold returns whether the admin listener needs a token: always when it
-// listens beyond loopback.
+// AdminNeedsToken returns whether the admin listener needs a token: always
+// when it listens beyond loopback.
 func (c Config) AdminNeedsToken() bool {
 	host, _, _ := net.SplitHostPort(c.AdminAddr)
-	if host == "localhost" {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return ip == nil || !ip.IsLoopback()
+	return !loopback.Host(host)
 }
 
 // Embedded reports whether the service runs on the embedded default for the
@@ -418,8 +415,7 @@ func (c *Config) validateJWT() error {
 		return &Error{Var: "AUTH_JWKS_URL", Msg: "must be an https URL"}
 	}
 	if u.Scheme == "http" {
-		host := u.Hostname()
-		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		if !loopback.Host(u.Hostname()) {
 			return &Error{Var: "AUTH_JWKS_URL", Msg: "must be https (http only on a loopback address)"}
 		}
 	}
