@@ -26,11 +26,21 @@ func StartEmbedded() (url string, stop func(), err error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("valkey: start embedded server: %w", err)
 	}
+	stopClock := wallClockTTLs(m, embeddedTick)
+	return "redis://" + m.Addr(), func() {
+		stopClock()
+		m.Close()
+	}, nil
+}
+
+// wallClockTTLs advances m's TTLs with the wall clock every tick until stop
+// returns.
+func wallClockTTLs(m *miniredis.Miniredis, tick time.Duration) (stop func()) {
 	done := make(chan struct{})
 	exited := make(chan struct{})
 	go func() {
 		defer close(exited)
-		t := time.NewTicker(embeddedTick)
+		t := time.NewTicker(tick)
 		defer t.Stop()
 		last := time.Now()
 		for {
@@ -43,9 +53,8 @@ func StartEmbedded() (url string, stop func(), err error) {
 			}
 		}
 	}()
-	return "redis://" + m.Addr(), func() {
+	return func() {
 		close(done)
 		<-exited
-		m.Close()
-	}, nil
+	}
 }

@@ -18,23 +18,7 @@ func (e *env) realTimeTTLs(t *testing.T) {
 	if e.mr == nil {
 		return
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		last := time.Now()
-		for {
-			select {
-			case <-done:
-				return
-			case now := <-tick.C:
-				e.mr.FastForward(now.Sub(last))
-				last = now
-			}
-		}
-	})
-	t.Cleanup(func() { close(done); wg.Wait() })
+	t.Cleanup(wallClockTTLs(e.mr, 5*time.Millisecond))
 }
 
 // stopper is a Syncer on q with the queue as its roster, as the wiring
@@ -76,16 +60,7 @@ func (e *env) killedWithBatches(t *testing.T, ttl time.Duration) map[uk]int64 {
 	if b, err := q.Claim(ctx, "killed", 10); err != nil || b.Users != 10 {
 		t.Fatalf("claim = %+v, %v", b, err)
 	}
-	id := newBatchID(time.Now())
-	if err := q.scripts.syncBegin.Exec(ctx, e.client, []string{q.keys.SyncDirty(), q.keys.SyncBatches(), q.keys.SyncBatch(id), q.keys.SyncBatchInfo()},
-		[]string{"10", id, "killed", ms(time.Now()), ms(time.Now().Add(q.lease))}).Error(); err != nil {
-		t.Fatal(err)
-	}
-	for u := int64(11); u <= 15; u++ {
-		if err := q.scripts.syncClaim.Exec(ctx, e.client, []string{q.keys.Pending(u), q.keys.Inflight(u)}, []string{id}).Error(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.halfClaim(t, q, "killed", time.Now(), 10, 11, 15)
 	if err := e.client.Do(ctx, e.client.B().Hincrby().Key(e.keys().Pending(30)).Field(PeriodField(day2)).Increment(3).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}

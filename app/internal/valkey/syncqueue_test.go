@@ -195,6 +195,24 @@ type clock struct{ off atomic.Int64 }
 func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
 func (c *clock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 
+// halfClaim replays Claim's first steps only, as an owner that dies there:
+// it begins a batch of up to max users at now, then claims users first to
+// last (their pending deltas become in-flight) and stops.
+func (e *env) halfClaim(t *testing.T, q *SyncQueue, owner string, now time.Time, max int, first, last int64) {
+	t.Helper()
+	ctx := context.Background()
+	id := newBatchID(now)
+	if err := q.scripts.syncBegin.Exec(ctx, e.client, []string{q.keys.SyncDirty(), q.keys.SyncBatches(), q.keys.SyncBatch(id), q.keys.SyncBatchInfo()},
+		[]string{strconv.Itoa(max), id, owner, ms(now), ms(now.Add(q.lease))}).Error(); err != nil {
+		t.Fatal(err)
+	}
+	for u := first; u <= last; u++ {
+		if err := q.scripts.syncClaim.Exec(ctx, e.client, []string{q.keys.Pending(u), q.keys.Inflight(u)}, []string{id}).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func (e *env) queue(c *clock) *SyncQueue {
 	cfg := SyncQueueConfig{Lease: 5 * time.Second}
 	if c != nil {
@@ -387,16 +405,7 @@ func TestOwnerDiesMidClaimIsReverted(t *testing.T) {
 		clk := &clock{}
 		q := e.queue(clk)
 		// Replay Claim's first steps only: begin, then claim half the users.
-		id := newBatchID(clk.Now())
-		if err := q.scripts.syncBegin.Exec(ctx, e.client, []string{q.keys.SyncDirty(), q.keys.SyncBatches(), q.keys.SyncBatch(id), q.keys.SyncBatchInfo()},
-			[]string{"100", id, "dead", ms(clk.Now()), ms(clk.Now().Add(q.lease))}).Error(); err != nil {
-			t.Fatal(err)
-		}
-		for u := int64(1); u <= 10; u++ {
-			if err := q.scripts.syncClaim.Exec(ctx, e.client, []string{q.keys.Pending(u), q.keys.Inflight(u)}, []string{id}).Error(); err != nil {
-				t.Fatal(err)
-			}
-		}
+		e.halfClaim(t, q, "dead", clk.Now(), 100, 1, 10)
 		if st, _ := q.Stats(ctx); st.PendingUsers != 20 {
 			t.Errorf("pending users during the claim = %d, want 20", st.PendingUsers)
 		}
@@ -694,14 +703,7 @@ func TestTakeoverOfOwnerWithoutLiveness(t *testing.T) {
 			e.count(t, u, day2)
 			want[uk{u, day2}]++
 		}
-		id := newBatchID(clk.Now())
-		if err := dead.scripts.syncBegin.Exec(ctx, e.client, []string{dead.keys.SyncDirty(), dead.keys.SyncBatches(), dead.keys.SyncBatch(id), dead.keys.SyncBatchInfo()},
-			[]string{"100", id, "dead", ms(clk.Now()), ms(clk.Now().Add(dead.lease))}).Error(); err != nil {
-			t.Fatal(err)
-		}
-		if err := dead.scripts.syncClaim.Exec(ctx, e.client, []string{dead.keys.Pending(3), dead.keys.Inflight(3)}, []string{id}).Error(); err != nil {
-			t.Fatal(err)
-		}
+		e.halfClaim(t, dead, "dead", clk.Now(), 100, 3, 3)
 
 		other := e.queue(clk)
 		if got, err := other.Recover(ctx, "b", 10); err != nil || len(got) != 0 {
