@@ -14,7 +14,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/engine"
 	"github.com/warmpath/warmpath/app/internal/query"
 	"github.com/warmpath/warmpath/app/internal/store"
-	"github.com/warmpath/warmpath/app/internal/store/memory"
+	"github.com/warmpath/warmpath/app/internal/store/storetest"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/warmup"
@@ -73,14 +73,8 @@ func (noWarmup) Status(context.Context, int64) (warmup.Status, error)   { return
 // build puts around the store.
 func TestDBPhaseCountsEveryStoreCallOfAColdQuery(t *testing.T) {
 	ctx := context.Background()
-	mem := memory.New()
-	if err := mem.UpsertPlans(ctx, []domain.Plan{{Name: "free", Quota: 10, Period: domain.PeriodDay, MaxItems: 10}}); err != nil {
-		t.Fatal(err)
-	}
-	u, err := mem.CreateUser(ctx, "u", "free", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem, users := storetest.Memory(t, 1)
+	u := users[0]
 	tok, hash, _ := auth.NewToken()
 	if _, err := mem.CreateToken(ctx, u.ID, hash, nil); err != nil {
 		t.Fatal(err)

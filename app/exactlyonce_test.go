@@ -81,21 +81,10 @@ func TestExactlyOnceWithIdempotencyKeys(t *testing.T) {
 	kc := &keyedClient{cl: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}}
 	prefix := "eo-" + randHex(4)
 	stop := make(chan struct{})
-	var clients sync.WaitGroup
+	clients := &sync.WaitGroup{}
 	var users []user
 	startLoad := func() {
-		for w := range 16 {
-			clients.Go(func() {
-				for i := w; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					kc.one(t, prefix, users[i%len(users)])
-				}
-			})
-		}
+		clients = closedLoop(16, stop, func(i int) { kc.one(t, prefix, users[i%len(users)]) })
 	}
 
 	const kills = 4

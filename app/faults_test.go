@@ -58,6 +58,28 @@ func (l *faultLoad) String() string {
 // runLoad sends queries of users from workers goroutines until stop is
 // closed; every answer is recorded.
 func runLoad(in *instance, users []user, workers int, stop <-chan struct{}, l *faultLoad) *sync.WaitGroup {
+	return closedLoop(workers, stop, func(i int) {
+		t0 := time.Now()
+		resp, err := client.Do(queryRequest(in.base, users[i%len(users)].token, `{"items":["a","b"]}`))
+		d := time.Since(t0)
+		if err != nil {
+			l.add(0, "", d, err)
+			return
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var e struct {
+			Error struct{ Code string } `json:"error"`
+		}
+		_ = json.Unmarshal(raw, &e)
+		l.add(resp.StatusCode, e.Error.Code, d, nil)
+	})
+}
+
+// closedLoop runs workers clients, each calling do with its own sequence
+// (worker w: w, w+1, …) as soon as the previous call returned, until stop
+// is closed. Wait on the group for them to finish.
+func closedLoop(workers int, stop <-chan struct{}, do func(i int)) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -67,20 +89,7 @@ func runLoad(in *instance, users []user, workers int, stop <-chan struct{}, l *f
 					return
 				default:
 				}
-				t0 := time.Now()
-				resp, err := client.Do(queryRequest(in.base, users[i%len(users)].token, `{"items":["a","b"]}`))
-				d := time.Since(t0)
-				if err != nil {
-					l.add(0, "", d, err)
-					continue
-				}
-				raw, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				var e struct {
-					Error struct{ Code string } `json:"error"`
-				}
-				_ = json.Unmarshal(raw, &e)
-				l.add(resp.StatusCode, e.Error.Code, d, nil)
+				do(i)
 			}
 		})
 	}

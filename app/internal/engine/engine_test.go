@@ -9,8 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
-	"github.com/warmpath/warmpath/app/internal/domain"
-	"github.com/warmpath/warmpath/app/internal/store/memory"
+	"github.com/warmpath/warmpath/app/internal/store/storetest"
 )
 
 func TestValidateItems(t *testing.T) {
@@ -68,15 +67,9 @@ func (f failingCache) ApplyItems(context.Context, int64, int64, []string, []stri
 func (f failingCache) InvalidateItems(context.Context, int64, int64) error { return f.invErr }
 
 func TestCacheDownDegradesToStore(t *testing.T) {
-	st := memory.New()
+	st, users := storetest.Memory(t, 1)
+	u := users[0]
 	ctx := context.Background()
-	if err := st.UpsertPlans(ctx, []domain.Plan{{Name: "free", Quota: 10, Period: domain.PeriodDay, MaxItems: 10}}); err != nil {
-		t.Fatal(err)
-	}
-	u, err := st.CreateUser(ctx, "u", "free", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	retried := &recordRetries{}
 	e := New(Config{Items: NewCachedItems(FromStore(st), failingCache{applyErr: errors.New("down"), invErr: errors.New("down")}, nil, retried)})
 	ch, err := e.Update(ctx, u.ID, []string{"a", "b"}, nil, 10)

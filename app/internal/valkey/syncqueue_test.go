@@ -20,8 +20,8 @@ import (
 	valkey "github.com/valkey-io/valkey-go"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
-	"github.com/warmpath/warmpath/app/internal/store/memory"
 	"github.com/warmpath/warmpath/app/internal/store/pgtest"
+	"github.com/warmpath/warmpath/app/internal/store/storetest"
 	"github.com/warmpath/warmpath/app/internal/usagesync"
 )
 
@@ -106,16 +106,7 @@ func miniEnv(t testing.TB, users int) *env {
 		return c
 	}
 	client := newClient(t)
-	st := memory.New()
-	ctx := context.Background()
-	if err := st.UpsertPlans(ctx, []domain.Plan{{Name: "free", Quota: 1000, Period: domain.PeriodDay, MaxItems: 10}}); err != nil {
-		t.Fatal(err)
-	}
-	for i := range users {
-		if _, err := st.CreateUser(ctx, "u"+strconv.Itoa(i), "free", nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st, _ := storetest.Memory(t, users)
 	return &env{client: client, newClient: newClient, prefix: randomPrefix(), store: st, users: users, mr: mr}
 }
 

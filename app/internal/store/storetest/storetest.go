@@ -110,40 +110,34 @@ func testPing(t *testing.T, s store.Store) {
 	}
 }
 
-func testPlans(t *testing.T, s store.Store) {
+// wantPlans checks that s has exactly want (in order) at step.
+func wantPlans(t *testing.T, s store.Store, step string, want []domain.Plan) {
+	t.Helper()
 	got, err := s.Plans(ctx(t))
 	if err != nil {
-		t.Fatalf("Plans on empty store: %v", err)
+		t.Fatalf("Plans %s: %v", step, err)
 	}
-	if len(got) != 0 {
-		t.Fatalf("Plans on empty store = %v, want none", got)
+	if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+		t.Fatalf("Plans %s (-want +got):\n%s", step, diff)
 	}
+}
+
+func testPlans(t *testing.T, s store.Store) {
+	wantPlans(t, s, "on an empty store", nil)
 	// Out of order, with a name given twice: the last entry wins.
 	team := domain.Plan{Name: "Team", Quota: 5, Period: domain.PeriodMonth, MaxItems: 7}
 	if err := s.UpsertPlans(ctx(t), []domain.Plan{Pro, team, {Name: "free", Quota: 1, Period: domain.PeriodMonth, MaxItems: 1}, Free}); err != nil {
 		t.Fatalf("UpsertPlans: %v", err)
 	}
-	got, err = s.Plans(ctx(t))
-	if err != nil {
-		t.Fatalf("Plans: %v", err)
-	}
 	// Sorted byte-wise: upper case first.
-	if diff := cmp.Diff([]domain.Plan{team, Free, Pro}, got); diff != "" {
-		t.Fatalf("Plans (-want +got):\n%s", diff)
-	}
+	wantPlans(t, s, "after insert", []domain.Plan{team, Free, Pro})
 	// Update one by name.
 	pro2 := Pro
 	pro2.Quota, pro2.Period, pro2.MaxItems = 42, domain.PeriodDay, 43
 	if err := s.UpsertPlans(ctx(t), []domain.Plan{pro2}); err != nil {
 		t.Fatalf("UpsertPlans(update): %v", err)
 	}
-	got, err = s.Plans(ctx(t))
-	if err != nil {
-		t.Fatalf("Plans: %v", err)
-	}
-	if diff := cmp.Diff([]domain.Plan{team, Free, pro2}, got); diff != "" {
-		t.Fatalf("Plans after update (-want +got):\n%s", diff)
-	}
+	wantPlans(t, s, "after update", []domain.Plan{team, Free, pro2})
 	if err := s.UpsertPlans(ctx(t), nil); err != nil {
 		t.Fatalf("UpsertPlans(nil): %v", err)
 	}
