@@ -67,7 +67,16 @@ type proc struct {
 // ports, warnings only, then the given name, value pairs.
 func binaryEnv(env map[string]string, pairs ...string) map[string]string {
 	env["HTTP_ADDR"], env["ADMIN_ADDR"], env["LOG_LEVEL"] = "127.0.0.1:0", "127.0.0.1:0", "warn"
-	for i := 0; i+1 < len(pairs); i += 2 {
+	return withEnv(env, pairs...)
+}
+
+// withEnv sets env's variables from pairs (name, value, name, value, …) and
+// returns env.
+func withEnv(env map[string]string, pairs ...string) map[string]string {
+	if len(pairs)%2 != 0 {
+		panic("withEnv: odd number of arguments")
+	}
+	for i := 0; i < len(pairs); i += 2 {
 		env[pairs[i]] = pairs[i+1]
 	}
 	return env

@@ -218,12 +218,7 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 	env := realBackendEnv(t, "a toxiproxy latency on Postgres holds the query in flight; the flush is read back from Postgres")
 	bin := binary(t)
 	px, direct := proxyPostgres(t, env)
-	env["HTTP_ADDR"] = "127.0.0.1:0"
-	env["ADMIN_ADDR"] = "127.0.0.1:0"
-	env["WARMUP_STRATEGY"] = "off"
-	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
-	env["SHUTDOWN_TIMEOUT"] = "15s"
-	env["LOG_LEVEL"] = "warn"
+	binaryEnv(env, "WARMUP_STRATEGY", "off", "SYSTEM_WARMUP_HOT_USERS", "0", "SHUTDOWN_TIMEOUT", "15s")
 	p := startProc(t, bin, ".", env)
 	u := p.inst().newUser(t, "free", nil)
 

@@ -378,14 +378,11 @@ func logicalRequest(ctx context.Context, cl *http.Client, backends []string, fir
 func TestRollingRestartUnderLoad(t *testing.T) {
 	env := realBackendEnv(t, "three binaries restarted one by one must find counts and idempotency keys in a Postgres and a Valkey that outlive them")
 	bin := binary(t)
-	env["ADMIN_ADDR"] = "127.0.0.1:0"
-	env["LOG_LEVEL"] = "warn"
-	env["SHUTDOWN_TIMEOUT"] = "10s"
-	// Longer than a restart and than the final stop: counts still pending
-	// when an instance is stopped reach Postgres only through its shutdown
-	// flush (or a later instance's sync), never by luck of the timer.
-	env["SYNC_INTERVAL"] = "5s"
-	env["SYSTEM_WARMUP_DELAY"] = "10ms"
+	// SYNC_INTERVAL longer than a restart and than the final stop: counts
+	// still pending when an instance is stopped reach Postgres only through
+	// its shutdown flush (or a later instance's sync), never by luck of the
+	// timer. HTTP_ADDR is set per instance below.
+	binaryEnv(env, "SHUTDOWN_TIMEOUT", "10s", "SYNC_INTERVAL", "5s", "SYSTEM_WARMUP_DELAY", "10ms")
 	// Requests that take a while, so that some are inside a handler when
 	// each SIGTERM lands: every query is cold (no warmup) and goes to a
 	// Postgres behind a latency proxy.

@@ -196,16 +196,11 @@ func TestSyncBatchSpansLinked(t *testing.T) {
 }
 
 func TestMetricsScrape(t *testing.T) {
-	env := backendEnv(t)
 	// Non-default thresholds, to see that the gauges report the configured
 	// values; usage_check at 1µs is passed by every check (a Valkey round
 	// trip), so warmpath_slow_phase_total has a sample.
-	env["THRESHOLD_TOTAL"] = "2500ms"
-	env["THRESHOLD_AUTH"] = "400ms"
-	env["THRESHOLD_DB"] = "750ms"
-	env["THRESHOLD_USAGE_CHECK"] = "1us"
-	env["DB_MAX_CONNS"] = "7"
-	env["SYSTEM_WARMUP_HOT_USERS"] = "0"
+	env := withEnv(backendEnv(t), "THRESHOLD_TOTAL", "2500ms", "THRESHOLD_AUTH", "400ms", "THRESHOLD_DB", "750ms",
+		"THRESHOLD_USAGE_CHECK", "1us", "DB_MAX_CONNS", "7", "SYSTEM_WARMUP_HOT_USERS", "0")
 	in, _ := startRecorded(t, env)
 
 	// Every endpoint, public and admin.

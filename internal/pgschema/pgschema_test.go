@@ -42,8 +42,7 @@ func TestCreateDrop(t *testing.T) {
 	if base == "" {
 		t.Skip("DATABASE_URL not set: skipping test that needs Postgres")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := t.Context()
 	schema := "wp_pgschema_" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	u, err := Create(ctx, base, schema)
 	if err != nil {
