@@ -154,13 +154,14 @@ func (e *env) markAt(user int64, at time.Time) valkey.Completed {
 }
 
 // countEach counts one use in period for each of the users 1..n, and adds
-// them to want.
-func (e *env) countEach(t testing.TB, n int64, period time.Time, want map[uk]int64) {
+// them to want, which it returns.
+func (e *env) countEach(t testing.TB, n int64, period time.Time, want map[uk]int64) map[uk]int64 {
 	t.Helper()
 	for u := int64(1); u <= n; u++ {
 		e.count(t, u, period)
 		want[uk{u, period}]++
 	}
+	return want
 }
 
 // count does what the usage path does for one allowed request: the count
@@ -345,8 +346,7 @@ func TestSameBatchAppliedTwiceCountsOnce(t *testing.T) {
 func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
 	backends(t, 50, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		want := map[uk]int64{}
-		e.countEach(t, 50, day1, want)
+		want := e.countEach(t, 50, day1, map[uk]int64{})
 		clk := &clock{}
 		dead := e.queue(clk)
 		// Killed moments ago: its liveness key has not lapsed yet, so only
@@ -391,8 +391,7 @@ func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
 func TestOwnerDiesMidClaimIsReverted(t *testing.T) {
 	backends(t, 20, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		want := map[uk]int64{}
-		e.countEach(t, 20, day1, want)
+		want := e.countEach(t, 20, day1, map[uk]int64{})
 		clk := &clock{}
 		q := e.queue(clk)
 		// Replay Claim's first steps only: begin, then claim half the users.
@@ -510,8 +509,7 @@ func (f *flakyLedger) ApplyUsageBatch(ctx context.Context, b domain.UsageBatch) 
 func TestLedgerOutageKeepsDeltasClaimedThenDrains(t *testing.T) {
 	backends(t, 40, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		want := map[uk]int64{}
-		e.countEach(t, 40, day1, want)
+		want := e.countEach(t, 40, day1, map[uk]int64{})
 		fl := &flakyLedger{ledger: e.store}
 		fl.n.Store(1 << 30)
 		real := e.store
