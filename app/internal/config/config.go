@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -20,19 +21,21 @@ import (
 	"github.com/warmpath/warmpath/internal/loopback"
 )
 
-// Config is every setting of the service. Durations use Go's syntax.
+// Config is every setting of the service. Durations use Go's syntax. Each
+// field's env tag names its variable; log:"secret" masks its value in the
+// start-up log, log:"url" masks the password of the URL it holds.
 type Config struct {
 	HTTPAddr   string `env:"HTTP_ADDR" envDefault:":8080"`
 	AdminAddr  string `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9090"`
-	AdminToken string `env:"ADMIN_TOKEN"` // secret
+	AdminToken string `env:"ADMIN_TOKEN" log:"secret"`
 
-	DatabaseURL string        `env:"DATABASE_URL"` // secret (password)
+	DatabaseURL string        `env:"DATABASE_URL" log:"url"` // may hold a password
 	AutoMigrate bool          `env:"AUTO_MIGRATE" envDefault:"true"`
 	DBMaxConns  int32         `env:"DB_MAX_CONNS" envDefault:"16"`
 	DBMinConns  int32         `env:"DB_MIN_CONNS" envDefault:"4"`
 	DBTimeout   time.Duration `env:"DB_TIMEOUT" envDefault:"2s"`
 
-	ValkeyURL     string        `env:"VALKEY_URL"` // secret (password)
+	ValkeyURL     string        `env:"VALKEY_URL" log:"url"` // may hold a password
 	ValkeyTimeout time.Duration `env:"VALKEY_TIMEOUT" envDefault:"500ms"`
 	// ValkeyPrefix starts every key, so several deployments (or tests) can
 	// share one Valkey.
@@ -63,7 +66,7 @@ type Config struct {
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info"`
 
-	PyroscopeServerAddress string `env:"PYROSCOPE_SERVER_ADDRESS"`
+	PyroscopeServerAddress string `env:"PYROSCOPE_SERVER_ADDRESS" log:"url"`
 
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	CORSOrigins     []string      `env:"CORS_ORIGINS" envSeparator:","`
@@ -78,7 +81,7 @@ type Config struct {
 	TrustedProxies   []string `env:"TRUSTED_PROXIES" envSeparator:","`
 	// JWT bearer tokens (the application's own login), on when AUTH_JWKS_URL
 	// is set; AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE are then required.
-	AuthJWKSURL        string        `env:"AUTH_JWKS_URL"`
+	AuthJWKSURL        string        `env:"AUTH_JWKS_URL" log:"url"`
 	AuthJWTIssuer      string        `env:"AUTH_JWT_ISSUER"`
 	AuthJWTAudience    string        `env:"AUTH_JWT_AUDIENCE"`
 	AuthJWTPlan        string        `env:"AUTH_JWT_PLAN" envDefault:"free"`
@@ -339,55 +342,39 @@ func (c Config) EmbeddedStore() bool { return c.DatabaseURL == "" }
 // EmbeddedCache reports whether the service runs an in-process Valkey.
 func (c Config) EmbeddedCache() bool { return c.ValkeyURL == "" }
 
-// LogValue renders the configuration for the start-up log, secrets masked.
+// LogValue renders the configuration for the start-up log, every variable
+// by its name, secrets masked (the log tags of Config).
 func (c Config) LogValue() slog.Value {
-	plans := make([]string, len(c.Plans))
-	for i, p := range c.Plans {
-		plans[i] = formatPlan(p)
+	v := reflect.ValueOf(c)
+	attrs := make([]slog.Attr, 0, v.NumField())
+	for _, f := range reflect.VisibleFields(v.Type()) {
+		if name := f.Tag.Get("env"); name != "" {
+			attrs = append(attrs, slog.Attr{Key: name, Value: logValue(v.FieldByIndex(f.Index).Interface(), f.Tag.Get("log"))})
+		}
 	}
-	return slog.GroupValue(
-		slog.String("HTTP_ADDR", c.HTTPAddr),
-		slog.String("ADMIN_ADDR", c.AdminAddr),
-		slog.String("ADMIN_TOKEN", maskSecret(c.AdminToken)),
-		slog.String("DATABASE_URL", maskURL(c.DatabaseURL)),
-		slog.Bool("AUTO_MIGRATE", c.AutoMigrate),
-		slog.Int("DB_MAX_CONNS", int(c.DBMaxConns)),
-		slog.Int("DB_MIN_CONNS", int(c.DBMinConns)),
-		slog.Duration("DB_TIMEOUT", c.DBTimeout),
-		slog.String("VALKEY_URL", maskURL(c.ValkeyURL)),
-		slog.Duration("VALKEY_TIMEOUT", c.ValkeyTimeout),
-		slog.String("VALKEY_PREFIX", c.ValkeyPrefix),
-		slog.Duration("SYSTEM_WARMUP_DELAY", c.SystemWarmupDelay),
-		slog.Int("SYSTEM_WARMUP_HOT_USERS", c.SystemWarmupHotUsers),
-		slog.Int("WARMUP_QUEUE_SIZE", c.WarmupQueueSize),
-		slog.Int("WARMUP_WORKERS", c.WarmupWorkers),
-		slog.Duration("WARMUP_TTL", c.WarmupTTL),
-		slog.String("WARMUP_STRATEGY", c.WarmupStrategy),
-		slog.Duration("CACHE_TTL", c.CacheTTL),
-		slog.Duration("SYNC_INTERVAL", c.SyncInterval),
-		slog.Float64("SYNC_PACE", c.SyncPace),
-		slog.String("USAGE_FAILURE_MODE", c.UsageFailureMode),
-		slog.Duration("THRESHOLD_TOTAL", c.ThresholdTotal),
-		slog.Duration("THRESHOLD_AUTH", c.ThresholdAuth),
-		slog.Duration("THRESHOLD_DB", c.ThresholdDB),
-		slog.Duration("THRESHOLD_USAGE_CHECK", c.ThresholdUsageCheck),
-		slog.String("LOG_FORMAT", c.LogFormat),
-		slog.String("LOG_LEVEL", c.LogLevel),
-		slog.String("PYROSCOPE_SERVER_ADDRESS", maskURL(c.PyroscopeServerAddress)),
-		slog.Duration("SHUTDOWN_TIMEOUT", c.ShutdownTimeout),
-		slog.Duration("IDEMPOTENCY_TTL", c.IdempotencyTTL),
-		slog.String("CORS_ORIGINS", strings.Join(c.CORSOrigins, ",")),
-		slog.Float64("AUTH_FAILURE_RATE", c.AuthFailureRate),
-		slog.Int("AUTH_FAILURE_BURST", c.AuthFailureBurst),
-		slog.String("TRUSTED_PROXIES", strings.Join(c.TrustedProxies, ",")),
-		slog.String("AUTH_JWKS_URL", maskURL(c.AuthJWKSURL)),
-		slog.String("AUTH_JWT_ISSUER", c.AuthJWTIssuer),
-		slog.String("AUTH_JWT_AUDIENCE", c.AuthJWTAudience),
-		slog.String("AUTH_JWT_PLAN", c.AuthJWTPlan),
-		slog.Duration("AUTH_JWT_LEEWAY", c.AuthJWTLeeway),
-		slog.Duration("AUTH_JWKS_MIN_REFRESH", c.AuthJWKSMinRefresh),
-		slog.String("PLANS", strings.Join(plans, ",")),
-	)
+	return slog.GroupValue(attrs...)
+}
+
+// logValue is one setting's value in the start-up log.
+func logValue(v any, mask string) slog.Value {
+	switch x := v.(type) {
+	case string:
+		switch mask {
+		case "secret":
+			return slog.StringValue(maskSecret(x))
+		case "url":
+			return slog.StringValue(maskURL(x))
+		}
+	case []string:
+		return slog.StringValue(strings.Join(x, ","))
+	case []domain.Plan:
+		plans := make([]string, len(x))
+		for i, p := range x {
+			plans[i] = formatPlan(p)
+		}
+		return slog.StringValue(strings.Join(plans, ","))
+	}
+	return slog.AnyValue(v)
 }
 
 // JWTEnabled reports whether JWT bearer tokens are accepted.

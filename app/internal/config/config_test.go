@@ -1,8 +1,10 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -95,6 +97,33 @@ func TestSecretsMasked(t *testing.T) {
 	}
 	if !strings.Contains(out, "db:5432") || !strings.Contains(out, "cache:6379") {
 		t.Fatalf("targets should stay recognisable: %s", out)
+	}
+}
+
+// TestLogValueNamesEveryVariable: the start-up log has every variable, by
+// its name, with its value (here: the defaults).
+func TestLogValueNamesEveryVariable(t *testing.T) {
+	c, err := Load(getenv(map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,10.1.0.0/16"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "config", c)
+	var line struct{ Config map[string]any }
+	if err := json.Unmarshal([]byte(b.String()), &line); err != nil {
+		t.Fatal(err)
+	}
+	fields := reflect.VisibleFields(reflect.TypeFor[Config]())
+	if len(line.Config) != len(fields) {
+		t.Errorf("the log has %d settings, Config %d fields: %v", len(line.Config), len(fields), line.Config)
+	}
+	for k, want := range map[string]any{
+		"HTTP_ADDR": ":8080", "AUTO_MIGRATE": true, "DB_MAX_CONNS": 16.0, "SYNC_PACE": 1.0, "VALKEY_TIMEOUT": 5e8,
+		"TRUSTED_PROXIES": "10.0.0.0/8,10.1.0.0/16", "PLANS": "free:1000/day:10000,pro:1000000/month:1000000",
+	} {
+		if got := line.Config[k]; got != want {
+			t.Errorf("%s = %#v in the log, want %#v", k, got, want)
+		}
 	}
 }
 
