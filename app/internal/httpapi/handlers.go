@@ -123,14 +123,33 @@ func topField(p jsontext.Pointer) string {
 	return ""
 }
 
+// request is a JSON request body that checks its own values.
+type request interface{ validate() error }
+
+func (r *queryRequest) validate() error { return engine.ValidateItems("items", r.Items, 1) }
+
+func (r *itemsRequest) validate() error {
+	if len(r.Add)+len(r.Remove) == 0 {
+		return apperr.New(apperr.InvalidItems, "give at least one item to add or remove")
+	}
+	if err := engine.ValidateItems("add", r.Add, 0); err != nil {
+		return err
+	}
+	return engine.ValidateItems("remove", r.Remove, 0)
+}
+
 // callerWithBody authenticates the caller, then decodes the JSON body into
-// req: an unauthenticated request learns nothing about its body.
-func (s *Server) callerWithBody(c *fiber.Ctx, ctx context.Context, req any) (query.Caller, error) {
+// req and validates it: an unauthenticated request learns nothing about its
+// body.
+func (s *Server) callerWithBody(c *fiber.Ctx, ctx context.Context, req request) (query.Caller, error) {
 	who, err := s.caller(c, ctx)
 	if err != nil {
 		return who, err
 	}
-	return who, decodeJSON(c, req)
+	if err := decodeJSON(c, req); err != nil {
+		return who, err
+	}
+	return who, req.validate()
 }
 
 func (s *Server) handleQuery(c *fiber.Ctx) error {
@@ -138,9 +157,6 @@ func (s *Server) handleQuery(c *fiber.Ctx) error {
 	var req queryRequest
 	who, err := s.callerWithBody(c, ctx, &req)
 	if err != nil {
-		return err
-	}
-	if err := engine.ValidateItems("items", req.Items, 1); err != nil {
 		return err
 	}
 	key, err := idemKey(c)
@@ -203,15 +219,6 @@ func (s *Server) handleItems(c *fiber.Ctx) error {
 	var req itemsRequest
 	who, err := s.callerWithBody(c, ctx, &req)
 	if err != nil {
-		return err
-	}
-	if len(req.Add)+len(req.Remove) == 0 {
-		return apperr.New(apperr.InvalidItems, "give at least one item to add or remove")
-	}
-	if err := engine.ValidateItems("add", req.Add, 0); err != nil {
-		return err
-	}
-	if err := engine.ValidateItems("remove", req.Remove, 0); err != nil {
 		return err
 	}
 	key, err := idemKey(c)
