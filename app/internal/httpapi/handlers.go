@@ -138,31 +138,52 @@ func (r *itemsRequest) validate() error {
 	return engine.ValidateItems("remove", r.Remove, 0)
 }
 
-// callerWithBody authenticates the caller, then decodes the JSON body into
-// req and validates it: an unauthenticated request learns nothing about its
-// body.
-func (s *Server) callerWithBody(c *fiber.Ctx, ctx context.Context, req request) (query.Caller, error) {
-	who, err := s.caller(c, ctx)
-	if err != nil {
-		return who, err
-	}
-	if err := decodeJSON(c, req); err != nil {
-		return who, err
-	}
-	return who, req.validate()
+// posted is a JSON POST as its handler gets it (postJSON): the
+// authenticated caller, the validated body and the Idempotency-Key.
+type posted[T any] struct {
+	who query.Caller
+	req T
+	key domain.IdemKey
 }
 
-func (s *Server) handleQuery(c *fiber.Ctx) error {
-	ctx := c.UserContext()
-	var req queryRequest
-	who, err := s.callerWithBody(c, ctx, &req)
+// postJSON is the Fiber handler of a JSON POST: it reads the request (post)
+// and hands it to h, or answers the first failure.
+func postJSON[T any, P interface {
+	*T
+	request
+}](s *Server, h func(c *fiber.Ctx, ctx context.Context, in posted[T]) error) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		ctx := c.UserContext()
+		var in posted[T]
+		var err error
+		if in.who, in.key, err = s.post(c, ctx, P(&in.req)); err != nil {
+			return err
+		}
+		return h(c, ctx, in)
+	}
+}
+
+// post reads a POST as the handlers need it: it authenticates the caller,
+// then decodes the JSON body into req and validates it, then reads the
+// Idempotency-Key; the first failure is the answer (an unauthenticated
+// request learns nothing about its body).
+func (s *Server) post(c *fiber.Ctx, ctx context.Context, req request) (query.Caller, domain.IdemKey, error) {
+	who, err := s.caller(c, ctx)
 	if err != nil {
-		return err
+		return who, domain.IdemKey{}, err
+	}
+	if err := decodeJSON(c, req); err != nil {
+		return who, domain.IdemKey{}, err
+	}
+	if err := req.validate(); err != nil {
+		return who, domain.IdemKey{}, err
 	}
 	key, err := idemKey(c)
-	if err != nil {
-		return err
-	}
+	return who, key, err
+}
+
+func (s *Server) handleQuery(c *fiber.Ctx, ctx context.Context, in posted[queryRequest]) error {
+	who, key, req := in.who, in.key, in.req
 	ans, err := s.cfg.Query.Query(ctx, who, req.Items, key)
 	if ans.Metered {
 		setRateLimit(c, who.Principal.Plan, ans.Usage)
@@ -214,17 +235,8 @@ func windowStart(plan domain.Plan, reset time.Time) time.Time {
 	return start
 }
 
-func (s *Server) handleItems(c *fiber.Ctx) error {
-	ctx := c.UserContext()
-	var req itemsRequest
-	who, err := s.callerWithBody(c, ctx, &req)
-	if err != nil {
-		return err
-	}
-	key, err := idemKey(c)
-	if err != nil {
-		return err
-	}
+func (s *Server) handleItems(c *fiber.Ctx, ctx context.Context, in posted[itemsRequest]) error {
+	who, key, req := in.who, in.key, in.req
 	ans, err := s.cfg.Query.Keyed(ctx, who, key, func(ctx context.Context) (domain.StoredAnswer, error) {
 		var ch domain.ItemChange
 		err := telemetry.RunSpan(ctx, s.tracer, telemetry.PhaseQuery, "engine.update", func(ctx context.Context) error {

@@ -21,8 +21,8 @@ func (s *Server) routes(app *fiber.App) {
 	app.Use(s.observe)
 	app.Options("/*", s.preflight)
 
-	app.Post("/api/hasNotEngine-ultra-fast", s.metered, s.handleQuery)
-	app.Post("/api/items", s.metered, s.handleItems)
+	app.Post("/api/hasNotEngine-ultra-fast", s.metered, postJSON(s, s.handleQuery))
+	app.Post("/api/items", s.metered, postJSON(s, s.handleItems))
 	app.Post("/api/user/warmup", s.metered, s.handleWarmupPost)
 	app.Get("/api/user/warmup", s.metered, s.handleWarmupGet)
 
