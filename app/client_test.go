@@ -198,6 +198,16 @@ func postWarmup(t testing.TB, in *instance, token string) reply {
 	return call(t, "POST", in.base+"/api/user/warmup", token, nil)
 }
 
+// warmUp asks for the user's login warmup through via (202) and waits until
+// its status, read through readFrom, is ready.
+func warmUp(t testing.TB, via, readFrom *instance, token string) warmup.Status {
+	t.Helper()
+	if r := postWarmup(t, via, token); r.status != 202 {
+		t.Fatalf("POST /api/user/warmup: %d %s", r.status, r.raw)
+	}
+	return waitWarmup(t, readFrom, token, warmup.StateReady)
+}
+
 // waitWarmup polls the user's warmup status until it is want.
 func waitWarmup(t testing.TB, in *instance, token string, want warmup.State) warmup.Status {
 	t.Helper()

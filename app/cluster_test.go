@@ -44,10 +44,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		users[i] = a.newUser(t, "free", ptr[int64](quota))
 	}
 	u0 := users[0]
-	if r := postWarmup(t, a, u0.token); r.status != 202 {
-		t.Fatalf("warmup on a: %d %s", r.status, r.raw)
-	}
-	waitWarmup(t, b, u0.token, "ready") // status written by a, read through b
+	warmUp(t, a, b, u0.token) // status written by a, read through b
 
 	if r := a.items(t, u0.token, []string{"x", "y"}, nil); r.status != 200 {
 		t.Fatalf("items on a: %d %s", r.status, r.raw)

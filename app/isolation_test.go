@@ -11,8 +11,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
 func TestIsolationBetweenUsers(t *testing.T) {
@@ -27,10 +25,7 @@ func TestIsolationBetweenUsers(t *testing.T) {
 	}
 	// B is warm and its status settled, so anything that changed it later
 	// would show.
-	if r := postWarmup(t, in, b.token); r.status != 202 {
-		t.Fatalf("b warmup: %d %s", r.status, r.raw)
-	}
-	waitWarmup(t, in, b.token, warmup.StateReady)
+	warmUp(t, in, in, b.token)
 	_, bStatus := userWarmup(t, in, b.token)
 	bUsed := 0.0
 

@@ -173,10 +173,7 @@ func TestWarmupAcrossInstances(t *testing.T) {
 	if r := a.items(t, u.token, []string{"k1", "k2"}, nil); r.status != 200 {
 		t.Fatalf("items: %d %s", r.status, r.raw)
 	}
-	if r := postWarmup(t, a, u.token); r.status != 202 {
-		t.Fatalf("warmup through A: %d %s", r.status, r.raw)
-	}
-	waitWarmup(t, b, u.token, warmup.StateReady)
+	warmUp(t, a, b, u.token)
 	_, fromA := userWarmup(t, a, u.token)
 	stB, fromB := userWarmup(t, b, u.token)
 	if d := cmp.Diff(string(fromA), string(fromB)); d != "" {
@@ -325,10 +322,7 @@ func TestWarmupFirstQueryMetric(t *testing.T) {
 	in := start(t, backendEnv(t))
 	u := in.newUser(t, "pro", nil)
 	in.items(t, u.token, []string{"a"}, nil)
-	if r := postWarmup(t, in, u.token); r.status != 202 {
-		t.Fatalf("warmup: %d %s", r.status, r.raw)
-	}
-	waitWarmup(t, in, u.token, warmup.StateReady)
+	warmUp(t, in, in, u.token)
 	metric := func() float64 {
 		return in.metric(t, "warmpath_first_query_total", "warmup", "ready")
 	}
