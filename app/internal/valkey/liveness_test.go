@@ -128,13 +128,7 @@ func TestGracefulStopKeepsOffALiveInstancesBatch(t *testing.T) {
 			e.count(t, u, day1)
 		}
 		live := e.queue(nil)
-		if err := live.Beat(ctx, "live", "run:1", time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		b, err := live.Claim(ctx, "live", 3)
-		if err != nil || b.Users != 3 {
-			t.Fatalf("claim = %+v, %v", b, err)
-		}
+		b := claimAs(t, live, "live", 3, 3)
 		// It beats while the other stops.
 		beatCtx, stopBeats := context.WithCancel(ctx)
 		var beating sync.WaitGroup
@@ -150,7 +144,7 @@ func TestGracefulStopKeepsOffALiveInstancesBatch(t *testing.T) {
 		s := e.stopper(t, e.queue(nil), "stopping", time.Minute) // a wait for "live" would outlast the deadline
 		fctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
-		err = s.Flush(fctx)
+		err := s.Flush(fctx)
 		stopBeats()
 		beating.Wait()
 		if err != nil {

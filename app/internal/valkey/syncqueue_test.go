@@ -187,6 +187,21 @@ type clock struct{ off atomic.Int64 }
 func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
 func (c *clock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 
+// claimAs claims a batch of up to limit users as owner, which beats first
+// (alive for a minute), and checks that it holds users users.
+func claimAs(t *testing.T, q *SyncQueue, owner string, limit, users int) usagesync.Batch {
+	t.Helper()
+	ctx := context.Background()
+	if err := q.Beat(ctx, owner, "run:1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	b, err := q.Claim(ctx, owner, limit)
+	if err != nil || b.Users != users {
+		t.Fatalf("claim as %s = %d users, %v; want %d", owner, b.Users, err, users)
+	}
+	return b
+}
+
 // halfClaim replays Claim's first steps only, as an owner that dies there:
 // it begins a batch of up to max users at now, then claims users first to
 // last (their pending deltas become in-flight) and stops.
@@ -351,13 +366,7 @@ func TestDeadOwnerBatchAppliedOnceByAnother(t *testing.T) {
 		dead := e.queue(clk)
 		// Killed moments ago: its liveness key has not lapsed yet, so only
 		// the lease tells the others when to take over.
-		if err := dead.Beat(ctx, "dead", "run:1", time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		b, err := dead.Claim(ctx, "dead", 1000) // then the owner "dies": no apply, no ack
-		if err != nil || b.Users != 50 {
-			t.Fatalf("claim = %d users, %v", b.Users, err)
-		}
+		b := claimAs(t, dead, "dead", 1000, 50) // then the owner "dies": no apply, no ack
 		// Counts after the claim go to the next batch.
 		e.countEach(t, 5, day2, want)
 
@@ -633,13 +642,7 @@ func TestTakeoverRefusesLiveLease(t *testing.T) {
 		e.count(t, 1, day1)
 		clk := &clock{}
 		q := e.queue(clk)
-		if err := q.Beat(ctx, "a", "run:1", time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		b, err := q.Claim(ctx, "a", 10)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := claimAs(t, q, "a", 10, 1)
 		// Listed as orphaned by a racing instance (it saw "a" without a
 		// liveness key), but "a" beats: the takeover script itself must
 		// refuse while the lease is live.
@@ -680,13 +683,7 @@ func TestTakeoverOfOwnerWithoutLiveness(t *testing.T) {
 		}
 		clk := &clock{} // never advanced: every lease stays live
 		dead := e.queue(clk)
-		if err := dead.Beat(ctx, "dead", "run:1", time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		sealed, err := dead.Claim(ctx, "dead", 1000)
-		if err != nil || sealed.Users != 2 {
-			t.Fatalf("claim = %+v, %v", sealed, err)
-		}
+		sealed := claimAs(t, dead, "dead", 1000, 2)
 		// A second batch, left unsealed (the owner died mid-claim).
 		for u := int64(3); u <= 4; u++ {
 			e.count(t, u, day2)
