@@ -87,6 +87,17 @@ func newUser(t *testing.T, s store.Store, plan string) domain.User {
 	return u
 }
 
+// newToken creates a token of the user, hashed from plain, expiring at exp
+// (nil: never).
+func newToken(t *testing.T, s store.Store, userID int64, plain string, exp *time.Time) domain.Token {
+	t.Helper()
+	tok, err := s.CreateToken(ctx(t), userID, hashOf(plain), exp)
+	if err != nil {
+		t.Fatalf("CreateToken: %v", err)
+	}
+	return tok
+}
+
 func hashOf(s string) domain.TokenHash { return sha256.Sum256([]byte(s)) }
 
 func ptr[T any](v T) *T { return &v }
@@ -208,14 +219,8 @@ func testTokens(t *testing.T, s store.Store) {
 	wantErr(t, "CreateToken(unknown user)", err, domain.ErrNotFound)
 
 	exp := time.Date(2031, 2, 3, 4, 5, 6, 789_123_456, time.UTC)
-	t1, err := s.CreateToken(ctx(t), u.ID, hashOf("a"), &exp)
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
-	t2, err := s.CreateToken(ctx(t), u.ID, hashOf("b"), nil)
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
+	t1 := newToken(t, s, u.ID, "a", &exp)
+	t2 := newToken(t, s, u.ID, "b", nil)
 	if t1.ID == 0 || t1.ID == t2.ID {
 		t.Fatalf("token ids %d, %d: want distinct non-zero", t1.ID, t2.ID)
 	}
@@ -234,11 +239,8 @@ func testTokens(t *testing.T, s store.Store) {
 func testRevokeToken(t *testing.T, s store.Store) {
 	setupPlans(t, s)
 	u := newUser(t, s, "free")
-	tok, err := s.CreateToken(ctx(t), u.ID, hashOf("a"), nil)
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
-	_, err = s.RevokeToken(ctx(t), tok.ID+1000, time.Now())
+	tok := newToken(t, s, u.ID, "a", nil)
+	_, err := s.RevokeToken(ctx(t), tok.ID+1000, time.Now())
 	wantErr(t, "RevokeToken(unknown)", err, domain.ErrNotFound)
 
 	first := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -272,22 +274,10 @@ func testPrincipal(t *testing.T, s store.Store) {
 	}
 	past := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
 	revokedAt := time.Date(2021, 1, 1, 0, 0, 0, 0, time.UTC)
-	tPlain, err := s.CreateToken(ctx(t), plain.ID, hashOf("plain"), nil)
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
-	tTrial, err := s.CreateToken(ctx(t), trial.ID, hashOf("trial"), nil)
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
-	tExpired, err := s.CreateToken(ctx(t), plain.ID, hashOf("expired"), &past)
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
-	tRevoked, err := s.CreateToken(ctx(t), plain.ID, hashOf("revoked"), nil)
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
+	tPlain := newToken(t, s, plain.ID, "plain", nil)
+	tTrial := newToken(t, s, trial.ID, "trial", nil)
+	tExpired := newToken(t, s, plain.ID, "expired", &past)
+	tRevoked := newToken(t, s, plain.ID, "revoked", nil)
 	if _, err := s.RevokeToken(ctx(t), tRevoked.ID, revokedAt); err != nil {
 		t.Fatalf("RevokeToken: %v", err)
 	}
