@@ -4,20 +4,11 @@ package main
 // verified against a JWKS served by the test).
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
-	"math/big"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/warmpath/warmpath/app/internal/auth/authtest"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
@@ -28,41 +19,20 @@ const (
 
 // testIDP serves a one-key ES256 JWKS and signs tokens with that key.
 type testIDP struct {
-	srv  *httptest.Server
-	key  *ecdsa.PrivateKey
-	down atomic.Bool
+	*authtest.IDP
+	key authtest.Signer
 }
 
 func newTestIDP(t *testing.T) *testIDP {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testIDP{key: key}
-	b := func(i *big.Int) string { return base64.RawURLEncoding.EncodeToString(i.FillBytes(make([]byte, 32))) }
-	jwks, _ := json.Marshal(map[string]any{"keys": []any{map[string]any{
-		"kty": "EC", "crv": "P-256", "kid": "e2e-1", "use": "sig", "alg": "ES256",
-		"x": b(key.X), "y": b(key.Y),
-	}}})
-	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p.down.Load() {
-			http.Error(w, "down", http.StatusBadGateway)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(jwks)
-	}))
-	t.Cleanup(p.srv.Close)
+	p := &testIDP{IDP: authtest.NewIDP(t)}
+	p.key = p.AddKey("e2e-1", "ES256")
 	return p
 }
 
 func (p *testIDP) env(env map[string]string) map[string]string {
-	env["AUTH_JWKS_URL"] = p.srv.URL
-	env["AUTH_JWT_ISSUER"] = e2eIssuer
-	env["AUTH_JWT_AUDIENCE"] = e2eAudience
-	env["AUTH_JWKS_MIN_REFRESH"] = "1s"
-	return env
+	return withEnv(env, "AUTH_JWKS_URL", p.URL, "AUTH_JWT_ISSUER", e2eIssuer, "AUTH_JWT_AUDIENCE", e2eAudience,
+		"AUTH_JWKS_MIN_REFRESH", "1s")
 }
 
 // token signs claims for sub (valid for an hour); extra overrides claims.
@@ -73,20 +43,7 @@ func (p *testIDP) token(t testing.TB, sub string, extra map[string]any) string {
 	for k, v := range extra {
 		claims[k] = v
 	}
-	enc := func(v any) string {
-		raw, _ := json.Marshal(v)
-		return base64.RawURLEncoding.EncodeToString(raw)
-	}
-	input := enc(map[string]any{"alg": "ES256", "kid": "e2e-1", "typ": "JWT"}) + "." + enc(claims)
-	d := sha256.Sum256([]byte(input))
-	r, s, err := ecdsa.Sign(rand.Reader, p.key, d[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
+	return authtest.Sign(t, p.key, map[string]any{"kid": "e2e-1", "typ": "JWT"}, claims)
 }
 
 func waitJWKSStep(t *testing.T, in *instance) {
@@ -193,7 +150,7 @@ func TestJWTSignInEndToEnd(t *testing.T) {
 
 func TestJWTJWKSDownAtStart(t *testing.T) {
 	idp := newTestIDP(t)
-	idp.down.Store(true)
+	idp.Down.Store(true)
 	in := start(t, idp.env(backendEnv(t))) // serves (readyz 200) without keys
 	if r := call(t, "GET", in.base+"/livez", "", nil); r.status != 200 {
 		t.Fatalf("livez with the JWKS down: %d", r.status)
@@ -207,7 +164,7 @@ func TestJWTJWKSDownAtStart(t *testing.T) {
 	if r := in.query(t, u.token, "a"); r.status != 200 {
 		t.Fatalf("opaque token with the JWKS down: %d %s", r.status, r.raw)
 	}
-	idp.down.Store(false)
+	idp.Down.Store(false)
 	eventually(t, 10*time.Second, "JWT accepted once the JWKS is back", func() bool {
 		return in.query(t, tok, "a").status == 200
 	})

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warmpath/warmpath/app/internal/auth/authtest"
 	"github.com/warmpath/warmpath/app/internal/domain"
 )
 
@@ -17,15 +18,15 @@ func BenchmarkAuthenticateJWT(b *testing.B) {
 		for _, mode := range []string{"first", "cached"} {
 			b.Run(alg+"/"+mode, func(b *testing.B) {
 				t := &testing.T{}
-				p := newIDP(t)
-				s := p.addKey("k1", alg)
+				p := authtest.NewIDP(t)
+				s := p.AddKey("k1", alg)
 				f := newFixture(t, p, newMemStore(t))
 				size := 10_000
 				if mode == "first" {
 					size = 1 // every put evicts the previous token: each one is verified
 				}
 				f.v = NewJWTVerifier(JWTConfig{
-					JWKSURL: p.srv.URL, Issuer: testIssuer, Audience: testAudience, Plan: "free",
+					JWKSURL: p.URL, Issuer: testIssuer, Audience: testAudience, Plan: "free",
 					Subjects: f.subjects, Cache: f.cache, Now: f.clk.Now, TokenCacheSize: size,
 				})
 				if err := f.v.Refresh(context.Background()); err != nil {
@@ -36,7 +37,7 @@ func BenchmarkAuthenticateJWT(b *testing.B) {
 				for i := range headers {
 					c := f.claims("bench-user")
 					c["jti"] = fmt.Sprint(i)
-					headers[i] = "Bearer " + sign(t, s, map[string]any{"kid": "k1"}, c)
+					headers[i] = "Bearer " + authtest.Sign(t, s, map[string]any{"kid": "k1"}, c)
 				}
 				if mode == "cached" {
 					headers = headers[:1]
@@ -54,7 +55,7 @@ func BenchmarkAuthenticateJWT(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				p.srv.Close()
+				p.Close()
 			})
 		}
 	}

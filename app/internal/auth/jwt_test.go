@@ -2,20 +2,12 @@ package auth
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/hmac"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -24,11 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v3/jwk"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
+	"github.com/warmpath/warmpath/app/internal/auth/authtest"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/store/memory"
 )
@@ -37,125 +29,6 @@ const (
 	testIssuer   = "https://idp.example.test/"
 	testAudience = "warmpath-test"
 )
-
-// idp is a test identity provider: keys generated in the test and a JWKS
-// served by an httptest server that counts its fetches and can go down.
-type idp struct {
-	t       *testing.T
-	srv     *httptest.Server
-	mu      sync.Mutex
-	keys    map[string]signer // kid → signer, published in the JWKS
-	fetches atomic.Int64
-	down    atomic.Bool
-	maxAge  string
-}
-
-type signer struct {
-	alg  string
-	priv crypto.Signer
-}
-
-func newIDP(t *testing.T) *idp {
-	t.Helper()
-	p := &idp{t: t, keys: map[string]signer{}}
-	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.fetches.Add(1)
-		if p.down.Load() {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		}
-		set := jwk.NewSet()
-		p.mu.Lock()
-		for kid, s := range p.keys {
-			k, err := jwk.Import(s.priv.Public())
-			if err != nil {
-				t.Errorf("import key: %v", err)
-			}
-			_ = k.Set(jwk.KeyIDKey, kid)
-			_ = k.Set(jwk.KeyUsageKey, "sig")
-			_ = set.AddKey(k)
-		}
-		if p.maxAge != "" {
-			w.Header().Set("Cache-Control", "public, max-age="+p.maxAge)
-		}
-		p.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(set)
-	}))
-	t.Cleanup(p.srv.Close)
-	return p
-}
-
-// addKey generates a key of alg and publishes it under kid.
-func (p *idp) addKey(kid, alg string) signer {
-	p.t.Helper()
-	s := newSigner(p.t, alg)
-	p.mu.Lock()
-	p.keys[kid] = s
-	p.mu.Unlock()
-	return s
-}
-
-func newSigner(t *testing.T, alg string) signer {
-	t.Helper()
-	var priv crypto.Signer
-	var err error
-	switch alg {
-	case "RS256":
-		priv, err = rsa.GenerateKey(rand.Reader, 2048)
-	case "ES256":
-		priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case "EdDSA":
-		_, priv, err = ed25519.GenerateKey(rand.Reader)
-	default:
-		t.Fatalf("no such alg %q", alg)
-	}
-	if err != nil {
-		t.Fatalf("generate %s key: %v", alg, err)
-	}
-	return signer{alg: alg, priv: priv}
-}
-
-func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
-
-func b64json(t *testing.T, v any) string {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b64(b)
-}
-
-// sign makes a compact JWS by hand (independent of the library under test).
-func sign(t *testing.T, s signer, header, claims map[string]any) string {
-	t.Helper()
-	if _, ok := header["alg"]; !ok {
-		header["alg"] = s.alg
-	}
-	input := b64json(t, header) + "." + b64json(t, claims)
-	var sig []byte
-	var err error
-	digest := sha256.Sum256([]byte(input))
-	switch s.alg {
-	case "RS256":
-		sig, err = rsa.SignPKCS1v15(rand.Reader, s.priv.(*rsa.PrivateKey), crypto.SHA256, digest[:])
-	case "ES256":
-		var r, ss *big.Int
-		r, ss, err = ecdsa.Sign(rand.Reader, s.priv.(*ecdsa.PrivateKey), digest[:])
-		if err == nil {
-			sig = make([]byte, 64)
-			r.FillBytes(sig[:32])
-			ss.FillBytes(sig[32:])
-		}
-	case "EdDSA":
-		sig = ed25519.Sign(s.priv.(ed25519.PrivateKey), []byte(input))
-	}
-	if err != nil {
-		t.Fatalf("sign: %v", err)
-	}
-	return input + "." + b64(sig)
-}
 
 // clock is a manual clock.
 type clock struct {
@@ -201,7 +74,7 @@ func (r *refreshCounter) get(result string) int {
 }
 
 type fixture struct {
-	idp      *idp
+	idp      *authtest.IDP
 	clk      *clock
 	store    *memory.Store
 	subjects *countingSubjects
@@ -222,7 +95,7 @@ func newMemStore(t *testing.T) *memory.Store {
 	return s
 }
 
-func newFixture(t *testing.T, p *idp, s *memory.Store) *fixture {
+func newFixture(t *testing.T, p *authtest.IDP, s *memory.Store) *fixture {
 	t.Helper()
 	f := &fixture{
 		idp: p, clk: &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}, store: s,
@@ -230,7 +103,7 @@ func newFixture(t *testing.T, p *idp, s *memory.Store) *fixture {
 	}
 	f.subjects = &countingSubjects{next: s}
 	f.v = NewJWTVerifier(JWTConfig{
-		JWKSURL: p.srv.URL, Issuer: testIssuer, Audience: testAudience, Plan: "free",
+		JWKSURL: p.URL, Issuer: testIssuer, Audience: testAudience, Plan: "free",
 		MinRefresh: 10 * time.Second, FetchTimeout: 2 * time.Second,
 		Subjects: f.subjects, Cache: f.cache, Now: f.clk.Now, Observer: f.refresh,
 	})
@@ -258,15 +131,15 @@ func wantCode(t *testing.T, what string, err error, code apperr.Code) {
 }
 
 func TestJWTAcceptedAlgorithms(t *testing.T) {
-	p := newIDP(t)
+	p := authtest.NewIDP(t)
 	f := newFixture(t, p, newMemStore(t))
 	for _, alg := range []string{"RS256", "ES256", "EdDSA"} {
 		t.Run(alg, func(t *testing.T) {
-			s := p.addKey("k-"+alg, alg)
+			s := p.AddKey("k-"+alg, alg)
 			if err := f.v.Refresh(context.Background()); err != nil {
 				t.Fatalf("Refresh: %v", err)
 			}
-			tok := sign(t, s, map[string]any{"kid": "k-" + alg}, f.claims("user-"+alg))
+			tok := authtest.Sign(t, s, map[string]any{"kid": "k-" + alg}, f.claims("user-"+alg))
 			pr, err := f.auth(t, tok)
 			if err != nil {
 				t.Fatalf("verify %s: %v", alg, err)
@@ -279,21 +152,21 @@ func TestJWTAcceptedAlgorithms(t *testing.T) {
 }
 
 func TestJWTSameSubjectIsOneUser(t *testing.T) {
-	p := newIDP(t)
-	s := p.addKey("k1", "ES256")
+	p := authtest.NewIDP(t)
+	s := p.AddKey("k1", "ES256")
 	f := newFixture(t, p, newMemStore(t))
-	a, err := f.auth(t, sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice")))
+	a, err := f.auth(t, authtest.Sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := f.claims("alice")
 	c["aud"] = []string{"someone-else", testAudience} // aud as an array
 	c["jti"] = "another token"
-	b, err := f.auth(t, sign(t, s, map[string]any{"kid": "k1"}, c))
+	b, err := f.auth(t, authtest.Sign(t, s, map[string]any{"kid": "k1"}, c))
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := f.auth(t, sign(t, s, map[string]any{"kid": "k1"}, f.claims("bob")))
+	other, err := f.auth(t, authtest.Sign(t, s, map[string]any{"kid": "k1"}, f.claims("bob")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,11 +176,11 @@ func TestJWTSameSubjectIsOneUser(t *testing.T) {
 }
 
 func TestJWTRejections(t *testing.T) {
-	p := newIDP(t)
-	s := p.addKey("k1", "RS256")
+	p := authtest.NewIDP(t)
+	s := p.AddKey("k1", "RS256")
 	f := newFixture(t, p, newMemStore(t))
-	stranger := newSigner(t, "RS256")
-	pub, err := x509.MarshalPKIXPublicKey(s.priv.Public())
+	stranger := authtest.NewSigner(t, "RS256")
+	pub, err := x509.MarshalPKIXPublicKey(s.Key.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,40 +196,40 @@ func TestJWTRejections(t *testing.T) {
 		return c
 	}
 	hs256 := func(key []byte) string {
-		input := b64json(t, map[string]any{"alg": "HS256", "kid": "k1"}) + "." + b64json(t, f.claims("alice"))
+		input := authtest.B64JSON(t, map[string]any{"alg": "HS256", "kid": "k1"}) + "." + authtest.B64JSON(t, f.claims("alice"))
 		m := hmac.New(sha256.New, key)
 		m.Write([]byte(input))
-		return input + "." + b64(m.Sum(nil))
+		return input + "." + authtest.B64(m.Sum(nil))
 	}
-	good := sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
+	good := authtest.Sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
 	parts := strings.Split(good, ".")
-	tampered := parts[0] + "." + b64json(t, f.claims("mallory")) + "." + parts[2]
-	jwkJSON, _ := json.Marshal(s.priv.Public())
+	tampered := parts[0] + "." + authtest.B64JSON(t, f.claims("mallory")) + "." + parts[2]
+	jwkJSON, _ := json.Marshal(s.Key.Public())
 
 	for _, tt := range []struct {
 		name  string
 		token string
 		code  apperr.Code
 	}{
-		{"expired", sign(t, s, map[string]any{"kid": "k1"}, with("exp", now.Add(-time.Minute).Unix())), apperr.ExpiredToken},
-		{"wrong issuer", sign(t, s, map[string]any{"kid": "k1"}, with("iss", "https://evil.example/")), apperr.InvalidToken},
-		{"no issuer", sign(t, s, map[string]any{"kid": "k1"}, with("iss", nil)), apperr.InvalidToken},
-		{"wrong audience", sign(t, s, map[string]any{"kid": "k1"}, with("aud", "other-app")), apperr.InvalidToken},
-		{"wrong audience array", sign(t, s, map[string]any{"kid": "k1"}, with("aud", []string{"a", "b"})), apperr.InvalidToken},
-		{"no audience", sign(t, s, map[string]any{"kid": "k1"}, with("aud", nil)), apperr.InvalidToken},
-		{"not yet valid", sign(t, s, map[string]any{"kid": "k1"}, with("nbf", now.Add(5*time.Minute).Unix())), apperr.InvalidToken},
-		{"issued in the future", sign(t, s, map[string]any{"kid": "k1"}, with("iat", now.Add(5*time.Minute).Unix())), apperr.InvalidToken},
-		{"no subject", sign(t, s, map[string]any{"kid": "k1"}, with("sub", nil)), apperr.InvalidToken},
-		{"empty subject", sign(t, s, map[string]any{"kid": "k1"}, with("sub", "")), apperr.InvalidToken},
-		{"no expiry", sign(t, s, map[string]any{"kid": "k1"}, with("exp", nil)), apperr.InvalidToken},
-		{"alg none", b64json(t, map[string]any{"alg": "none", "kid": "k1"}) + "." + b64json(t, f.claims("alice")) + ".", apperr.InvalidToken},
+		{"expired", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("exp", now.Add(-time.Minute).Unix())), apperr.ExpiredToken},
+		{"wrong issuer", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("iss", "https://evil.example/")), apperr.InvalidToken},
+		{"no issuer", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("iss", nil)), apperr.InvalidToken},
+		{"wrong audience", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("aud", "other-app")), apperr.InvalidToken},
+		{"wrong audience array", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("aud", []string{"a", "b"})), apperr.InvalidToken},
+		{"no audience", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("aud", nil)), apperr.InvalidToken},
+		{"not yet valid", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("nbf", now.Add(5*time.Minute).Unix())), apperr.InvalidToken},
+		{"issued in the future", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("iat", now.Add(5*time.Minute).Unix())), apperr.InvalidToken},
+		{"no subject", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("sub", nil)), apperr.InvalidToken},
+		{"empty subject", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("sub", "")), apperr.InvalidToken},
+		{"no expiry", authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("exp", nil)), apperr.InvalidToken},
+		{"alg none", authtest.B64JSON(t, map[string]any{"alg": "none", "kid": "k1"}) + "." + authtest.B64JSON(t, f.claims("alice")) + ".", apperr.InvalidToken},
 		{"HS256 with the PEM public key", hs256(pemPub), apperr.InvalidToken},
 		{"HS256 with the JWK public key", hs256(jwkJSON), apperr.InvalidToken},
-		{"alg differs from the key's", sign(t, s, map[string]any{"kid": "k1", "alg": "ES256"}, f.claims("alice")), apperr.InvalidToken},
-		{"unknown signer", sign(t, stranger, map[string]any{"kid": "stranger"}, f.claims("alice")), apperr.InvalidToken},
-		{"other key under a known kid", sign(t, stranger, map[string]any{"kid": "k1"}, f.claims("alice")), apperr.InvalidToken},
+		{"alg differs from the key's", authtest.Sign(t, s, map[string]any{"kid": "k1", "alg": "ES256"}, f.claims("alice")), apperr.InvalidToken},
+		{"unknown authtest.Signer", authtest.Sign(t, stranger, map[string]any{"kid": "stranger"}, f.claims("alice")), apperr.InvalidToken},
+		{"other key under a known kid", authtest.Sign(t, stranger, map[string]any{"kid": "k1"}, f.claims("alice")), apperr.InvalidToken},
 		{"tampered payload", tampered, apperr.InvalidToken},
-		{"critical header", sign(t, s, map[string]any{"kid": "k1", "crit": []string{"exp"}}, f.claims("alice")), apperr.InvalidToken},
+		{"critical header", authtest.Sign(t, s, map[string]any{"kid": "k1", "crit": []string{"exp"}}, f.claims("alice")), apperr.InvalidToken},
 		{"garbage header", "!!!." + parts[1] + "." + parts[2], apperr.InvalidToken},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -368,19 +241,19 @@ func TestJWTRejections(t *testing.T) {
 		t.Fatalf("refused tokens resolved %d subjects; want none", n)
 	}
 	// Within the leeway: a token expired 10 s ago, or valid in 10 s, passes.
-	if _, err := f.auth(t, sign(t, s, map[string]any{"kid": "k1"}, with("exp", now.Add(-10*time.Second).Unix()))); err != nil {
+	if _, err := f.auth(t, authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("exp", now.Add(-10*time.Second).Unix()))); err != nil {
 		t.Fatalf("expired within the leeway: %v", err)
 	}
-	if _, err := f.auth(t, sign(t, s, map[string]any{"kid": "k1"}, with("nbf", now.Add(10*time.Second).Unix()))); err != nil {
+	if _, err := f.auth(t, authtest.Sign(t, s, map[string]any{"kid": "k1"}, with("nbf", now.Add(10*time.Second).Unix()))); err != nil {
 		t.Fatalf("not before within the leeway: %v", err)
 	}
 }
 
 func TestJWTCachedRepeat(t *testing.T) {
-	p := newIDP(t)
-	s := p.addKey("k1", "ES256")
+	p := authtest.NewIDP(t)
+	s := p.AddKey("k1", "ES256")
 	f := newFixture(t, p, newMemStore(t))
-	tok := sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
+	tok := authtest.Sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
 	first, err := f.auth(t, tok)
 	if err != nil {
 		t.Fatal(err)
@@ -397,7 +270,7 @@ func TestJWTCachedRepeat(t *testing.T) {
 	// A repeat is answered in process: the JWKS going away, the shared cache
 	// failing and the store are all irrelevant to it.
 	f.cache.err = fmt.Errorf("cache down")
-	p.down.Store(true)
+	p.Down.Store(true)
 	again, err := f.auth(t, tok)
 	if err != nil || again.UserID != first.UserID {
 		t.Fatalf("repeat = %+v, %v", again, err)
@@ -408,10 +281,10 @@ func TestJWTCachedRepeat(t *testing.T) {
 	// A new token of the same subject resolves through the shared cache,
 	// not the store.
 	f.cache.err = nil
-	p.down.Store(false)
+	p.Down.Store(false)
 	c := f.claims("alice")
 	c["jti"] = "2"
-	if _, err := f.auth(t, sign(t, s, map[string]any{"kid": "k1"}, c)); err != nil {
+	if _, err := f.auth(t, authtest.Sign(t, s, map[string]any{"kid": "k1"}, c)); err != nil {
 		t.Fatal(err)
 	}
 	if n := f.subjects.calls.Load(); n != 1 {
@@ -427,37 +300,37 @@ func TestJWTCachedRepeat(t *testing.T) {
 }
 
 func TestJWTKeyRotation(t *testing.T) {
-	p := newIDP(t)
-	old := p.addKey("old", "RS256")
+	p := authtest.NewIDP(t)
+	old := p.AddKey("old", "RS256")
 	f := newFixture(t, p, newMemStore(t))
 	if err := f.v.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.auth(t, sign(t, old, map[string]any{"kid": "old"}, f.claims("alice"))); err != nil {
+	if _, err := f.auth(t, authtest.Sign(t, old, map[string]any{"kid": "old"}, f.claims("alice"))); err != nil {
 		t.Fatal(err)
 	}
-	fresh := p.addKey("new", "ES256")
+	fresh := p.AddKey("new", "ES256")
 	f.clk.Advance(11 * time.Second)
-	if _, err := f.auth(t, sign(t, fresh, map[string]any{"kid": "new"}, f.claims("alice"))); err != nil {
+	if _, err := f.auth(t, authtest.Sign(t, fresh, map[string]any{"kid": "new"}, f.claims("alice"))); err != nil {
 		t.Fatalf("token of a rotated-in key: %v", err)
 	}
-	if n := p.fetches.Load(); n != 2 {
+	if n := p.Fetches.Load(); n != 2 {
 		t.Fatalf("JWKS fetches = %d, want 2 (warmup, then the new kid)", n)
 	}
 }
 
 func TestJWTUnknownKidRefreshRateLimited(t *testing.T) {
-	p := newIDP(t)
-	p.addKey("k1", "RS256")
+	p := authtest.NewIDP(t)
+	p.AddKey("k1", "RS256")
 	f := newFixture(t, p, newMemStore(t))
 	if err := f.v.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	forger := newSigner(t, "RS256")
+	forger := authtest.NewSigner(t, "RS256")
 	var wg sync.WaitGroup
 	errs := make([]error, 30)
 	for i := range 30 {
-		tok := sign(t, forger, map[string]any{"kid": fmt.Sprintf("forged-%d", i)}, f.claims("alice"))
+		tok := authtest.Sign(t, forger, map[string]any{"kid": fmt.Sprintf("forged-%d", i)}, f.claims("alice"))
 		wg.Go(func() { _, errs[i] = f.auth(t, tok) })
 	}
 	wg.Wait()
@@ -466,17 +339,17 @@ func TestJWTUnknownKidRefreshRateLimited(t *testing.T) {
 	}
 	// The warmup fetch was just now, so the flood is within MinRefresh: no
 	// fetch at all.
-	if n := p.fetches.Load(); n != 1 {
+	if n := p.Fetches.Load(); n != 1 {
 		t.Fatalf("JWKS fetches after 30 unknown kids = %d, want 1", n)
 	}
 	f.clk.Advance(11 * time.Second)
 	for i := range 30 {
 		wg.Go(func() {
-			_, errs[i] = f.auth(t, sign(t, forger, map[string]any{"kid": fmt.Sprintf("again-%d", i)}, f.claims("alice")))
+			_, errs[i] = f.auth(t, authtest.Sign(t, forger, map[string]any{"kid": fmt.Sprintf("again-%d", i)}, f.claims("alice")))
 		})
 	}
 	wg.Wait()
-	if n := p.fetches.Load(); n != 2 {
+	if n := p.Fetches.Load(); n != 2 {
 		t.Fatalf("JWKS fetches after another 30 unknown kids past MinRefresh = %d, want 2", n)
 	}
 	if ok := f.refresh.get("ok"); ok != 2 {
@@ -485,14 +358,14 @@ func TestJWTUnknownKidRefreshRateLimited(t *testing.T) {
 }
 
 func TestJWTJWKSDownAtStart(t *testing.T) {
-	p := newIDP(t)
-	s := p.addKey("k1", "EdDSA")
-	p.down.Store(true)
+	p := authtest.NewIDP(t)
+	s := p.AddKey("k1", "EdDSA")
+	p.Down.Store(true)
 	f := newFixture(t, p, newMemStore(t))
 	if err := f.v.Refresh(context.Background()); err == nil {
 		t.Fatal("Refresh with the JWKS down: no error")
 	}
-	tok := sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
+	tok := authtest.Sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
 	_, err := f.auth(t, tok)
 	wantCode(t, "JWKS down at start", err, apperr.Unavailable)
 	if e := apperr.As(err); e == nil || e.RetryAfter <= 0 {
@@ -501,20 +374,20 @@ func TestJWTJWKSDownAtStart(t *testing.T) {
 	if f.refresh.get("error") < 1 {
 		t.Fatal("failed refresh not counted")
 	}
-	p.down.Store(false)
+	p.Down.Store(false)
 	f.clk.Advance(11 * time.Second)
 	if _, err := f.auth(t, tok); err != nil {
 		t.Fatalf("JWKS back: %v", err)
 	}
 	// Down again: known keys keep working, an unknown kid is 503 (its
-	// signer may be legitimate and unknown only because the JWKS is away).
-	p.down.Store(true)
+	// authtest.Signer may be legitimate and unknown only because the JWKS is away).
+	p.Down.Store(true)
 	f.clk.Advance(11 * time.Second)
 	c := f.claims("bob")
-	if _, err := f.auth(t, sign(t, s, map[string]any{"kid": "k1"}, c)); err != nil {
+	if _, err := f.auth(t, authtest.Sign(t, s, map[string]any{"kid": "k1"}, c)); err != nil {
 		t.Fatalf("known key with the JWKS down: %v", err)
 	}
-	_, err = f.auth(t, sign(t, newSigner(t, "EdDSA"), map[string]any{"kid": "k2"}, c))
+	_, err = f.auth(t, authtest.Sign(t, authtest.NewSigner(t, "EdDSA"), map[string]any{"kid": "k2"}, c))
 	wantCode(t, "unknown kid with the JWKS down", err, apperr.Unavailable)
 }
 
@@ -542,8 +415,8 @@ func TestJWTFetchDeadline(t *testing.T) {
 }
 
 func TestJWTSubjectRaceAcrossInstances(t *testing.T) {
-	p := newIDP(t)
-	s := p.addKey("k1", "ES256")
+	p := authtest.NewIDP(t)
+	s := p.AddKey("k1", "ES256")
 	shared := newMemStore(t)
 	a, b := newFixture(t, p, shared), newFixture(t, p, shared)
 	const n = 8
@@ -557,7 +430,7 @@ func TestJWTSubjectRaceAcrossInstances(t *testing.T) {
 		}
 		c := f.claims("newcomer")
 		c["jti"] = fmt.Sprint(i)
-		tok := sign(t, s, map[string]any{"kid": "k1"}, c)
+		tok := authtest.Sign(t, s, map[string]any{"kid": "k1"}, c)
 		wg.Go(func() {
 			<-start
 			pr, err := f.auth(t, tok)
@@ -602,8 +475,8 @@ func (c *authCounter) AuthRequest(_ context.Context, method, result string) {
 }
 
 func TestAuthenticatorJWTBesideOpaque(t *testing.T) {
-	p := newIDP(t)
-	s := p.addKey("k1", "RS256")
+	p := authtest.NewIDP(t)
+	s := p.AddKey("k1", "RS256")
 	f := newFixture(t, p, newMemStore(t))
 	text, h, err := NewToken()
 	if err != nil {
@@ -612,7 +485,7 @@ func TestAuthenticatorJWTBesideOpaque(t *testing.T) {
 	opaque := &fakeStore{m: map[domain.TokenHash]domain.Principal{h: {UserID: 99, TokenID: 1}}}
 	obs := &authCounter{m: map[string]int{}}
 	a := New(Config{Store: opaque, JWT: f.v, Observer: obs, Now: f.clk.Now})
-	jwtTok := sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
+	jwtTok := authtest.Sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
 
 	if pr, _, err := a.Authenticate(context.Background(), "Bearer "+text); err != nil || pr.UserID != 99 {
 		t.Fatalf("opaque token beside JWTs = %+v, %v", pr, err)
@@ -636,14 +509,14 @@ func TestAuthenticatorJWTBesideOpaque(t *testing.T) {
 }
 
 func TestAuthSpanSaysMethod(t *testing.T) {
-	p := newIDP(t)
-	s := p.addKey("k1", "ES256")
+	p := authtest.NewIDP(t)
+	s := p.AddKey("k1", "ES256")
 	f := newFixture(t, p, newMemStore(t))
 	text, h, _ := NewToken()
 	a := New(Config{Store: &fakeStore{m: map[domain.TokenHash]domain.Principal{h: {UserID: 1}}}, JWT: f.v, Now: f.clk.Now})
 	rec := tracetest.NewSpanRecorder()
 	tr := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)).Tracer("test")
-	jwtTok := sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
+	jwtTok := authtest.Sign(t, s, map[string]any{"kid": "k1"}, f.claims("alice"))
 	for _, header := range []string{"Bearer " + text, "Bearer " + jwtTok} {
 		ctx, span := tr.Start(context.Background(), "auth")
 		if _, _, err := a.Authenticate(ctx, header); err != nil {
@@ -668,9 +541,9 @@ func TestAuthSpanSaysMethod(t *testing.T) {
 }
 
 func TestJWKSBackgroundRefresh(t *testing.T) {
-	p := newIDP(t)
-	p.addKey("k1", "ES256")
-	p.maxAge = "3600"
+	p := authtest.NewIDP(t)
+	p.AddKey("k1", "ES256")
+	p.SetMaxAge("3600")
 	f := newFixture(t, p, newMemStore(t))
 	waits := make(chan time.Duration)
 	fire := make(chan time.Time)
@@ -687,10 +560,10 @@ func TestJWKSBackgroundRefresh(t *testing.T) {
 	if d := <-waits; d != 45*time.Minute {
 		t.Fatalf("wait after a fetch with max-age=3600 = %v, want 3/4 of it", d)
 	}
-	if n := p.fetches.Load(); n != 1 {
+	if n := p.Fetches.Load(); n != 1 {
 		t.Fatalf("fetches = %d, want 1", n)
 	}
-	p.down.Store(true)
+	p.Down.Store(true)
 	fire <- time.Time{}
 	if d := <-waits; d != 10*time.Second {
 		t.Fatalf("wait after a failed fetch = %v, want MinRefresh", d)
