@@ -50,7 +50,7 @@ var servingRE = regexp.MustCompile(`serving http://(\S+) admin http://(\S+)`)
 // real Postgres (a fresh schema) when DATABASE_URL is set and real Valkey (a
 // fresh key prefix) when VALKEY_URL is set; each one left unset is the
 // embedded default (in-memory store, in-process Valkey).
-func backendEnv(t *testing.T) map[string]string {
+func backendEnv(t testing.TB) map[string]string {
 	t.Helper()
 	env := map[string]string{}
 	if os.Getenv("DATABASE_URL") != "" {
@@ -93,13 +93,13 @@ func randHex(n int) string {
 
 // start runs the service with env (plus port-0 listeners) and waits until it
 // serves and /readyz answers 200. The service is stopped at cleanup.
-func start(t *testing.T, env map[string]string) *instance {
+func start(t testing.TB, env map[string]string) *instance {
 	t.Helper()
 	return startWith(t, env, options{})
 }
 
 // startWith is start with test seams (e.g. a span exporter).
-func startWith(t *testing.T, env map[string]string, opts options) *instance {
+func startWith(t testing.TB, env map[string]string, opts options) *instance {
 	t.Helper()
 	full := map[string]string{
 		"HTTP_ADDR":           "127.0.0.1:0",

@@ -23,7 +23,7 @@ type testIDP struct {
 	key authtest.Signer
 }
 
-func newTestIDP(t *testing.T) *testIDP {
+func newTestIDP(t testing.TB) *testIDP {
 	t.Helper()
 	p := &testIDP{IDP: authtest.NewIDP(t)}
 	p.key = p.AddKey("e2e-1", "ES256")
@@ -46,7 +46,7 @@ func (p *testIDP) token(t testing.TB, sub string, extra map[string]any) string {
 	return authtest.Sign(t, p.key, map[string]any{"kid": "e2e-1", "typ": "JWT"}, claims)
 }
 
-func waitJWKSStep(t *testing.T, in *instance) {
+func waitJWKSStep(t testing.TB, in *instance) {
 	t.Helper()
 	eventually(t, 10*time.Second, "system warmup step jwks ready", func() bool {
 		for _, s := range systemWarmup(t, in).Steps {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,38 +12,39 @@ import (
 	"time"
 )
 
-// TestMeasureJWTWarmPath measures warm queries with a JWT against warm
-// queries with an opaque token on one instance, interleaved in rounds: the
-// auth phase median (Server-Timing) and the throughput. It is a measurement,
-// not a check: it runs only with WARMPATH_MEASURE=1 and logs its figures.
-func TestMeasureJWTWarmPath(t *testing.T) {
-	if os.Getenv("WARMPATH_MEASURE") == "" {
-		t.Skip("a measurement: set WARMPATH_MEASURE=1")
+// BenchmarkJWTWarmPath measures warm queries with a JWT against warm queries
+// with an opaque token on one instance, interleaved: each iteration is one
+// round of every kind (a JWT whose verification is cached, a new JWT on
+// every request, an opaque token), 8 closed-loop clients for 500 ms each.
+// It reports each kind's throughput as a ratio of the opaque token's and
+// the auth phase median (Server-Timing):
+//
+//	go test -run '^$' -bench JWTWarmPath -benchtime 6x ./app/
+func BenchmarkJWTWarmPath(b *testing.B) {
+	idp := newTestIDP(b)
+	env := withEnv(idp.env(backendEnv(b)), "LOG_LEVEL", "error")
+	in := start(b, env)
+	waitJWKSStep(b, in)
+	u := in.newUser(b, "pro", nil)
+	if r := in.items(b, u.token, []string{"a", "b", "c"}, nil); r.status != 200 {
+		b.Fatalf("items: %d", r.status)
 	}
-	idp := newTestIDP(t)
-	env := idp.env(backendEnv(t))
-	env["LOG_LEVEL"] = "error"
-	in := start(t, env)
-	waitJWKSStep(t, in)
-	u := in.newUser(t, "pro", nil)
-	if r := in.items(t, u.token, []string{"a", "b", "c"}, nil); r.status != 200 {
-		t.Fatalf("items: %d", r.status)
+	if r := call(b, "POST", in.admin+"/admin/users", "", map[string]any{"name": "m", "plan": "pro", "subject": "measure"}); r.status != 201 {
+		b.Fatalf("create the JWT user: %d %s", r.status, r.raw)
 	}
-	if r := call(t, "POST", in.admin+"/admin/users", "", map[string]any{"name": "m", "plan": "pro", "subject": "measure"}); r.status != 201 {
-		t.Fatalf("create the JWT user: %d %s", r.status, r.raw)
-	}
-	cached := idp.token(t, "measure", nil)
-	if r := in.items(t, cached, []string{"a", "b", "c"}, nil); r.status != 200 {
-		t.Fatalf("items: %d", r.status)
+	cached := idp.token(b, "measure", nil)
+	if r := in.items(b, cached, []string{"a", "b", "c"}, nil); r.status != 200 {
+		b.Fatalf("items: %d", r.status)
 	}
 	fresh := make([]string, 40000)
 	for i := range fresh {
-		fresh[i] = idp.token(t, "measure", nil)
+		fresh[i] = idp.token(b, "measure", nil)
 	}
 	var next atomic.Int64
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
 	body := []byte(`{"items":["a","x","c"]}`)
-	run := func(token func() string, d time.Duration) (reqs int, auth []float64) {
+	// run is d of closed-loop load with token: the auth phase of each answer.
+	run := func(token func() string, d time.Duration) (auth []float64) {
 		const workers = 8
 		var mu sync.Mutex
 		var wg sync.WaitGroup
@@ -58,12 +58,12 @@ func TestMeasureJWTWarmPath(t *testing.T) {
 					req.Header.Set("Authorization", "Bearer "+token())
 					resp, err := hc.Do(req)
 					if err != nil {
-						t.Error(err)
+						b.Error(err)
 						return
 					}
 					resp.Body.Close()
 					if resp.StatusCode != 200 {
-						t.Errorf("status %d", resp.StatusCode)
+						b.Errorf("status %d", resp.StatusCode)
 						return
 					}
 					for part := range strings.SplitSeq(resp.Header.Get("Server-Timing"), ",") {
@@ -79,7 +79,7 @@ func TestMeasureJWTWarmPath(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		return len(auth), auth
+		return auth
 	}
 	kinds := []struct {
 		name  string
@@ -89,21 +89,22 @@ func TestMeasureJWTWarmPath(t *testing.T) {
 		{"jwt-cached", func() string { return cached }},
 		{"jwt-uncached", func() string { return fresh[int(next.Add(1))%len(fresh)] }},
 	}
-	total := map[string]int{}
 	auth := map[string][]float64{}
 	run(kinds[0].token, time.Second) // warm the connections
-	for range 3 {
+	b.ResetTimer()
+	for b.Loop() {
 		for _, k := range kinds {
-			n, a := run(k.token, 2*time.Second)
-			total[k.name] += n
-			auth[k.name] = append(auth[k.name], a...)
+			auth[k.name] = append(auth[k.name], run(k.token, 500*time.Millisecond)...)
 		}
 	}
+	secs := 0.5 * float64(b.N)
 	for _, k := range kinds {
 		a := auth[k.name]
 		slices.Sort(a)
-		med := a[len(a)/2]
-		t.Logf("%-12s %7.0f req/s (%.2f× opaque)  auth median %.3f ms  p99 %.3f ms  (%d requests)",
-			k.name, float64(total[k.name])/6, float64(total[k.name])/float64(total["opaque"]), med, a[len(a)*99/100], len(a))
+		b.ReportMetric(float64(len(a))/secs, k.name+"-req/s")
+		b.ReportMetric(a[len(a)/2], k.name+"-auth-median-ms")
+		if k.name != "opaque" {
+			b.ReportMetric(float64(len(a))/float64(len(auth["opaque"])), k.name+"/opaque")
+		}
 	}
 }
