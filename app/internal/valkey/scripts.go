@@ -441,6 +441,23 @@ end
 return 0
 `
 
+// admitLua admits a user's first warmup in one step: the queued status
+// (ARGV[2]) and the lock (token ARGV[1]), both for ARGV[3] ms, only if the
+// user has no status and the lock is free. KEYS: status, lock. Returns {1}
+// when admitted; else {0, status} or {0} (no status: the lock is held),
+// having changed nothing.
+const admitLua = `
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  return {0, cur}
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[3]) then
+  return {0}
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {1}
+`
+
 // scripts holds every Lua script of the package, shared by a Cache and the
 // SyncQueue and WarmState made from it. valkey-go's Lua runs EVALSHA and
 // falls back to EVAL on NOSCRIPT. None is retried by the client on its own:
@@ -459,14 +476,14 @@ type scripts struct {
 	syncBegin, syncClaim, syncRevert, syncSeal, syncRenew, syncTakeover, syncFinish *valkey.Lua
 	syncAlive                                                                       *valkey.Lua
 
-	lockExtend, lockRelease, lockSwap *valkey.Lua
+	lockExtend, lockRelease, lockSwap, admit *valkey.Lua
 }
 
 // allScripts is every script source, in the order LoadScripts loads them.
 var allScripts = []string{
 	countLua, seedUsageLua, refundLua, idemBeginLua, idemStoreLua, hasNotLua, applyItemsLua, invalidateItemsLua, finishLoadLua, putPrincipalLua,
 	beginLua, claimUserLua, revertUserLua, sealLua, renewLua, takeoverLua, finishLua, aliveLua,
-	extendLockLua, releaseLockLua, swapLockLua,
+	extendLockLua, releaseLockLua, swapLockLua, admitLua,
 }
 
 func newScripts() *scripts {
@@ -495,5 +512,6 @@ func newScripts() *scripts {
 		lockExtend:  valkey.NewLuaScript(extendLockLua),
 		lockRelease: valkey.NewLuaScript(releaseLockLua),
 		lockSwap:    valkey.NewLuaScript(swapLockLua),
+		admit:       valkey.NewLuaScript(admitLua),
 	}
 }

@@ -3,6 +3,7 @@ package valkey
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -22,11 +23,56 @@ type WarmState struct{ conn }
 var (
 	_ warmup.StatusStore = (*WarmState)(nil)
 	_ warmup.Locker      = (*WarmState)(nil)
+	_ warmup.Admitter    = (*WarmState)(nil)
 )
 
 // WarmState returns warmup's shared state on the Cache's client, keys and
 // deadline. The Cache keeps ownership of the client.
 func (c *Cache) WarmState() *WarmState { return &WarmState{conn: c.conn} }
+
+// Admit stores st and takes the lock with token, both for ttl, only if the
+// user has no status and the lock is free, in one script call; otherwise it
+// returns the current status (found false: none, the lock is held).
+func (s *WarmState) Admit(ctx context.Context, userID int64, token string, st warmup.Status, ttl time.Duration) (admitted bool, cur warmup.Status, found bool, err error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return false, warmup.Status{}, false, fmt.Errorf("valkey warm state admit: encode: %w", err)
+	}
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	reply, err := s.scripts.admit.Exec(ctx, s.client, []string{s.keys.WarmupStatus(userID), s.keys.WarmupLock(userID)},
+		[]string{token, string(b), strconv.FormatInt(ttlMillis(ttl), 10)}).ToArray()
+	if err != nil {
+		return false, warmup.Status{}, false, wrapWarm("admit", err)
+	}
+	if len(reply) == 0 {
+		return false, warmup.Status{}, false, errors.New("valkey warm state admit: empty reply")
+	}
+	if n, err := reply[0].AsInt64(); err != nil || n == 1 {
+		return err == nil, warmup.Status{}, false, err
+	}
+	if len(reply) < 2 {
+		return false, warmup.Status{}, false, nil
+	}
+	raw, err := reply[1].AsBytes()
+	if err != nil {
+		return false, warmup.Status{}, false, fmt.Errorf("valkey warm state admit: %w", err)
+	}
+	cur, err = decodeStatus(raw)
+	return false, cur, err == nil, err
+}
+
+// decodeStatus is a stored status.
+func decodeStatus(b []byte) (warmup.Status, error) {
+	var st warmup.Status
+	if err := json.Unmarshal(b, &st); err != nil {
+		return warmup.Status{}, fmt.Errorf("valkey warm state: decode status: %w", err)
+	}
+	if st.Parts == nil {
+		st.Parts = map[string]warmup.PartStatus{}
+	}
+	return st, nil
+}
 
 // Get returns the user's status; found is false when there is none.
 func (s *WarmState) Get(ctx context.Context, userID int64) (warmup.Status, bool, error) {
@@ -39,14 +85,8 @@ func (s *WarmState) Get(ctx context.Context, userID int64) (warmup.Status, bool,
 	if err != nil {
 		return warmup.Status{}, false, wrapWarm("get status", err)
 	}
-	var st warmup.Status
-	if err := json.Unmarshal(b, &st); err != nil {
-		return warmup.Status{}, false, fmt.Errorf("valkey warm state get status: decode: %w", err)
-	}
-	if st.Parts == nil {
-		st.Parts = map[string]warmup.PartStatus{}
-	}
-	return st, true, nil
+	st, err := decodeStatus(b)
+	return st, err == nil, err
 }
 
 // Put stores the user's status for ttl.

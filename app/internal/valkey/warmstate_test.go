@@ -370,3 +370,52 @@ func TestLockSwapIsCompareAndSwap(t *testing.T) {
 		t.Fatal("the new holder owns the lock")
 	}
 }
+
+// TestAdmit: the first admission writes the status and takes the lock, both
+// with the TTL; with a status there, or with the lock held, it changes
+// nothing and says what it saw.
+func TestAdmit(t *testing.T) {
+	onEachBackend(t, func(t *testing.T, c *valkey.Cache) {
+		ctx := context.Background()
+		s, k, raw := c.WarmState(), c.Keys(), c.Client()
+		now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+		queued := warmup.Status{State: warmup.StateQueued, RequestedAt: &now, Parts: map[string]warmup.PartStatus{warmup.PartItems: {State: warmup.StateIdle}}}
+
+		ok, _, found, err := s.Admit(ctx, 5, "A", queued, time.Minute)
+		if err != nil || !ok || found {
+			t.Fatalf("first admit = %v, found %v, %v; want admitted", ok, found, err)
+		}
+		if tok, held, _ := s.Holder(ctx, 5); !held || tok != "A" {
+			t.Fatalf("lock after admit = %q, %v; want A", tok, held)
+		}
+		for _, key := range []string{k.WarmupStatus(5), k.WarmupLock(5)} {
+			if pttl, err := raw.Do(ctx, raw.B().Pttl().Key(key).Build()).AsInt64(); err != nil || pttl <= 0 || pttl > 60_000 {
+				t.Fatalf("PTTL %s = %d, %v; want in (0, 60 s]", key, pttl, err)
+			}
+		}
+		if got, _, _ := s.Get(ctx, 5); !cmp.Equal(got, queued) {
+			t.Fatalf("status after admit = %+v; want %+v", got, queued)
+		}
+
+		// A second admission (another instance) sees the status, takes nothing.
+		ok, cur, found, err := s.Admit(ctx, 5, "B", warmup.Status{State: warmup.StateQueued}, time.Minute)
+		if err != nil || ok || !found || !cmp.Equal(cur, queued) {
+			t.Fatalf("second admit = %v, %+v found %v, %v; want not admitted, the first status", ok, cur, found, err)
+		}
+		if tok, _, _ := s.Holder(ctx, 5); tok != "A" {
+			t.Fatalf("lock after the second admit = %q; want A", tok)
+		}
+
+		// No status but the lock held: not admitted, nothing written.
+		if ok, err := s.Acquire(ctx, 6, "C", time.Minute); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		ok, _, found, err = s.Admit(ctx, 6, "D", queued, time.Minute)
+		if err != nil || ok || found {
+			t.Fatalf("admit with the lock held = %v, found %v, %v; want neither", ok, found, err)
+		}
+		if _, found, _ := s.Get(ctx, 6); found {
+			t.Fatal("admit with the lock held wrote a status")
+		}
+	})
+}

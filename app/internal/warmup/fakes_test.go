@@ -272,6 +272,8 @@ type memState struct {
 	status  map[int64]warmup.Status
 	history map[int64][]warmup.State
 	locks   map[int64]string
+	// Calls of Admit, Get, Acquire and Put.
+	admits, gets, acquires, puts int
 }
 
 func newMemState() *memState {
@@ -281,6 +283,7 @@ func newMemState() *memState {
 func (s *memState) Get(_ context.Context, id int64) (warmup.Status, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gets++
 	st, ok := s.status[id]
 	return st, ok, nil
 }
@@ -288,6 +291,7 @@ func (s *memState) Get(_ context.Context, id int64) (warmup.Status, bool, error)
 func (s *memState) Put(_ context.Context, id int64, st warmup.Status, _ time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.puts++
 	s.status[id] = st
 	if h := s.history[id]; len(h) == 0 || h[len(h)-1] != st.State {
 		s.history[id] = append(h, st.State)
@@ -301,6 +305,13 @@ func (s *memState) Delete(_ context.Context, id int64) error {
 	delete(s.status, id)
 	s.history[id] = append(s.history[id], warmup.StateIdle)
 	return nil
+}
+
+// calls returns the counts of Admit, Get, Acquire and Put calls so far.
+func (s *memState) calls() [4]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return [4]int{s.admits, s.gets, s.acquires, s.puts}
 }
 
 func (s *memState) states(id int64) []warmup.State {
@@ -319,11 +330,28 @@ func (s *memState) locked(id int64) bool {
 func (s *memState) Acquire(_ context.Context, id int64, token string, _ time.Duration) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.acquires++
 	if _, held := s.locks[id]; held {
 		return false, nil
 	}
 	s.locks[id] = token
 	return true, nil
+}
+
+func (s *memState) Admit(_ context.Context, id int64, token string, st warmup.Status, _ time.Duration) (bool, warmup.Status, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.admits++
+	if cur, ok := s.status[id]; ok {
+		return false, cur, true, nil
+	}
+	if _, held := s.locks[id]; held {
+		return false, warmup.Status{}, false, nil
+	}
+	s.locks[id] = token
+	s.status[id] = st
+	s.history[id] = append(s.history[id], st.State)
+	return true, warmup.Status{}, false, nil
 }
 
 func (s *memState) Extend(_ context.Context, id int64, token string, _ time.Duration) (bool, error) {

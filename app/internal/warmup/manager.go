@@ -60,6 +60,9 @@ func (e *entry) update(f func(*Status)) {
 // concurrent use.
 type Manager struct {
 	cfg Config
+	// admitter is Config.Locks when it is an Admitter and also the status
+	// store (Admit writes the status), else nil.
+	admitter Admitter
 
 	base       context.Context // cancelled by Stop: running jobs and system warmup
 	cancelBase context.CancelFunc
@@ -91,6 +94,9 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, inflight: map[int64]*entry{}}
+	if a, ok := cfg.Locks.(Admitter); ok && any(cfg.Locks) == any(cfg.Status) {
+		m.admitter = a
+	}
 	m.cond = sync.NewCond(&m.mu)
 	m.base, m.cancelBase = context.WithCancel(context.Background())
 	m.sysState = m.initialSystemStatus()
@@ -327,10 +333,20 @@ func (m *Manager) promote(e *entry, login Job) {
 func (m *Manager) admit(ctx context.Context, e *entry) (Status, error) {
 	id, kind := e.job.UserID, e.job.Kind
 	now := m.cfg.Now()
-	prev, found, err := m.cfg.Status.Get(ctx, id)
-	if err != nil {
-		m.forget(e)
-		return Status{}, fmt.Errorf("warmup enqueue: read status: %w", err)
+	var prev Status
+	var found bool
+	if m.admitter != nil && m.reserve(kind) {
+		st, seen, admitted, err := m.admitFirst(ctx, e, m.admitter, now)
+		if err != nil || admitted {
+			return st, err
+		}
+		prev, found = st, seen
+	} else {
+		var err error
+		if prev, found, err = m.cfg.Status.Get(ctx, id); err != nil {
+			m.forget(e)
+			return Status{}, fmt.Errorf("warmup enqueue: read status: %w", err)
+		}
 	}
 	if found && m.fresh(ctx, id, prev, now) {
 		m.forget(e)
@@ -344,10 +360,7 @@ func (m *Manager) admit(ctx context.Context, e *entry) (Status, error) {
 		m.forget(e)
 		return current, ErrQueueFull
 	}
-	token := rand.Text()
-	if kind == KindSystem {
-		token = queuedSystemToken + token
-	}
+	token := newToken(kind)
 	got, err := m.cfg.Locks.Acquire(ctx, id, token, m.cfg.LockTTL)
 	if err == nil && !got && kind == KindLogin {
 		// Login warmups go before system ones across instances too: a system
@@ -362,20 +375,56 @@ func (m *Manager) admit(ctx context.Context, e *entry) (Status, error) {
 		}
 		return m.heldElsewhere(prev, found, now), nil
 	}
-	cleanup := context.WithoutCancel(ctx)
 	st := Status{State: StateQueued, RequestedAt: &now, Parts: initialParts(e.job)}
 	if err := m.cfg.Status.Put(ctx, id, st, m.cfg.LockTTL); err != nil {
-		m.release(cleanup, id, token)
+		m.release(context.WithoutCancel(ctx), id, token)
 		m.unreserve(kind)
 		m.forget(e)
 		return Status{}, fmt.Errorf("warmup enqueue: write status: %w", err)
 	}
+	var was *Status
+	if found {
+		was = &prev
+	}
+	return m.queue(ctx, e, token, st, was)
+}
 
+// admitFirst admits e in one step (a, with a queue slot reserved): the
+// first login's path. When the user has a status or the lock is held it
+// gives the slot back and returns the status it saw (zero: none) for admit
+// to decide on as before (found false: none).
+func (m *Manager) admitFirst(ctx context.Context, e *entry, a Admitter, now time.Time) (st Status, found, admitted bool, err error) {
+	token := newToken(e.job.Kind)
+	queued := Status{State: StateQueued, RequestedAt: &now, Parts: initialParts(e.job)}
+	admitted, st, found, err = a.Admit(ctx, e.job.UserID, token, queued, m.cfg.LockTTL)
+	if err == nil && admitted {
+		st, err = m.queue(ctx, e, token, queued, nil)
+		return st, false, true, err
+	}
+	m.unreserve(e.job.Kind)
+	if err != nil {
+		m.forget(e)
+		return Status{}, false, false, fmt.Errorf("warmup enqueue: admit: %w", err)
+	}
+	return st, found, false, nil
+}
+
+// newToken is a fresh lock token for a job of kind.
+func newToken(kind Kind) string {
+	if kind == KindSystem {
+		return queuedSystemToken + rand.Text()
+	}
+	return rand.Text()
+}
+
+// queue puts e, admitted under token with status st (prev: the status it
+// replaced, if any), in its queue.
+func (m *Manager) queue(ctx context.Context, e *entry, token string, st Status, prev *Status) (Status, error) {
+	kind := e.job.Kind
+	cleanup := context.WithoutCancel(ctx)
 	m.mu.Lock()
 	e.token = token
-	if found {
-		e.prev = &prev
-	}
+	e.prev = prev
 	e.update(func(s *Status) { *s = st.clone() })
 	if m.stopped {
 		m.mu.Unlock()

@@ -251,6 +251,18 @@ type Locker interface {
 	Holder(ctx context.Context, userID int64) (string, bool, error)
 }
 
+// Admitter is a Locker (and StatusStore) that admits a user's first warmup
+// in one step, so a first login's enqueue costs one round trip. The Manager
+// uses it when Config.Locks implements it and is Config.Status too.
+// Implementations MUST be safe for concurrent use.
+type Admitter interface {
+	// Admit stores st as the user's status and takes the user's lock with
+	// token, both for ttl and both only if the user has no status and nobody
+	// holds the lock. Otherwise it changes nothing and returns the current
+	// status (found is false when there is none: the lock is held).
+	Admit(ctx context.Context, userID int64, token string, st Status, ttl time.Duration) (admitted bool, cur Status, found bool, err error)
+}
+
 // Observer is told about finished jobs and reads the queue depth
 // (telemetry.Metrics satisfies it).
 type Observer interface {
