@@ -69,10 +69,18 @@ func backendEnv(t testing.TB) map[string]string {
 // DATABASE_URL and VALKEY_URL the test is skipped.
 func realBackendEnv(t *testing.T, why string) map[string]string {
 	t.Helper()
+	needReal(t, why)
+	return backendEnv(t)
+}
+
+// needReal skips t unless DATABASE_URL and VALKEY_URL name real servers; why
+// says what the test needs of them. A test whose subtests all need them
+// calls it first, so it is reported skipped rather than passed.
+func needReal(t *testing.T, why string) {
+	t.Helper()
 	if os.Getenv("DATABASE_URL") == "" || os.Getenv("VALKEY_URL") == "" {
 		t.Skip("needs DATABASE_URL and VALKEY_URL (see .ci/run): " + why)
 	}
-	return backendEnv(t)
 }
 
 // onPostgres reports whether env's store is a real Postgres (pgx spans, pool

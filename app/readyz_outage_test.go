@@ -33,6 +33,7 @@ func ryWaitReadyz(t *testing.T, in *instance, status int, check, checkState stri
 }
 
 func TestReadyzValkeyCut(t *testing.T) {
+	needReal(t, "toxiproxy faults between the service and a real Valkey")
 	for _, tc := range []struct {
 		mode, checkState, state string
 		readyz, query           int
