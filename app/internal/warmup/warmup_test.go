@@ -281,51 +281,49 @@ func TestReadyUserNotWarmedAgainWithinTTL(t *testing.T) {
 	r.wantLoads(t, 1, 3)
 }
 
-// TestFirstLoginAdmittedInOneStep: a user with no status is admitted by one
-// Admit (status and lock in one round trip), nothing else; a user with a
-// status reuses what Admit saw instead of reading it again.
-func TestFirstLoginAdmittedInOneStep(t *testing.T) {
-	r := newRig()
-	r.store.addUser(1, "pro", 3)
-	m := r.manager(t)
-	st, err := m.Enqueue(context.Background(), warmup.Job{UserID: 1})
-	if err != nil || st.State != warmup.StateQueued {
-		t.Fatalf("first enqueue = %+v, %v; want queued", st, err)
-	}
-	if got, want := r.state.calls(), [4]int{1, 0, 0, 0}; got != want {
-		t.Fatalf("calls (admit, get, acquire, put) = %v; want %v", got, want)
-	}
-	if got := r.state.states(1); !slices.Equal(got, []warmup.State{warmup.StateQueued}) {
-		t.Fatalf("status history %v; want queued", got)
-	}
-	m.Start(context.Background())
-	r.obs.next(t)
-	before := r.state.calls()
-	if st, err := m.Enqueue(context.Background(), warmup.Job{UserID: 1}); err != nil || st.State != warmup.StateReady {
-		t.Fatalf("enqueue within TTL = %+v, %v; want ready", st, err)
-	}
-	if got := r.state.calls(); got[0] != before[0]+1 || got[1] != before[1] || got[2] != before[2] {
-		t.Fatalf("calls after a ready user's enqueue %v (before %v); want one more admit, no get, no acquire", got, before)
-	}
-}
-
-// TestAdmissionWithoutAdmitter: a lock store without Admit gets the
-// separate read, lock and write, with the same outcome.
-func TestAdmissionWithoutAdmitter(t *testing.T) {
-	r := newRig()
-	r.store.addUser(1, "pro", 3)
-	r.cfg.Locks = struct{ warmup.Locker }{r.state} // Admit hidden
-	m := r.manager(t)
-	st, err := m.Enqueue(context.Background(), warmup.Job{UserID: 1})
-	if err != nil || st.State != warmup.StateQueued {
-		t.Fatalf("first enqueue = %+v, %v; want queued", st, err)
-	}
-	if got, want := r.state.calls(), [4]int{0, 1, 1, 1}; got != want {
-		t.Fatalf("calls (admit, get, acquire, put) = %v; want %v", got, want)
-	}
-	m.Start(context.Background())
-	if rec := r.obs.next(t); rec.result != "ready" {
-		t.Fatalf("job result %q; want ready", rec.result)
+// TestFirstLoginAdmission: with a lock store that can Admit, a user with no
+// status is admitted by one Admit (status and lock in one round trip),
+// nothing else, and a user with a status reuses what Admit saw instead of
+// reading it again; without Admit the read, lock and write are separate.
+// Both warm the user.
+func TestFirstLoginAdmission(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		hide  bool   // Config.Locks without Admit
+		calls [4]int // Admit, Get, Acquire, Put calls of the first enqueue
+	}{
+		{"admit", false, [4]int{1, 0, 0, 0}},
+		{"separate steps", true, [4]int{0, 1, 1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig()
+			r.store.addUser(1, "pro", 3)
+			if tc.hide {
+				r.cfg.Locks = struct{ warmup.Locker }{r.state}
+			}
+			m := r.manager(t)
+			ctx := context.Background()
+			if st, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil || st.State != warmup.StateQueued {
+				t.Fatalf("first enqueue = %+v, %v; want queued", st, err)
+			}
+			if got := r.state.calls(); got != tc.calls {
+				t.Fatalf("calls (admit, get, acquire, put) = %v; want %v", got, tc.calls)
+			}
+			if got := r.state.states(1); !slices.Equal(got, []warmup.State{warmup.StateQueued}) {
+				t.Fatalf("status history %v; want queued", got)
+			}
+			m.Start(ctx)
+			if rec := r.obs.next(t); rec.result != "ready" {
+				t.Fatalf("job result %q; want ready", rec.result)
+			}
+			before := r.state.calls()
+			if st, err := m.Enqueue(ctx, warmup.Job{UserID: 1}); err != nil || st.State != warmup.StateReady {
+				t.Fatalf("enqueue within TTL = %+v, %v; want ready", st, err)
+			}
+			if got := r.state.calls(); !tc.hide && (got[0] != before[0]+1 || got[1] != before[1] || got[2] != before[2]) {
+				t.Fatalf("calls after a ready user's enqueue %v (before %v); want one more admit, no get, no acquire", got, before)
+			}
+		})
 	}
 }
 
