@@ -33,6 +33,10 @@ import (
 	"github.com/warmpath/warmpath/app/web"
 )
 
+// The Valkey cache answers a warm query's has-not lookup inside its count
+// (one round trip); usage.Service finds that out by this interface.
+var _ usage.HasNotCounter = (*valkey.Cache)(nil)
+
 // host is what build gets from the process around it.
 type host struct {
 	tel        *telemetry.Telemetry

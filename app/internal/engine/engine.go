@@ -104,6 +104,23 @@ func (e *Engine) HasNot(ctx context.Context, userID int64, items []string) (Resu
 	return res, nil
 }
 
+// Answered is the Result of a has-not lookup that the item-set cache
+// answered ahead of HasNot, in the usage count's round trip
+// (usage.Service.CheckQuery): the cache's answer (missing: input order,
+// each once), observed as a cache hit as HasNot's own would be.
+func (e *Engine) Answered(ctx context.Context, missing []string) Result {
+	if a, ok := e.cfg.Items.(answerer); ok {
+		return a.Answered(ctx, missing)
+	}
+	return Result{Missing: missing, Source: SourceCache}
+}
+
+// answerer is an Items that observes answers its cache gave ahead
+// (CachedItems).
+type answerer interface {
+	Answered(ctx context.Context, missing []string) Result
+}
+
 // FromStore returns the Items of the system of record.
 func FromStore(st Store) Items { return storeItems{st} }
 
