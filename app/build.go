@@ -45,6 +45,9 @@ type host struct {
 	publicAddr net.Addr  // GET /demo/users only on a loopback listener
 	// wrapStore, when set, wraps the opened store (a test seam).
 	wrapStore func(store.Store) store.Store
+	// interceptValkey, when set, sees every Valkey command (a test seam:
+	// valkey.Config.Intercept).
+	interceptValkey func(vk.Client) vk.Client
 }
 
 // application is everything build made: what serve starts and stops, and
@@ -87,7 +90,7 @@ func (a *application) close() {
 func build(ctx context.Context, cfg config.Config, h host) (*application, error) {
 	tel, log := h.tel, h.log
 	a := &application{cfg: cfg, log: log}
-	if err := a.openBackends(ctx, tel); err != nil {
+	if err := a.openBackends(ctx, tel, h.interceptValkey); err != nil {
 		return a, err
 	}
 	if h.wrapStore != nil {
@@ -164,7 +167,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 
 // openBackends opens the store (Postgres, or the in-memory one) and Valkey
 // (or an in-process server), each appended to closers as it opens.
-func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry) error {
+func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry, intercept func(vk.Client) vk.Client) error {
 	cfg := a.cfg
 	if cfg.EmbeddedStore() {
 		a.store = memory.New()
@@ -195,6 +198,7 @@ func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry
 		Wrap: func(c vk.Client) vk.Client {
 			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(tel.TracerProvider), valkeyotel.WithMeterProvider(tel.MeterProvider))
 		},
+		Intercept: intercept,
 	}
 	if cfg.EmbeddedCache() {
 		url, stop, err := valkey.StartEmbedded()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	vk "github.com/valkey-io/valkey-go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/warmpath/warmpath/app/internal/config"
@@ -34,6 +35,9 @@ type options struct {
 	// wrapStore, when set, wraps the store every component uses (tests
 	// hold or fail store calls on any backend, the embedded one included).
 	wrapStore func(store.Store) store.Store
+	// interceptValkey, when set, wraps the Valkey client under everything
+	// else (tests count the commands a request sends).
+	interceptValkey func(vk.Client) vk.Client
 }
 
 // run is the whole program; main only wires the process to it.
@@ -91,7 +95,7 @@ func runServe(ctx context.Context, getenv func(string) string, stdout, stderr io
 	}
 	defer stopTelemetry()
 
-	a, err := build(ctx, cfg, host{tel: tel, log: log, stdout: stdout, publicAddr: pubLn.Addr(), wrapStore: opts.wrapStore})
+	a, err := build(ctx, cfg, host{tel: tel, log: log, stdout: stdout, publicAddr: pubLn.Addr(), wrapStore: opts.wrapStore, interceptValkey: opts.interceptValkey})
 	defer a.close()
 	if err != nil {
 		return err
