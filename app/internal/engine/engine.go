@@ -1,7 +1,8 @@
 // Package engine is the has-not engine: given a list of items, it answers
 // which of them the user's set does NOT contain. A warm user is answered from
-// the cache in one round trip; a cold one straight from the system of record,
-// while a warmup is requested so the next query is warm.
+// the cache in one round trip (for a metered query, the usage count's own:
+// Answered); a cold one straight from the system of record, while a warmup is
+// requested so the next query is warm.
 package engine
 
 import (
