@@ -85,7 +85,9 @@ func (c *Cache) countWith(ctx context.Context, r CountRequest, items []string) (
 	period := PeriodField(r.Start)
 	fence := c.outcomes.fence(c.opTimeout)
 	applied := c.keys.Applied(r.UserID)
-	keys := []string{c.keys.counter(r.UserID, period), c.keys.Pending(r.UserID), applied, applied}
+	// Arrays, sliced: without items nothing here escapes to the heap.
+	ks := [6]string{c.keys.counter(r.UserID, period), c.keys.Pending(r.UserID), applied, applied}
+	keys := ks[:4]
 	var ep *epoch
 	field := ""
 	if r.Idem.Key != "" {
@@ -98,13 +100,15 @@ func (c *Cache) countWith(ctx context.Context, r CountRequest, items []string) (
 	if r.Idem.Key != "" {
 		idemTTL, idemLease = strconv.FormatInt(ttlMillis(r.IdemTTL), 10), strconv.FormatInt(ttlMillis(r.IdemLease), 10)
 	}
-	args := make([]string, 0, countArgs+len(items))
-	args = append(args,
+	as := [...]string{
 		strconv.FormatInt(r.Limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(r.Reset)), 10),
 		strconv.FormatInt(fence, 10), field, r.Idem.Fingerprint, idemTTL, idemLease,
-	)
+	}
+	args := as[:]
 	if len(items) > 0 {
-		keys = append(keys, c.keys.Items(r.UserID), c.keys.ItemsVersion(r.UserID))
+		ks[4], ks[5] = c.keys.Items(r.UserID), c.keys.ItemsVersion(r.UserID)
+		keys = ks[:6]
+		args = append(make([]string, 0, len(as)+len(items)), as[:]...)
 		args = append(args, items...)
 	}
 	res, err := parseCount(c.count(ctx, keys, args), items)
@@ -133,9 +137,6 @@ func (c *Cache) countWith(ctx context.Context, r CountRequest, items []string) (
 	}
 	return res, nil
 }
-
-// countArgs is how many arguments countLua takes before the items.
-const countArgs = 8
 
 // errFenced: the count reached the server after its fence and did nothing.
 var errFenced = errors.New("count reached the server after its deadline; nothing was counted")
