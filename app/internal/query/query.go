@@ -122,7 +122,8 @@ func SystemHotUsers(strategy string, n int) int {
 
 // Query answers which of items the caller's set does not have, for one unit
 // of quota: usage check (a denial is apperr.QuotaExceeded), the has-not
-// answer, then the strategy's move on a cold answer. A query that fails
+// answer (given by the usage check's own round trip when the user's set is
+// cached, else asked of Items), then the strategy's move on a cold answer. A query that fails
 // after it was counted is refunded. With an idempotency key (k.Key set) a
 // repeat is answered with the first answer (Replayed) and never counted
 // again; the caller stores the first answer with Remember.
@@ -139,8 +140,10 @@ func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.
 	ans.Usage, err = s.cfg.Usage.CheckQuery(uctx, p, k, items)
 	split := time.Now()
 	pre := ans.Usage.HasNot
+	var lookup time.Duration // the server's time for the lookup, within the call
 	if pre.Warm {
-		split = split.Add(-min(pre.QueryTime, split.Sub(start)))
+		lookup = min(pre.QueryTime, split.Sub(start))
+		split = split.Add(-lookup)
 	}
 	usagePhase.End(split, err)
 	if err != nil {
@@ -164,7 +167,7 @@ func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.
 		qctx, queryPhase := telemetry.StartPhase(ctx, s.cfg.Tracer, telemetry.PhaseQuery, split, trace.WithAttributes(answeredInCount))
 		t := time.Now()
 		ans.Missing = s.cfg.Items.Answered(qctx, pre.Missing).Missing
-		queryPhase.End(split.Add(pre.QueryTime+time.Since(t)), nil)
+		queryPhase.End(split.Add(lookup+time.Since(t)), nil)
 		return ans, nil
 	}
 	err = telemetry.RunPhase(ctx, s.cfg.Tracer, telemetry.PhaseQuery, func(ctx context.Context) error {
