@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
@@ -300,4 +301,44 @@ func TestCountHasNotCountsLikeCount(t *testing.T) {
 			t.Fatalf("keyed repeat: %+v, %+v, %v; want a replay at used 3, no answer", res, hn, err)
 		}
 	})
+}
+
+// A count that is not allowed runs no more commands on the server than the
+// same count without items: the set is not read (miniredis counts the
+// commands scripts run too).
+func TestCountHasNotDeniedRunsNoLookup(t *testing.T) {
+	m := miniredis.RunT(t)
+	cfg := testConfig()
+	cfg.URL, cfg.DisableClientCache = "redis://"+m.Addr(), true
+	c, err := valkey.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := t.Context()
+	mustLoad(t, c, 1, 1, []string{"a"})
+	if err := c.SeedUsage(ctx, 1, day, reset(day), 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Count(ctx, countReq(1, 5)); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	commands := func(f func() error) int {
+		t.Helper()
+		before := m.CommandCount()
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+		return m.CommandCount() - before
+	}
+	plain := commands(func() error { _, err := c.Count(ctx, countReq(1, 5)); return err })
+	denied := commands(func() error { _, _, err := c.CountHasNot(ctx, countReq(1, 5), []string{"a", "b"}); return err })
+	if denied != plain {
+		t.Fatalf("a denied CountHasNot ran %d commands, a denied Count %d: the set was read", denied, plain)
+	}
+	allowedPlain := commands(func() error { _, err := c.Count(ctx, countReq(1, 100)); return err })
+	allowed := commands(func() error { _, _, err := c.CountHasNot(ctx, countReq(1, 100), []string{"a", "b"}); return err })
+	if allowed <= allowedPlain {
+		t.Fatalf("an allowed CountHasNot ran %d commands, an allowed Count %d: want the lookup's on top (the count is not observed otherwise)", allowed, allowedPlain)
+	}
 }
