@@ -34,6 +34,10 @@ import (
 	"github.com/warmpath/warmpath/internal/cli"
 )
 
+// The Valkey cache answers a warm query's has-not lookup inside its count
+// (one round trip); usage.Service finds that out by this interface.
+var _ usage.HasNotCounter = (*valkey.Cache)(nil)
+
 // host is what build gets from the process around it.
 type host struct {
 	tel        *telemetry.Telemetry
@@ -42,6 +46,9 @@ type host struct {
 	publicAddr net.Addr  // GET /demo/users only on a loopback listener
 	// wrapStore, when set, wraps the opened store (a test seam).
 	wrapStore func(store.Store) store.Store
+	// interceptValkey, when set, sees every Valkey command (a test seam:
+	// valkey.Config.Intercept).
+	interceptValkey func(vk.Client) vk.Client
 }
 
 // application is everything build made: what serve starts and stops, and
@@ -84,7 +91,7 @@ func (a *application) close() {
 func build(ctx context.Context, cfg config.Config, h host) (*application, error) {
 	tel, log := h.tel, h.log
 	a := &application{cfg: cfg, log: log}
-	if err := a.openBackends(ctx, tel); err != nil {
+	if err := a.openBackends(ctx, tel, h.interceptValkey); err != nil {
 		return a, err
 	}
 	if h.wrapStore != nil {
@@ -161,7 +168,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 
 // openBackends opens the store (Postgres, or the in-memory one) and Valkey
 // (or an in-process server), each appended to closers as it opens.
-func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry) error {
+func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry, intercept func(vk.Client) vk.Client) error {
 	cfg := a.cfg
 	if cfg.EmbeddedStore() {
 		a.store = memory.New()
@@ -192,6 +199,7 @@ func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry
 		Wrap: func(c vk.Client) vk.Client {
 			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(tel.TracerProvider), valkeyotel.WithMeterProvider(tel.MeterProvider))
 		},
+		Intercept: intercept,
 	}
 	if cfg.EmbeddedCache() {
 		url, stop, err := valkey.StartEmbedded()

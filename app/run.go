@@ -9,14 +9,14 @@ import (
 	"net"
 	"time"
 
-	"github.com/warmpath/warmpath/app/internal/store"
-	"github.com/warmpath/warmpath/internal/cli"
-
+	vk "github.com/valkey-io/valkey-go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/warmpath/warmpath/app/internal/config"
+	"github.com/warmpath/warmpath/app/internal/store"
 	"github.com/warmpath/warmpath/app/internal/store/postgres"
 	"github.com/warmpath/warmpath/app/internal/telemetry"
+	"github.com/warmpath/warmpath/internal/cli"
 )
 
 // version is set at build time (-ldflags "-X main.version=…").
@@ -36,6 +36,9 @@ type options struct {
 	// wrapStore, when set, wraps the store every component uses (tests
 	// hold or fail store calls on any backend, the embedded one included).
 	wrapStore func(store.Store) store.Store
+	// interceptValkey, when set, wraps the Valkey client under everything
+	// else (tests count the commands a request sends).
+	interceptValkey func(vk.Client) vk.Client
 }
 
 // run is the whole program; main only wires the process to it.
@@ -93,7 +96,7 @@ func runServe(ctx context.Context, getenv func(string) string, stdout, stderr io
 	}
 	defer stopTelemetry()
 
-	a, err := build(ctx, cfg, host{tel: tel, log: log, stdout: stdout, publicAddr: pubLn.Addr(), wrapStore: opts.wrapStore})
+	a, err := build(ctx, cfg, host{tel: tel, log: log, stdout: stdout, publicAddr: pubLn.Addr(), wrapStore: opts.wrapStore, interceptValkey: opts.interceptValkey})
 	defer a.close()
 	if err != nil {
 		return err

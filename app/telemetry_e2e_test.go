@@ -22,6 +22,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/warmpath/warmpath/app/internal/warmup"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -88,9 +89,19 @@ func TestSpanTreeOfQuery(t *testing.T) {
 		if pg := fromScope(spans, scopePgx); len(pg) > 0 {
 			t.Errorf("a warm query must not reach Postgres: %v", spanNames(pg))
 		}
-		below := descendants(spans, phases["engine.query"].SpanContext.SpanID())
+		// Warm, the lookup is answered inside the usage check's one Valkey
+		// round trip: the valkey span is under usage.check, and engine.query
+		// (its time the server's lookup) says so.
+		below := descendants(spans, phases["usage.check"].SpanContext.SpanID())
 		if len(fromScope(below, scopeValkey)) == 0 {
-			t.Errorf("warm engine.query has no valkey span: %v", spanNames(below))
+			t.Errorf("warm usage.check has no valkey span: %v", spanNames(below))
+		}
+		q := phases["engine.query"]
+		if !slices.Contains(q.Attributes, attribute.Bool("warmpath.query.in_count", true)) {
+			t.Errorf("warm engine.query does not say it was answered in the count: %v", q.Attributes)
+		}
+		if us := phases["usage.check"]; q.StartTime.Before(us.EndTime) {
+			t.Errorf("warm engine.query starts at %v, before usage.check ends (%v)", q.StartTime, us.EndTime)
 		}
 	})
 	t.Run("warmup job links", func(t *testing.T) {

@@ -181,6 +181,21 @@ type CountRequest struct {
 	IdemTTL, IdemLease time.Duration
 }
 
+// CachedHasNot is a has-not lookup that the item-set cache answered in the
+// same step as a metered request's count (one round trip instead of two).
+type CachedHasNot struct {
+	// Warm: the user's cached set answered, and Missing is the answer (the
+	// items it does not have, in input order, each once). Otherwise the
+	// lookup was not made (the count was not allowed) or the set is not
+	// cached, and the query asks the item set the usual way.
+	Warm    bool
+	Missing []string
+	// CountTime and QueryTime are the server's own time (its clock, in
+	// microseconds) for the count and for the lookup: what lets the
+	// request's phases be told apart though they share a round trip.
+	CountTime, QueryTime time.Duration
+}
+
 // Settlement is what settling counts of unknown outcome found.
 type Settlement struct {
 	// Corrections are the deltas the system of record needs so that it

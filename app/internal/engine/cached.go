@@ -58,6 +58,13 @@ func (c *CachedItems) HasNot(ctx context.Context, userID int64, items []string) 
 	return c.next.HasNot(ctx, userID, items)
 }
 
+// Answered is the Result of a lookup the cache answered ahead of HasNot
+// (Engine.Answered): a hit, like one HasNot got from the cache itself.
+func (c *CachedItems) Answered(ctx context.Context, missing []string) Result {
+	c.observe(ctx, "hit")
+	return Result{Missing: missing, Source: SourceCache}
+}
+
 // Update implements Items. next commits first; then the change is mirrored
 // into the cache under the set's version.
 func (c *CachedItems) Update(ctx context.Context, userID int64, add, remove []string, maxItems int64) (domain.ItemChange, error) {

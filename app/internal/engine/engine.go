@@ -1,7 +1,8 @@
 // Package engine is the has-not engine: given a list of items, it answers
 // which of them the user's set does NOT contain. A warm user is answered from
-// the cache in one round trip; a cold one straight from the system of record,
-// while a warmup is requested so the next query is warm.
+// the cache in one round trip (for a metered query, the usage count's own:
+// Answered); a cold one straight from the system of record, while a warmup is
+// requested so the next query is warm.
 package engine
 
 import (
@@ -102,6 +103,23 @@ func (e *Engine) HasNot(ctx context.Context, userID int64, items []string) (Resu
 		return res, apperr.Temporary(err, "the item store is temporarily unavailable")
 	}
 	return res, nil
+}
+
+// Answered is the Result of a has-not lookup that the item-set cache
+// answered ahead of HasNot, in the usage count's round trip
+// (usage.Service.CheckQuery): the cache's answer (missing: input order,
+// each once), observed as a cache hit as HasNot's own would be.
+func (e *Engine) Answered(ctx context.Context, missing []string) Result {
+	if a, ok := e.cfg.Items.(answerer); ok {
+		return a.Answered(ctx, missing)
+	}
+	return Result{Missing: missing, Source: SourceCache}
+}
+
+// answerer is an Items that observes answers its cache gave ahead
+// (CachedItems).
+type answerer interface {
+	Answered(ctx context.Context, missing []string) Result
 }
 
 // FromStore returns the Items of the system of record.

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
+	"github.com/warmpath/warmpath/app/internal/store/memory"
 	"github.com/warmpath/warmpath/app/internal/store/storetest"
 )
 
@@ -95,3 +96,23 @@ func TestCacheDownDegradesToStore(t *testing.T) {
 type recordRetries struct{ versions []int64 }
 
 func (r *recordRetries) Retry(_, version int64) { r.versions = append(r.versions, version) }
+
+type recordObs struct{ results []string }
+
+func (r *recordObs) CacheRequest(_ context.Context, cache, result string) {
+	r.results = append(r.results, cache+":"+result)
+}
+
+// An answer the cache gave ahead of HasNot (in the usage count) is a cache
+// answer, observed as an item-cache hit, exactly as HasNot's own.
+func TestAnsweredIsACacheHit(t *testing.T) {
+	obs := &recordObs{}
+	e := New(Config{Items: NewCachedItems(FromStore(memory.New()), failingCache{}, obs, nil)})
+	res := e.Answered(context.Background(), []string{"z"})
+	if res.Source != SourceCache || len(res.Missing) != 1 || res.Missing[0] != "z" {
+		t.Fatalf("answered: %+v", res)
+	}
+	if d := cmp.Diff([]string{"items:hit"}, obs.results); d != "" {
+		t.Fatal(d)
+	}
+}

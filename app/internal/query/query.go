@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
@@ -24,15 +25,18 @@ import (
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
 
-// Usage checks and counts metered requests (usage.Service).
+// Usage checks and counts metered requests (usage.Service). CheckQuery may
+// answer the has-not lookup of items in the same step (Decision.HasNot).
 type Usage interface {
-	CheckKey(ctx context.Context, p domain.Principal, k domain.IdemKey) (usage.Decision, error)
+	CheckQuery(ctx context.Context, p domain.Principal, k domain.IdemKey, items []string) (usage.Decision, error)
 	Refund(ctx context.Context, p domain.Principal, d usage.Decision) error
 }
 
-// Items answers has-not queries (engine.Engine).
+// Items answers has-not queries (engine.Engine); Answered is the Result of
+// a lookup the item-set cache answered inside the usage check.
 type Items interface {
 	HasNot(ctx context.Context, userID int64, items []string) (engine.Result, error)
+	Answered(ctx context.Context, missing []string) engine.Result
 }
 
 // Warmup is the warmup manager as queries use it.
@@ -51,7 +55,7 @@ type Observer interface {
 
 // Keys keeps idempotency keys of requests that are not metered and the
 // first answers of all (valkey.Cache); a metered request's key is taken in
-// its count (Usage.CheckKey).
+// its count (Usage.CheckQuery).
 type Keys interface {
 	IdemBegin(ctx context.Context, userID int64, k domain.IdemKey, ttl, lease time.Duration) (domain.UsageResult, error)
 	IdemStore(ctx context.Context, userID int64, k domain.IdemKey, a domain.StoredAnswer) error
@@ -118,18 +122,30 @@ func SystemHotUsers(strategy string, n int) int {
 
 // Query answers which of items the caller's set does not have, for one unit
 // of quota: usage check (a denial is apperr.QuotaExceeded), the has-not
-// answer, then the strategy's move on a cold answer. A query that fails
+// answer (given by the usage check's own round trip when the user's set is
+// cached, else asked of Items), then the strategy's move on a cold answer. A query that fails
 // after it was counted is refunded. With an idempotency key (k.Key set) a
 // repeat is answered with the first answer (Replayed) and never counted
 // again; the caller stores the first answer with Remember.
 func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.IdemKey) (Answer, error) {
 	p := c.Principal
 	var ans Answer
-	err := telemetry.RunPhase(ctx, s.cfg.Tracer, telemetry.PhaseUsageCheck, func(ctx context.Context) error {
-		var err error
-		ans.Usage, err = s.cfg.Usage.CheckKey(ctx, p, k)
-		return err
-	})
+	// One round trip may answer both the usage check and the has-not
+	// lookup (Decision.HasNot): the server timed the lookup, so that much
+	// of the call's end is the query phase, and the rest (the count and
+	// the round trip) the usage check's.
+	start := time.Now()
+	uctx, usagePhase := telemetry.StartPhase(ctx, s.cfg.Tracer, telemetry.PhaseUsageCheck, start)
+	var err error
+	ans.Usage, err = s.cfg.Usage.CheckQuery(uctx, p, k, items)
+	split := time.Now()
+	pre := ans.Usage.HasNot
+	var lookup time.Duration // the server's time for the lookup, within the call
+	if pre.Warm {
+		lookup = min(pre.QueryTime, split.Sub(start))
+		split = split.Add(-lookup)
+	}
+	usagePhase.End(split, err)
 	if err != nil {
 		return ans, err
 	}
@@ -145,6 +161,15 @@ func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.
 	}
 	s.recordFirstQuery(ctx, p.UserID)
 
+	if pre.Warm {
+		// The span starts where the server's lookup began and lasts the
+		// lookup plus what is done with its answer here.
+		qctx, queryPhase := telemetry.StartPhase(ctx, s.cfg.Tracer, telemetry.PhaseQuery, split, trace.WithAttributes(answeredInCount))
+		t := time.Now()
+		ans.Missing = s.cfg.Items.Answered(qctx, pre.Missing).Missing
+		queryPhase.End(split.Add(lookup+time.Since(t)), nil)
+		return ans, nil
+	}
 	err = telemetry.RunPhase(ctx, s.cfg.Tracer, telemetry.PhaseQuery, func(ctx context.Context) error {
 		res, err := s.cfg.Items.HasNot(ctx, p.UserID, items)
 		if err != nil {
@@ -165,6 +190,10 @@ func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.
 	}
 	return ans, nil
 }
+
+// answeredInCount marks an engine.query span whose lookup the usage
+// count's round trip answered (its time is the server's own).
+var answeredInCount = attribute.Bool("warmpath.query.in_count", true)
 
 // keyOutcome is the answer to a request whose idempotency key was used
 // before: the replay of its first answer, or the documented refusal.

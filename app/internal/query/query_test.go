@@ -7,12 +7,15 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
 	"github.com/warmpath/warmpath/app/internal/config"
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/engine"
+	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/usage"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
@@ -23,7 +26,7 @@ type fakeUsage struct {
 	refunded int
 }
 
-func (f *fakeUsage) CheckKey(context.Context, domain.Principal, domain.IdemKey) (usage.Decision, error) {
+func (f *fakeUsage) CheckQuery(context.Context, domain.Principal, domain.IdemKey, []string) (usage.Decision, error) {
 	return f.dec, f.err
 }
 func (f *fakeUsage) Refund(context.Context, domain.Principal, usage.Decision) error {
@@ -33,9 +36,10 @@ func (f *fakeUsage) Refund(context.Context, domain.Principal, usage.Decision) er
 
 // fakeItems answers from the store until warmed, then from the cache.
 type fakeItems struct {
-	warm  bool
-	err   error
-	calls int
+	warm     bool
+	err      error
+	calls    int
+	answered int // answers taken from the usage check (Answered)
 }
 
 func (f *fakeItems) HasNot(_ context.Context, _ int64, items []string) (engine.Result, error) {
@@ -47,6 +51,11 @@ func (f *fakeItems) HasNot(_ context.Context, _ int64, items []string) (engine.R
 		return engine.Result{Missing: items[1:], Source: engine.SourceCache}, nil
 	}
 	return engine.Result{Missing: items[1:], Source: engine.SourceStore}, nil
+}
+
+func (f *fakeItems) Answered(_ context.Context, missing []string) engine.Result {
+	f.answered++
+	return engine.Result{Missing: missing, Source: engine.SourceCache}
 }
 
 type fakeWarmup struct {
@@ -199,4 +208,108 @@ func TestSystemHotUsers(t *testing.T) {
 	if SystemHotUsers(config.StrategyOff, 1000) != 0 || SystemHotUsers(config.StrategyAsync, 1000) != 1000 || SystemHotUsers(config.StrategyInline, 5) != 5 {
 		t.Fatal("off warms no hot users; the others warm them all")
 	}
+}
+
+// answered is a usage check whose round trip also answered the has-not
+// lookup (usage.Decision.HasNot), the server having spent lookup on it.
+func answered(missing []string, lookup time.Duration) *fakeUsage {
+	u := allowed()
+	u.dec.HasNot = domain.CachedHasNot{Warm: true, Missing: missing, CountTime: 40 * time.Microsecond, QueryTime: lookup}
+	return u
+}
+
+// A has-not lookup answered inside the usage check is the answer: the item
+// set is not asked again (one round trip), the answer is observed as the
+// engine observes a cache answer (Answered), and no warmup is asked. Without
+// that answer (cold set, or a counter that cannot), the item set is asked
+// as before, with the strategy's cold path.
+func TestAnswerFromTheUsageCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		usage           *fakeUsage
+		warm            bool
+		calls, answered int
+		enqueued        []warmup.Kind
+	}{
+		{"answered", answered([]string{"b"}, time.Millisecond), true, 0, 1, nil},
+		{"answered, though the engine would say cold", answered([]string{"b"}, time.Millisecond), false, 0, 1, nil},
+		{"not answered, warm set", allowed(), true, 1, 0, nil},
+		{"not answered, cold set", allowed(), false, 1, 0, []warmup.Kind{warmup.KindLogin}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			it := &fakeItems{warm: tc.warm}
+			w := &fakeWarmup{items: it}
+			ans, err := newService(config.StrategyAsync, tc.usage, it, w, nil).Query(context.Background(), caller, []string{"a", "b"}, domain.IdemKey{})
+			if err != nil || !ans.Metered {
+				t.Fatalf("query: %+v %v", ans, err)
+			}
+			if d := cmp.Diff([]string{"b"}, ans.Missing); d != "" {
+				t.Fatal(d)
+			}
+			if it.calls != tc.calls || it.answered != tc.answered {
+				t.Errorf("HasNot calls %d, Answered %d; want %d, %d", it.calls, it.answered, tc.calls, tc.answered)
+			}
+			if d := cmp.Diff(tc.enqueued, w.enqueued); d != "" {
+				t.Errorf("enqueued: %s", d)
+			}
+		})
+	}
+}
+
+// The phases of a query answered in one round trip: the server's lookup
+// time is the query phase (its span ends that long after it starts and
+// begins where the usage check's ends), the rest of the call the usage
+// check's; both spans exist, one after the other, and the request's
+// Timings add up to the call.
+func TestAnsweredQueryPhases(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	const lookup = 3 * time.Millisecond
+	u := answered([]string{"b"}, lookup)
+	slow := &slowUsage{fakeUsage: u, d: 20 * time.Millisecond}
+	it := &fakeItems{}
+	s := New(Config{Usage: slow, Items: it, Warmup: &fakeWarmup{items: it}, Strategy: config.StrategyAsync, Tracer: tp.Tracer("")})
+	var tm telemetry.Timings
+	ctx := telemetry.WithTimings(context.Background(), &tm)
+	begin := time.Now()
+	if _, err := s.Query(ctx, caller, []string{"a", "b"}, domain.IdemKey{}); err != nil {
+		t.Fatal(err)
+	}
+	call := time.Since(begin)
+	usageT, queryT := tm.Get(telemetry.PhaseUsageCheck), tm.Get(telemetry.PhaseQuery)
+	if queryT < lookup || queryT > lookup+10*time.Millisecond { // the bound is loose for a loaded machine: the call is 20 ms
+
+		t.Errorf("query phase %v, want the server's lookup %v (plus what little is done here)", queryT, lookup)
+	}
+	if usageT < slow.d-lookup || usageT+queryT > call+time.Millisecond {
+		t.Errorf("usage %v + query %v, want the call (%v) split between them", usageT, queryT, call)
+	}
+	spans := rec.Ended()
+	if len(spans) != 2 || spans[0].Name() != telemetry.PhaseUsageCheck.Span() || spans[1].Name() != telemetry.PhaseQuery.Span() {
+		t.Fatalf("spans %v, want %s then %s", spanNames(spans), telemetry.PhaseUsageCheck.Span(), telemetry.PhaseQuery.Span())
+	}
+	us, qs := spans[0], spans[1]
+	if !qs.StartTime().Equal(us.EndTime()) || qs.EndTime().Sub(qs.StartTime()) != queryT || us.EndTime().Sub(us.StartTime()) != usageT {
+		t.Errorf("usage span %v–%v, query span %v–%v; want back to back, as long as the phases (%v, %v)",
+			us.StartTime(), us.EndTime(), qs.StartTime(), qs.EndTime(), usageT, queryT)
+	}
+}
+
+// slowUsage is a usage check that takes d (a round trip).
+type slowUsage struct {
+	*fakeUsage
+	d time.Duration
+}
+
+func (s *slowUsage) CheckQuery(ctx context.Context, p domain.Principal, k domain.IdemKey, items []string) (usage.Decision, error) {
+	time.Sleep(s.d) // stands for the round trip's duration, not for synchronisation
+	return s.fakeUsage.CheckQuery(ctx, p, k, items)
+}
+
+func spanNames(spans []sdktrace.ReadOnlySpan) []string {
+	var n []string
+	for _, s := range spans {
+		n = append(n, s.Name())
+	}
+	return n
 }

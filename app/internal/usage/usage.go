@@ -33,6 +33,13 @@ type Counter interface {
 	RefundIdem(ctx context.Context, userID int64, periodStart time.Time, k domain.IdemKey) error
 }
 
+// HasNotCounter is a Counter that can also answer a has-not lookup in the
+// same atomic step as an allowed count (valkey.Cache: one round trip for a
+// warm metered query). The count MUST be exactly Count's.
+type HasNotCounter interface {
+	CountHasNot(ctx context.Context, r domain.CountRequest, items []string) (domain.UsageResult, domain.CachedHasNot, error)
+}
+
 // Settler is a count error of unknown outcome: the caller says whether it
 // served the request anyway.
 type Settler interface {
@@ -77,6 +84,9 @@ type Decision struct {
 	// the first attempt was counted, this one is answered afresh).
 	Idem   domain.UsageOutcome
 	Answer domain.StoredAnswer
+	// HasNot is the has-not lookup the counter answered in the same step
+	// (CheckQuery); not Warm when it did not (then ask the item set).
+	HasNot domain.CachedHasNot
 	key    domain.IdemKey
 }
 
@@ -96,7 +106,10 @@ type Config struct {
 }
 
 // Service checks and counts usage.
-type Service struct{ cfg Config }
+type Service struct {
+	cfg    Config
+	hasNot HasNotCounter // Counter, when it can answer has-not lookups too
+}
 
 // New returns a Service.
 func New(cfg Config) *Service {
@@ -106,7 +119,8 @@ func New(cfg Config) *Service {
 	if cfg.Local == nil {
 		cfg.Local = NewLocal()
 	}
-	return &Service{cfg: cfg}
+	hn, _ := cfg.Counter.(HasNotCounter)
+	return &Service{cfg: cfg, hasNot: hn}
 }
 
 // Check decides and, when allowed, counts one request of p.
@@ -119,14 +133,23 @@ func (s *Service) Check(ctx context.Context, p domain.Principal) (Decision, erro
 // never counted in process: without the counter its key cannot be kept, so
 // it is refused (the client retries with the same key).
 func (s *Service) CheckKey(ctx context.Context, p domain.Principal, k domain.IdemKey) (Decision, error) {
+	return s.CheckQuery(ctx, p, k, nil)
+}
+
+// CheckQuery is CheckKey of a has-not query of items: when the counter can
+// (HasNotCounter) and the count is allowed, the lookup is answered in the
+// same step (Decision.HasNot), so a warm query needs no second round trip.
+// Everything else (denials, a cold counter, keys, failures, fail-open) is
+// CheckKey's; without an answer the caller asks the item set as usual.
+func (s *Service) CheckQuery(ctx context.Context, p domain.Principal, k domain.IdemKey, items []string) (Decision, error) {
 	now := s.cfg.Now()
 	start, reset := p.Plan.Period.Window(now)
 	req := domain.CountRequest{UserID: p.UserID, Start: start, Reset: reset, Limit: p.Plan.Quota, Idem: k, IdemTTL: s.cfg.IdemTTL, IdemLease: s.cfg.IdemLease}
 
-	res, err := s.cfg.Counter.Count(ctx, req)
+	res, hn, err := s.count(ctx, req, items)
 	if err == nil && res.Outcome == domain.UsageCold {
 		s.observe(ctx, "miss")
-		res, err = s.seedAndRetry(ctx, req)
+		res, hn, err = s.seedAndRetry(ctx, req, items)
 	} else if err == nil {
 		s.observe(ctx, "hit")
 	}
@@ -151,7 +174,20 @@ func (s *Service) CheckKey(ctx context.Context, p domain.Principal, k domain.Ide
 	s.cfg.Local.resetIfUsed()
 	d := decide(res, req.Limit, reset, now, false)
 	d.key = k
+	if d.Allowed && hn.Warm {
+		d.HasNot = hn
+	}
 	return d, nil
+}
+
+// count counts req, answering the has-not lookup of items in the same step
+// when there are items and the counter can.
+func (s *Service) count(ctx context.Context, req domain.CountRequest, items []string) (domain.UsageResult, domain.CachedHasNot, error) {
+	if len(items) == 0 || s.hasNot == nil {
+		res, err := s.cfg.Counter.Count(ctx, req)
+		return res, domain.CachedHasNot{}, err
+	}
+	return s.hasNot.CountHasNot(ctx, req, items)
 }
 
 // Refund gives back the unit an allowed Decision counted, when the work it
@@ -228,17 +264,17 @@ func (s *Service) seed(ctx context.Context, userID int64, start, reset time.Time
 	return nil
 }
 
-func (s *Service) seedAndRetry(ctx context.Context, req domain.CountRequest) (domain.UsageResult, error) {
+func (s *Service) seedAndRetry(ctx context.Context, req domain.CountRequest, items []string) (domain.UsageResult, domain.CachedHasNot, error) {
 	if err := s.seed(ctx, req.UserID, req.Start, req.Reset); err != nil {
-		return domain.UsageResult{}, err
+		return domain.UsageResult{}, domain.CachedHasNot{}, err
 	}
-	res, err := s.cfg.Counter.Count(ctx, req)
+	res, hn, err := s.count(ctx, req, items)
 	if err == nil && res.Outcome == domain.UsageCold {
 		// The counter vanished between seed and count (eviction, restart): the
 		// cache is not dependable right now.
-		return res, errors.New("usage counter vanished after seeding")
+		return res, domain.CachedHasNot{}, errors.New("usage counter vanished after seeding")
 	}
-	return res, err
+	return res, hn, err
 }
 
 // checkLocal is the fail-open path: the base comes from the system of record

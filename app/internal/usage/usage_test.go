@@ -184,3 +184,59 @@ func TestRefundGivesTheUnitBack(t *testing.T) {
 		t.Fatalf("in-process refund: %+v", got)
 	}
 }
+
+// hasNotCounter is a fakeCounter that answers has-not lookups of allowed
+// counts ("a" is in every set), and counts which way it was asked.
+type hasNotCounter struct {
+	*fakeCounter
+	combined, plain int
+}
+
+func (h *hasNotCounter) Count(ctx context.Context, r domain.CountRequest) (domain.UsageResult, error) {
+	h.plain++
+	return h.fakeCounter.Count(ctx, r)
+}
+
+func (h *hasNotCounter) CountHasNot(ctx context.Context, r domain.CountRequest, items []string) (domain.UsageResult, domain.CachedHasNot, error) {
+	h.combined++
+	res, err := h.fakeCounter.Count(ctx, r)
+	if err != nil || res.Outcome != domain.UsageAllowed {
+		return res, domain.CachedHasNot{}, err
+	}
+	var missing []string
+	for _, it := range items {
+		if it != "a" {
+			missing = append(missing, it)
+		}
+	}
+	return res, domain.CachedHasNot{Warm: true, Missing: missing, QueryTime: time.Millisecond}, nil
+}
+
+// CheckQuery asks a counter that can for the has-not answer with the count
+// (also on the retry after seeding a cold counter) and hands it on only
+// with an allowed decision; without items, or with a counter that cannot,
+// it is CheckKey.
+func TestCheckQueryAnswersWithTheCount(t *testing.T) {
+	ctx := context.Background()
+	c := &hasNotCounter{fakeCounter: newFakeCounter()}
+	s := New(Config{Counter: c, Ledger: fakeLedger{used: 1}, Now: func() time.Time { return now }})
+	d, err := s.CheckQuery(ctx, principal(2), domain.IdemKey{}, []string{"a", "b"})
+	if err != nil || !d.Allowed || d.Used != 2 || !d.HasNot.Warm || len(d.HasNot.Missing) != 1 || d.HasNot.Missing[0] != "b" {
+		t.Fatalf("cold counter, seeded and retried: %+v %v", d, err)
+	}
+	if c.combined != 2 || c.plain != 0 {
+		t.Fatalf("combined %d, plain %d counts; want 2 combined (cold, then the retry)", c.combined, c.plain)
+	}
+	d, err = s.CheckQuery(ctx, principal(2), domain.IdemKey{}, []string{"a", "b"})
+	if err != nil || d.Allowed || d.HasNot.Warm || d.HasNot.Missing != nil {
+		t.Fatalf("denied: %+v %v; want no has-not answer", d, err)
+	}
+	if _, err := s.Check(ctx, principal(5)); err != nil || c.plain != 1 {
+		t.Fatalf("Check (no items): err %v, plain counts %d; want the plain count", err, c.plain)
+	}
+
+	plain := New(Config{Counter: newFakeCounter(), Ledger: fakeLedger{}, Now: func() time.Time { return now }})
+	if d, err := plain.CheckQuery(ctx, principal(2), domain.IdemKey{}, []string{"a"}); err != nil || !d.Allowed || d.HasNot.Warm {
+		t.Fatalf("a counter that cannot answer: %+v %v", d, err)
+	}
+}

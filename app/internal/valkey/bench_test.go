@@ -79,3 +79,57 @@ func BenchmarkHasNot(b *testing.B) {
 		}
 	}
 }
+
+// warmQuerySetup seeds user 1's counter and a 100-item set, and returns a
+// 10-item query (half present), the perf lab's shape.
+func warmQuerySetup(b *testing.B) (*valkey.Cache, []string) {
+	c := valkeytest.NewWith(b, testConfig())
+	ctx := b.Context()
+	if err := c.SeedUsage(ctx, 1, day, reset(day), 0); err != nil {
+		b.Fatal(err)
+	}
+	set := make([]string, 100)
+	for i := range set {
+		set[i] = "https://example.com/item/" + strconv.Itoa(i)
+	}
+	l := c.BeginItemsLoad(1)
+	if err := l.Add(ctx, set); err != nil {
+		b.Fatal(err)
+	}
+	if err := l.Finish(ctx, 1, time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	query := append(slices.Clone(set[:5]), "https://example.com/new/1", "https://example.com/new/2", "https://example.com/new/3", "https://example.com/new/4", "https://example.com/new/5")
+	return c, query
+}
+
+// BenchmarkWarmQueryTwoRoundTrips: a warm query's Valkey work as it was,
+// the count then the has-not lookup (two EVALSHAs).
+func BenchmarkWarmQueryTwoRoundTrips(b *testing.B) {
+	c, query := warmQuerySetup(b)
+	ctx := b.Context()
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := c.CheckAndCount(ctx, 1, day, reset(day), math.MaxInt64)
+		if err != nil || r.Outcome != valkey.Allowed {
+			b.Fatalf("%+v, %v", r, err)
+		}
+		missing, warm, err := c.HasNot(ctx, 1, query)
+		if err != nil || !warm || len(missing) != 5 {
+			b.Fatalf("missing=%d warm=%v err=%v", len(missing), warm, err)
+		}
+	}
+}
+
+// BenchmarkWarmQueryOneRoundTrip: the same work in one call (CountHasNot).
+func BenchmarkWarmQueryOneRoundTrip(b *testing.B) {
+	c, query := warmQuerySetup(b)
+	ctx := b.Context()
+	b.ReportAllocs()
+	for b.Loop() {
+		r, hn, err := c.CountHasNot(ctx, valkey.CountRequest{UserID: 1, Start: day, Reset: reset(day), Limit: math.MaxInt64}, query)
+		if err != nil || r.Outcome != valkey.Allowed || !hn.Warm || len(hn.Missing) != 5 {
+			b.Fatalf("%+v, %+v, %v", r, hn, err)
+		}
+	}
+}

@@ -42,15 +42,25 @@ func (c *Cache) HasNot(ctx context.Context, userID int64, items []string) (missi
 	if len(idx) == 0 {
 		return nil, false, nil
 	}
-	idx = idx[1:]
-	missing = make([]string, 0, len(idx))
+	missing, err = missingAt(items, idx[1:])
+	if err != nil {
+		return nil, false, err
+	}
+	return missing, true, nil
+}
+
+// missingAt turns a has-not script's answer (ascending 0-based indexes of
+// the items the set does not have) into the missing items, in input order,
+// each once: HasNot's answer, and CountHasNot's.
+func missingAt(items []string, idx []int64) ([]string, error) {
+	missing := make([]string, 0, len(idx))
 	var seen map[string]struct{}
 	if len(idx) > 1 {
 		seen = make(map[string]struct{}, len(idx))
 	}
 	for _, i := range idx {
 		if i < 0 || i >= int64(len(items)) {
-			return nil, false, fmt.Errorf("valkey has not: %w: index %d of %d", errUnexpected, i, len(items))
+			return nil, fmt.Errorf("valkey has not: %w: index %d of %d", errUnexpected, i, len(items))
 		}
 		it := items[i]
 		if seen != nil {
@@ -61,7 +71,7 @@ func (c *Cache) HasNot(ctx context.Context, userID int64, items []string) (missi
 		}
 		missing = append(missing, it)
 	}
-	return missing, true, nil
+	return missing, nil
 }
 
 // ApplyItems mirrors a committed change of the user's set whose version is

@@ -35,6 +35,30 @@ local function idem_hold(key, fp, now, lease, ttl)
 end
 `
 
+// hasNotLuaLib is the has-not lookup of the item-set scripts: has_not
+// appends to out the 0-based indexes (counted from ARGV[from]) of the items
+// ARGV[from..] that the set does not have, ascending, in SMISMEMBERs of at
+// most 1,000 members. Duplicates are answered each (the caller keeps one).
+// It returns nil, or the error reply of a failed SMISMEMBER: pcall, because
+// in the count script the lookup runs after the count's writes, and an
+// error raised there would report a count that was applied as failed.
+const hasNotLuaLib = `
+local function has_not(out, set, from)
+  local n = #ARGV
+  local i = from
+  while i <= n do
+    local j = math.min(i + 999, n)
+    local r = redis.pcall('SMISMEMBER', set, unpack(ARGV, i, j))
+    if r.err then return r end
+    for k = 1, #r do
+      if r[k] == 0 then out[#out + 1] = i + k - 1 - from end
+    end
+    i = j + 1
+  end
+  return nil
+end
+`
+
 // countLua is the metered request's one atomic step: the fence, the
 // idempotency key, the quota check and the count. It returns {outcome,
 // used[, first]} with the outcome codes of domain.UsageOutcome, plus 4 for
@@ -49,11 +73,20 @@ end
 // With a fingerprint (ARGV[6]) the key record is written in the same step as
 // the count: no count without its record, no record without its count.
 //
+// With the item set's keys (KEYS[5], KEYS[6]) and the query's items
+// (ARGV[9..]), an allowed count also answers the has-not lookup, in the same
+// round trip (Cache.CountHasNot): the reply is then {1, used, first, count
+// µs, lookup µs[, 1, i...]}, the two steps timed by the server's own clock
+// (TIME), and 1 followed by hasNotLua's indexes when the set is cached
+// (nothing when it is not, or the lookup failed). Any other outcome never
+// reads the set.
+//
 // KEYS: counter, pending, applied, idem record (KEYS[3] again without a
-// key). ARGV: limit, period field, counter ttl ms, fence ms, applied field,
-// fingerprint, idem ttl ms, idem lease ms.
-const countLua = idemLuaLib + `
-local now = server_ms()
+// key)[, items, items:v]. ARGV: limit, period field, counter ttl ms, fence
+// ms, applied field, fingerprint, idem ttl ms, idem lease ms[, items...].
+const countLua = idemLuaLib + hasNotLuaLib + `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[4]) then return {4, 0} end
 local fp = ARGV[6]
 if fp ~= '' then
@@ -75,8 +108,22 @@ if ARGV[5] ~= '' then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 if fp ~= '' then idem_hold(KEYS[4], fp, now, tonumber(ARGV[8]), ARGV[7]) end
-if p == 1 then return {1, n, 1} end
-return {1, n, 0}
+local first = 0
+if p == 1 then first = 1 end
+if not KEYS[6] then return {1, n, first} end
+local t1 = redis.call('TIME')
+local out = {1, n, first, (tonumber(t1[1]) - tonumber(t[1])) * 1000000 + tonumber(t1[2]) - tonumber(t[2]), 0}
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  out[6] = 1
+  -- A lookup that fails is no answer: the count stands, the caller asks
+  -- the usual way.
+  if has_not(out, KEYS[5], 9) then
+    for k = #out, 6, -1 do out[k] = nil end
+  end
+end
+local t2 = redis.call('TIME')
+out[5] = (tonumber(t2[1]) - tonumber(t1[1])) * 1000000 + tonumber(t2[2]) - tonumber(t1[2])
+return out
 `
 
 // idemBeginLua takes an idempotency key for a request that is not metered:
@@ -147,19 +194,11 @@ end
 // ARGV indexes of the items not in the set, ascending.
 //
 // KEYS: items, items:v. ARGV: items.
-const hasNotLua = `
+const hasNotLua = hasNotLuaLib + `
 if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
 local out = {1}
-local n = #ARGV
-local i = 1
-while i <= n do
-  local j = math.min(i + 999, n)
-  local r = redis.call('SMISMEMBER', KEYS[1], unpack(ARGV, i, j))
-  for k = 1, #r do
-    if r[k] == 0 then out[#out + 1] = i + k - 2 end
-  end
-  i = j + 1
-end
+local e = has_not(out, KEYS[1], 1)
+if e then return e end
 return out
 `
 

@@ -62,12 +62,32 @@ func (c *Cache) CheckAndCount(ctx context.Context, userID int64, start, reset ti
 // Settle(served bool) method (errors.As) that the caller MUST call once;
 // see Reconcile.
 func (c *Cache) Count(ctx context.Context, r CountRequest) (UsageResult, error) {
+	res, err := c.countWith(ctx, r, nil)
+	return res.UsageResult, err
+}
+
+// CountHasNot is Count that, when the count is Allowed, also answers the
+// has-not lookup of items against the user's cached item set in the same
+// script, so a warm metered query costs one round trip (both keys carry the
+// user's hash tag: one slot). The answer is HasNot's (input order, each item
+// once) with the server's own time for the count and the lookup; it is not
+// Warm when the count was not Allowed (the set is never read then) or the
+// set is not cached: the caller asks the usual way. Fences, applied fields,
+// idempotency records and the dirty mark are Count's, unchanged.
+func (c *Cache) CountHasNot(ctx context.Context, r CountRequest, items []string) (UsageResult, domain.CachedHasNot, error) {
+	res, err := c.countWith(ctx, r, items)
+	return res.UsageResult, res.hasNot, err
+}
+
+func (c *Cache) countWith(ctx context.Context, r CountRequest, items []string) (countReply, error) {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
 	period := PeriodField(r.Start)
 	fence := c.outcomes.fence(c.opTimeout)
 	applied := c.keys.Applied(r.UserID)
-	keys := []string{c.keys.counter(r.UserID, period), c.keys.Pending(r.UserID), applied, applied}
+	// Arrays, sliced: without items nothing here escapes to the heap.
+	ks := [6]string{c.keys.counter(r.UserID, period), c.keys.Pending(r.UserID), applied, applied}
+	keys := ks[:4]
 	var ep *epoch
 	field := ""
 	if r.Idem.Key != "" {
@@ -80,22 +100,29 @@ func (c *Cache) Count(ctx context.Context, r CountRequest) (UsageResult, error) 
 	if r.Idem.Key != "" {
 		idemTTL, idemLease = strconv.FormatInt(ttlMillis(r.IdemTTL), 10), strconv.FormatInt(ttlMillis(r.IdemLease), 10)
 	}
-	args := []string{
+	as := [...]string{
 		strconv.FormatInt(r.Limit, 10), period, strconv.FormatInt(ttlMillis(c.counterTTL(r.Reset)), 10),
 		strconv.FormatInt(fence, 10), field, r.Idem.Fingerprint, idemTTL, idemLease,
 	}
-	res, err := parseCount(c.count(ctx, keys, args))
+	args := as[:]
+	if len(items) > 0 {
+		ks[4], ks[5] = c.keys.Items(r.UserID), c.keys.ItemsVersion(r.UserID)
+		keys = ks[:6]
+		args = append(make([]string, 0, len(as)+len(items)), as[:]...)
+		args = append(args, items...)
+	}
+	res, err := parseCount(c.count(ctx, keys, args), items)
 	if err != nil && outcomeUnknown(err) {
 		c.outcomes.toMark(r.UserID)
 	}
 	if ep != nil {
 		unknown := err != nil && outcomeUnknown(err)
 		if u := c.outcomes.end(r.UserID, ep, err == nil && res.Outcome == Allowed, unknown); u != nil {
-			return UsageResult{}, &unknownErr{err: wrapErr("count", err), u: u}
+			return countReply{}, &unknownErr{err: wrapErr("count", err), u: u}
 		}
 	}
 	if err != nil {
-		return UsageResult{}, wrapErr("count", err)
+		return countReply{}, wrapErr("count", err)
 	}
 	if res.first {
 		// The first pending unit since the last claim: mark the user dirty,
@@ -108,7 +135,7 @@ func (c *Cache) Count(ctx context.Context, r CountRequest) (UsageResult, error) 
 		// reported (the count ran) and SyncQueue.Sweep repairs a lost one.
 		_ = c.client.Do(ctx, c.markDirtyCmd(r.UserID)).Error()
 	}
-	return res.UsageResult, nil
+	return res, nil
 }
 
 // errFenced: the count reached the server after its fence and did nothing.
@@ -116,11 +143,13 @@ var errFenced = errors.New("count reached the server after its deadline; nothing
 
 type countReply struct {
 	UsageResult
-	first bool
+	first  bool
+	hasNot domain.CachedHasNot
 }
 
-// parseCount decodes the reply of countLua or idemBeginLua.
-func parseCount(r valkey.ValkeyResult) (countReply, error) {
+// parseCount decodes the reply of countLua or idemBeginLua; items are the
+// has-not lookup's items sent with the count (nil for none).
+func parseCount(r valkey.ValkeyResult, items []string) (countReply, error) {
 	msgs, err := r.ToArray()
 	if err != nil {
 		return countReply{}, err
@@ -137,12 +166,17 @@ func parseCount(r valkey.ValkeyResult) (countReply, error) {
 	switch code {
 	case 1, 2, 3:
 		out.Outcome, out.Used = Outcome(code), n
-		if len(msgs) == 3 {
+		if len(msgs) >= 3 {
 			first, err := msgs[2].AsInt64()
 			if err != nil {
 				return countReply{}, errUnexpected
 			}
 			out.first = first == 1
+		}
+		if code == 1 && len(items) > 0 {
+			// The count is done: a has-not part that does not decode is no
+			// answer (the caller asks the usual way), never an error.
+			out.hasNot, _ = parseCountHasNot(msgs[min(3, len(msgs)):], items)
 		}
 	case 4:
 		return countReply{}, fmt.Errorf("%w: %w", domain.ErrUnavailable, errFenced)
@@ -165,6 +199,37 @@ func parseCount(r valkey.ValkeyResult) (countReply, error) {
 	default:
 		return countReply{}, fmt.Errorf("%w: outcome %d", errUnexpected, code)
 	}
+	return out, nil
+}
+
+// parseCountHasNot decodes the has-not part of an allowed count's reply:
+// {count µs, lookup µs[, 1, i...]}.
+func parseCountHasNot(msgs []valkey.ValkeyMessage, items []string) (domain.CachedHasNot, error) {
+	if len(msgs) < 2 {
+		return domain.CachedHasNot{}, errUnexpected
+	}
+	countUS, err1 := msgs[0].AsInt64()
+	lookupUS, err2 := msgs[1].AsInt64()
+	if err1 != nil || err2 != nil {
+		return domain.CachedHasNot{}, errUnexpected
+	}
+	out := domain.CachedHasNot{CountTime: time.Duration(countUS) * time.Microsecond, QueryTime: time.Duration(lookupUS) * time.Microsecond}
+	if len(msgs) == 2 {
+		return out, nil // the set is not cached
+	}
+	idx := make([]int64, len(msgs)-3)
+	for i, m := range msgs[3:] {
+		v, err := m.AsInt64()
+		if err != nil {
+			return domain.CachedHasNot{}, errUnexpected
+		}
+		idx[i] = v
+	}
+	missing, err := missingAt(items, idx)
+	if err != nil {
+		return domain.CachedHasNot{}, err
+	}
+	out.Warm, out.Missing = true, missing
 	return out, nil
 }
 
@@ -210,7 +275,7 @@ func (c *Cache) IdemBegin(ctx context.Context, userID int64, k domain.IdemKey, t
 	if v, err := res.ToArray(); err == nil && len(v) == 1 {
 		return UsageResult{Outcome: Allowed}, nil
 	}
-	out, err := parseCount(res)
+	out, err := parseCount(res, nil)
 	if err != nil {
 		return UsageResult{}, wrapErr("idempotency begin", err)
 	}

@@ -107,6 +107,10 @@ type Config struct {
 	// Wrap, when set, wraps the dialled client (e.g. with valkeyotel for
 	// spans). It is applied by New only.
 	Wrap func(valkey.Client) valkey.Client
+	// Intercept, when set, wraps the dialled client under everything else
+	// (the breaker, Wrap, and the client-side-cached lookups, which Wrap
+	// does not see): a test seam that sees every command sent. New only.
+	Intercept func(valkey.Client) valkey.Client
 }
 
 func (cfg Config) withDefaults() Config {
@@ -166,6 +170,9 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 	raw, err := valkey.NewClient(opt)
 	if err != nil {
 		return nil, wrapErr("connect", err)
+	}
+	if cfg.Intercept != nil {
+		raw = cfg.Intercept(raw)
 	}
 	client, lookup := raw, raw
 	if cfg.Wrap != nil {
