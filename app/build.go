@@ -192,12 +192,14 @@ func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry
 		a.closers = append(a.closers, pg.Close)
 	}
 	vcfg := valkey.Config{URL: cfg.ValkeyURL, Prefix: cfg.ValkeyPrefix, OpTimeout: cfg.ValkeyTimeout,
-		// valkey-go spans under the request's spans, and its command
-		// latency and error metrics (valkey_command_duration_seconds,
-		// valkey_command_errors_total). Span names are command names only:
+		// valkey-go's command latency and error metrics
+		// (valkey_command_duration_seconds, valkey_command_errors_total) for
+		// every command, and a span per command only under a sampled-in
+		// (recording) span: an unsampled request, or one with no exporter,
+		// pays no span per command. Span names are command names only:
 		// statements (which hold token hashes in keys) are never recorded.
 		Wrap: func(c vk.Client) vk.Client {
-			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(tel.TracerProvider), valkeyotel.WithMeterProvider(tel.MeterProvider))
+			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(telemetry.ChildSpansOnly(tel.TracerProvider)), valkeyotel.WithMeterProvider(tel.MeterProvider))
 		},
 		Intercept: intercept,
 	}

@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/warmpath/warmpath/app/internal/auth"
@@ -76,19 +79,56 @@ func (bWarmup) System() warmup.SystemStatus                            { return 
 // BenchmarkWarmQuery drives the Fiber app in memory (no sockets) with a warm
 // user: principal cache hit, counter allowed, item cache warm. The feature
 // services are the real ones over fakes, so this is the whole request path
-// as the process runs it, minus the network and Valkey.
+// as the process runs it, minus the network and Valkey. Telemetry is the
+// OpenTelemetry no-op.
 func BenchmarkWarmQuery(b *testing.B) {
-	p := domain.Principal{UserID: 7, TokenID: 1, Plan: domain.Plan{Name: "free", Quota: 1 << 40, Period: domain.PeriodDay, MaxItems: 1000}}
+	tr := tracenoop.NewTracerProvider()
 	metrics, err := telemetry.NewMetrics(metricnoop.NewMeterProvider(), telemetry.Thresholds{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	benchWarmQuery(b, tr, metricnoop.NewMeterProvider(), metrics)
+}
+
+// discardSpans is a span exporter that drops what it is given: the batch
+// processor does all its work, the encoding and the network do not happen.
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }
+
+// BenchmarkWarmQueryTelemetry is BenchmarkWarmQuery with warmpath's real
+// telemetry (SDK tracer and meter providers, Prometheus exporter): with no
+// span exporter (the default), and exporting at 1 %, 10 % and 100 %.
+func BenchmarkWarmQueryTelemetry(b *testing.B) {
+	for _, c := range []struct {
+		name, ratio string
+		export      bool
+	}{{"no-exporter", "", false}, {"export-1pct", "0.01", true}, {"export-10pct", "0.1", true}, {"export-100pct", "1", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			env := map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": c.ratio}
+			cfg := telemetry.Config{Getenv: func(k string) string { return env[k] }}
+			if c.export {
+				cfg.SpanExporter = discardSpans{}
+			}
+			tel, err := telemetry.New(context.Background(), cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tel.Shutdown(context.Background())
+			benchWarmQuery(b, tel.TracerProvider, tel.MeterProvider, tel.Metrics)
+		})
+	}
+}
+
+func benchWarmQuery(b *testing.B, tr trace.TracerProvider, mp metric.MeterProvider, metrics *telemetry.Metrics) {
+	b.Helper()
+	p := domain.Principal{UserID: 7, TokenID: 1, Plan: domain.Plan{Name: "free", Quota: 1 << 40, Period: domain.PeriodDay, MaxItems: 1000}}
 	eng := engine.New(engine.Config{Items: engine.NewCachedItems(engine.FromStore(bItems{}), bItemCache{}, metrics, nil)})
-	tr := tracenoop.NewTracerProvider()
 	pub, err := NewServer(Config{
 		Logger:         slog.New(slog.NewJSONHandler(io.Discard, nil)),
 		TracerProvider: tr,
-		MeterProvider:  metricnoop.NewMeterProvider(),
+		MeterProvider:  mp,
 		Metrics:        metrics,
 		Auth:           auth.New(auth.Config{Store: auth.NewCachedStore(bPrincipals{p}, bPrincipalCache{p}, metrics, 0)}),
 		Query: query.New(query.Config{

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -111,14 +112,20 @@ func (s *Server) observe(c *fiber.Ctx) (err error) {
 	ctx := s.prop.Extract(context.Background(), headerCarrier{&c.Request().Header})
 	method := stableMethod(c.Method())
 	ctx = telemetry.WithTimings(ctx, &st.t)
-	ctx, span := s.tracer.Start(ctx, method, trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(
+	ctx, span := s.tracer.Start(ctx, method, serverKind)
+	// Attributes only on a span that keeps them (sampled in): an unsampled
+	// request, or any with no exporter, pays no copy of the path or the
+	// address. No sampler here reads start attributes, so setting them just
+	// after Start is the same to the exporter.
+	if span.IsRecording() {
+		span.SetAttributes(
 			semconv.HTTPRequestMethodKey.String(method),
 			// The path aliases fasthttp's buffer too; the span outlives it.
 			semconv.URLPath(strings.Clone(c.Path())),
 			semconv.URLScheme(c.Protocol()),
 			semconv.ClientAddress(c.IP()),
-		))
+		)
+	}
 	c.SetUserContext(ctx)
 
 	defer func() {
@@ -155,22 +162,83 @@ func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span tr
 		c.Set("Server-Timing", telemetry.ServerTiming(b))
 	}
 
-	span.SetName(method + " " + route)
-	span.SetAttributes(semconv.HTTPRoute(route), semconv.HTTPResponseStatusCode(code))
-	if code >= 500 {
-		span.SetStatus(codes.Error, strconv.Itoa(code))
+	ra := routeAttrsOf(method, route, code)
+	if span.IsRecording() {
+		span.SetName(ra.spanName)
+		span.SetAttributes(ra.span[:]...)
+		if code >= 500 {
+			span.SetStatus(codes.Error, ra.codeText)
+		}
 	}
 	span.End()
 
-	s.reqDuration.Record(ctx, b.Total.Seconds(), metric.WithAttributeSet(attribute.NewSet(
-		semconv.HTTPRequestMethodKey.String(method),
-		semconv.HTTPRoute(route),
-		semconv.HTTPResponseStatusCode(code),
-	)))
+	s.reqDuration.Record(ctx, b.Total.Seconds(), ra.record...)
 	if st.perf {
 		slow := s.metrics.RecordRequest(ctx, b)
 		telemetry.LogPerf(ctx, s.log, method, route, code, b, slow)
 	}
+}
+
+// serverKind is the server span's start option, made once.
+var serverKind = trace.WithSpanKind(trace.SpanKindServer)
+
+// routeAttrs is what a finished request's span and duration metric need for
+// one method, route and status: made once per combination (routeAttrsOf)
+// rather than formatted and sorted on every request.
+type routeAttrs struct {
+	spanName string                // "POST /api/hasNotEngine-ultra-fast"
+	span     [2]attribute.KeyValue // http.route, http.response.status_code
+	codeText string                // the status as the error status's description
+	record   []metric.RecordOption // the http.server.request.duration attribute set
+}
+
+type routeKey struct {
+	method, route string
+	code          int
+}
+
+// routeAttrsCache memoises routeAttrs. Its keys are bounded: known methods
+// (stableMethod's constants), the routes registered with Fiber (their
+// templates, plus "unmatched") and status codes 100-599; anything else is
+// made afresh and not kept, so a client cannot grow it. A pure function of
+// its key, so sharing it between servers (tests) is harmless.
+var routeAttrsCache sync.Map // routeKey → *routeAttrs
+
+func routeAttrsOf(method, route string, code int) *routeAttrs {
+	k := routeKey{method, route, code}
+	if v, ok := routeAttrsCache.Load(k); ok {
+		return v.(*routeAttrs)
+	}
+	ra := &routeAttrs{
+		spanName: method + " " + route,
+		span:     [2]attribute.KeyValue{semconv.HTTPRoute(route), semconv.HTTPResponseStatusCode(code)},
+		codeText: strconv.Itoa(code),
+		record: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(
+			semconv.HTTPRequestMethodKey.String(method),
+			semconv.HTTPRoute(route),
+			semconv.HTTPResponseStatusCode(code),
+		))},
+	}
+	if _, known := knownMethod(method); known && code >= 100 && code < 600 {
+		// The route is Fiber's registered template (or a constant); cloned
+		// anyway, once, so a kept key can never alias a request's buffer.
+		k.route = strings.Clone(route)
+		v, _ := routeAttrsCache.LoadOrStore(k, ra)
+		return v.(*routeAttrs)
+	}
+	return ra
+}
+
+// knownMethod returns the constant spelling of m when it is one of the
+// methods Fiber knows.
+func knownMethod(m string) (string, bool) {
+	for _, known := range [...]string{fiber.MethodGet, fiber.MethodPost, fiber.MethodOptions, fiber.MethodHead,
+		fiber.MethodPut, fiber.MethodDelete, fiber.MethodPatch, fiber.MethodConnect, fiber.MethodTrace} {
+		if m == known {
+			return known, true
+		}
+	}
+	return "", false
 }
 
 // stableMethod returns m as a string that does not alias fasthttp's request
@@ -179,11 +247,8 @@ func (s *Server) finish(ctx context.Context, c *fiber.Ctx, st *reqState, span tr
 // the batch processor) and as a metric label (kept by the SDK): both read the
 // next request's bytes otherwise ("GETT"). Known methods cost no allocation.
 func stableMethod(m string) string {
-	for _, known := range [...]string{fiber.MethodGet, fiber.MethodPost, fiber.MethodOptions, fiber.MethodHead,
-		fiber.MethodPut, fiber.MethodDelete, fiber.MethodPatch, fiber.MethodConnect, fiber.MethodTrace} {
-		if m == known {
-			return known
-		}
+	if known, ok := knownMethod(m); ok {
+		return known
 	}
 	return strings.Clone(m)
 }

@@ -366,6 +366,16 @@ func TestExemplarCarriesTraceID(t *testing.T) {
 	if strings.Contains(grepLines(body2, "warmpath_phase_duration_seconds_bucket"), "trace_id") {
 		t.Error("exemplar recorded without a span")
 	}
+
+	// Nor in a span no exporter receives: its trace id would lead nowhere.
+	tel3 := telemetry.Disabled()
+	ctx3, span3 := tel3.TracerProvider.Tracer("test").Start(context.Background(), "request")
+	tel3.Metrics.RecordRequest(ctx3, telemetry.Breakdown{Auth: 2 * time.Millisecond, Total: 3 * time.Millisecond})
+	span3.End()
+	body3, _ := scrape(t, tel3, "application/openmetrics-text")
+	if !span3.SpanContext().IsValid() || strings.Contains(grepLines(body3, "warmpath_phase_duration_seconds_bucket"), "trace_id") {
+		t.Errorf("no exporter: span valid %v; want a valid id and no exemplar:\n%s", span3.SpanContext().IsValid(), grepLines(body3, "warmpath_phase_duration_seconds_bucket"))
+	}
 }
 
 // grepLines returns body's lines that contain s.

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	otelpyroscope "github.com/grafana/otel-profiling-go"
@@ -106,8 +108,22 @@ func StartProfiling(cfg ProfilingConfig) (stop func() error, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start pyroscope: %w", err)
 	}
-	return p.Stop, nil
+	profilers.Add(1)
+	var once sync.Once
+	return func() error {
+		once.Do(func() { profilers.Add(-1) })
+		return p.Stop()
+	}, nil
 }
+
+// profilers counts the pyroscope sessions running in this process. Like the
+// profilers themselves (the CPU profile, the mutex and block rates) it is
+// process-wide state, which is why it is a package variable.
+var profilers atomic.Int32
+
+// Profiling reports whether a continuous profiler (pyroscope) is running,
+// that is whether WithRouteLabels labels anything.
+func Profiling() bool { return profilers.Load() > 0 }
 
 // WrapTracerProvider puts span ids on CPU samples taken while a span runs,
 // so a trace links to its profile in Grafana.
@@ -115,10 +131,20 @@ func WrapTracerProvider(tp trace.TracerProvider) trace.TracerProvider {
 	return otelpyroscope.NewTracerProvider(tp)
 }
 
-// WithRouteLabels runs fn with the pprof label route=route, so CPU profiles
-// (from /debug/pprof and pyroscope, which turns labels into tags) split by
-// endpoint. Pass the route template, not the raw path.
+// WithRouteLabels runs fn with the pprof label route=route while a
+// pyroscope profiler runs (Profiling), so its CPU profiles (pyroscope turns
+// labels into tags) split by endpoint, and so do /debug/pprof profiles
+// taken meanwhile. Otherwise it runs fn(ctx) as it is: pprof.Do costs
+// about 0.3µs and three allocations a request (a label map, a context, two
+// goroutine label switches), spent on every request for profiles that are
+// almost never taken. A /debug/pprof CPU profile taken without pyroscope is
+// not split by route; profile with pyroscope on to get that. Pass the
+// route template, not the raw path.
 func WithRouteLabels(ctx context.Context, route string, fn func(ctx context.Context)) {
+	if !Profiling() {
+		fn(ctx)
+		return
+	}
 	pprof.Do(ctx, pprof.Labels("route", route), fn)
 }
 

@@ -82,18 +82,53 @@ func TestProfilingConfigFromEnv(t *testing.T) {
 	}
 }
 
-func TestWithRouteLabels(t *testing.T) {
-	var got string
-	telemetry.WithRouteLabels(context.Background(), "/api/items", func(ctx context.Context) {
-		got, _ = pprof.Label(ctx, "route")
+// startProfiler runs a pyroscope profiler that pushes to a server that
+// discards everything, and stops both at the end of the test.
+func startProfiler(t *testing.T) {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	stop, err := telemetry.StartProfiling(telemetry.ProfilingConfig{ServerAddress: srv.URL, AppName: "warmpath-test"})
+	if err != nil {
+		t.Fatalf("StartProfiling: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+		srv.Close()
+		if telemetry.Profiling() {
+			t.Error("Profiling() after stop")
+		}
 	})
-	if got != "/api/items" {
-		t.Errorf("route label = %q, want /api/items", got)
+	if !telemetry.Profiling() {
+		t.Fatal("Profiling() false with a profiler running")
+	}
+}
+
+func TestWithRouteLabels(t *testing.T) {
+	label := func() (route string, same bool) {
+		ctx := context.Background()
+		telemetry.WithRouteLabels(ctx, "/api/items", func(got context.Context) {
+			route, _ = pprof.Label(got, "route")
+			same = got == ctx
+		})
+		return route, same
+	}
+	// No profiler: no label, and not even a new context (no pprof.Do).
+	if route, same := label(); route != "" || !same {
+		t.Errorf("without a profiler: route label %q, same context %v; want none and the same", route, same)
+	}
+	startProfiler(t)
+	if route, _ := label(); route != "/api/items" {
+		t.Errorf("with a profiler: route label = %q, want /api/items", route)
 	}
 }
 
 func TestWrapTracerProviderLabelsSpanID(t *testing.T) {
-	tel := telemetry.Disabled()
+	startProfiler(t)
+	tel, _ := newTelemetry(t, telemetry.Thresholds{}, nil) // span ids label sampled spans only
 	tp := telemetry.WrapTracerProvider(tel.TracerProvider)
 	ctx, span := tp.Tracer("test").Start(context.Background(), "request")
 	defer span.End()

@@ -87,8 +87,12 @@ type Config struct {
 	Logger *slog.Logger
 	// SpanExporter overrides the exporter (tests: tracetest.NewInMemoryExporter).
 	// When nil: OTLP over HTTP if OTEL_EXPORTER_OTLP_ENDPOINT or
-	// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; otherwise spans are still
-	// created (so logs and exemplars get trace ids) but not exported.
+	// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; otherwise no span is
+	// recorded, whatever OTEL_TRACES_SAMPLER says (nobody would receive it):
+	// spans are non-recording, which still carry a valid trace id (the
+	// caller's, from traceparent, or a fresh one) so log lines and [PERF]
+	// lines keep trace_id, but cost no attributes, events or export, and
+	// leave no exemplars (those come from sampled spans only).
 	SpanExporter sdktrace.SpanExporter
 }
 
@@ -140,12 +144,16 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 			return nil, fmt.Errorf("telemetry: create span exporter: %w", err)
 		}
 	}
-	tpOpts := []sdktrace.TracerProviderOption{
-		sdktrace.WithResource(res),
-		sdktrace.WithSampler(samplerFromEnv(cfg.Getenv, cfg.Logger)),
-	}
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	if exporter != nil {
-		tpOpts = append(tpOpts, sdktrace.WithBatcher(exporter))
+		tpOpts = append(tpOpts,
+			sdktrace.WithSampler(samplerFromEnv(cfg.Getenv, cfg.Logger)),
+			sdktrace.WithBatcher(exporter))
+	} else {
+		// NeverSample keeps the parent's trace id (and tracestate) and makes a
+		// fresh span id: a non-recording span, the cheapest one the SDK makes
+		// that logs can still name.
+		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	}
 	tp := sdktrace.NewTracerProvider(tpOpts...)
 
@@ -168,7 +176,7 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 	otel.SetTextMapPropagator(prop)
 
 	if exporter == nil {
-		cfg.Logger.Debug("telemetry: no span exporter configured; spans are created but not exported")
+		cfg.Logger.Debug("telemetry: no span exporter configured; spans are not recorded (trace ids only, for logs)")
 	}
 	return &Telemetry{
 		TracerProvider: tp,
@@ -183,7 +191,7 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 }
 
 // Disabled returns a Telemetry that exports nothing, for tests: spans are
-// created but dropped, and Metrics are real instruments on a fresh registry
+// non-recording (valid trace ids, nothing kept), and Metrics are real instruments on a fresh registry
 // with default thresholds. The environment is not read.
 func Disabled() *Telemetry {
 	t, err := New(context.Background(), Config{

@@ -151,11 +151,73 @@ func TestOTLPExporterFromEnv(t *testing.T) {
 	}
 }
 
-func TestNoExporterStillCreatesTraceIDs(t *testing.T) {
-	tel := telemetry.Disabled()
+func TestNoExporterRecordsNothingButKeepsTraceIDs(t *testing.T) {
+	// Whatever the sampler asks: with no exporter nobody receives a span.
+	for _, sampler := range []string{"", "always_on", "parentbased_traceidratio"} {
+		t.Run("sampler="+sampler, func(t *testing.T) {
+			tel, err := telemetry.New(context.Background(), telemetry.Config{
+				Getenv: func(k string) string {
+					if k == "OTEL_TRACES_SAMPLER" {
+						return sampler
+					}
+					return ""
+				},
+			})
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			defer tel.Shutdown(context.Background())
+			tr := tel.TracerProvider.Tracer("test")
+
+			_, root := tr.Start(context.Background(), "x")
+			defer root.End()
+			if sc := root.SpanContext(); !sc.IsValid() || root.IsRecording() || sc.IsSampled() {
+				t.Errorf("root span: valid %v recording %v sampled %v; want a valid id on a span that records nothing",
+					sc.IsValid(), root.IsRecording(), sc.IsSampled())
+			}
+
+			// A caller's trace id (traceparent, sampled) is kept for the logs.
+			tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+			sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+			parent := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled, Remote: true})
+			_, child := tr.Start(trace.ContextWithRemoteSpanContext(context.Background(), parent), "y")
+			defer child.End()
+			if sc := child.SpanContext(); sc.TraceID() != tid || !sc.SpanID().IsValid() || sc.SpanID() == sid || child.IsRecording() {
+				t.Errorf("under a remote parent: trace %s span %s recording %v; want trace %s, a fresh span id, not recording",
+					sc.TraceID(), sc.SpanID(), child.IsRecording(), tid)
+			}
+		})
+	}
+}
+
+func TestExporterRecordsSpans(t *testing.T) {
+	tel, exp := newTelemetry(t, telemetry.Thresholds{}, nil)
 	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "x")
-	defer span.End()
-	if !span.SpanContext().IsValid() || !span.SpanContext().IsSampled() {
-		t.Errorf("span context %v: want valid and sampled so logs and exemplars get ids", span.SpanContext())
+	if !span.IsRecording() || !span.SpanContext().IsSampled() {
+		t.Errorf("with an exporter: recording %v sampled %v, want both (default sampler parentbased_always_on)", span.IsRecording(), span.SpanContext().IsSampled())
+	}
+	span.End()
+	if err := tel.ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := exp.GetSpans(); len(got) != 1 || got[0].Name != "x" {
+		t.Errorf("exported %v, want the one span x", got.Snapshots())
+	}
+}
+
+func TestExporterHonoursSamplerRatio(t *testing.T) {
+	tel, exp := newTelemetry(t, telemetry.Thresholds{}, map[string]string{
+		"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0",
+	})
+	_, span := tel.TracerProvider.Tracer("test").Start(context.Background(), "x")
+	if span.IsRecording() || !span.SpanContext().IsValid() {
+		t.Errorf("ratio 0: recording %v valid %v, want a valid non-recording span", span.IsRecording(), span.SpanContext().IsValid())
+	}
+	span.End()
+	if err := tel.ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := exp.GetSpans(); len(got) != 0 {
+		t.Errorf("ratio 0 exported %d spans", len(got))
 	}
 }
