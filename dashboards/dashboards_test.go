@@ -57,8 +57,10 @@ var contract = map[string]struct {
 	"warmpath_idempotent_replays_total":    {counter, nil},
 	"warmpath_usage_reconciled_total":      {counter, []string{"outcome"}},
 	// valkey-go's own instruments (valkeyotel), beside pgx's pool gauges.
-	"valkey_command_duration_seconds": {histogram, []string{"operation"}},
-	"valkey_command_errors_total":     {counter, []string{"operation"}},
+	// Not split by command (no operation label: WithOperationMetricAttr
+	// would make an attribute set per call).
+	"valkey_command_duration_seconds": {histogram, nil},
+	"valkey_command_errors_total":     {counter, nil},
 }
 
 // targetLabels are added by Prometheus to every series; le is a histogram
