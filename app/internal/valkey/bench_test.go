@@ -83,7 +83,11 @@ func BenchmarkHasNot(b *testing.B) {
 // warmQuerySetup seeds user 1's counter and a 100-item set, and returns a
 // 10-item query (half present), the perf lab's shape.
 func warmQuerySetup(b *testing.B) (*valkey.Cache, []string) {
-	c := valkeytest.NewWith(b, testConfig())
+	return warmQuerySetupOn(b, valkeytest.NewWith(b, testConfig()))
+}
+
+// warmQuerySetupOn is warmQuerySetup on the cache c.
+func warmQuerySetupOn(b *testing.B, c *valkey.Cache) (*valkey.Cache, []string) {
 	ctx := b.Context()
 	if err := c.SeedUsage(ctx, 1, day, reset(day), 0); err != nil {
 		b.Fatal(err)
@@ -121,9 +125,20 @@ func BenchmarkWarmQueryTwoRoundTrips(b *testing.B) {
 	}
 }
 
-// BenchmarkWarmQueryOneRoundTrip: the same work in one call (CountHasNot).
+// BenchmarkWarmQueryOneRoundTrip: the same work in one call (CountHasNot),
+// on VALKEY_URL and on the embedded default's in-process server (miniredis
+// starts a fresh Lua interpreter and compiles the script for every call).
 func BenchmarkWarmQueryOneRoundTrip(b *testing.B) {
-	c, query := warmQuerySetup(b)
+	b.Run("valkey", func(b *testing.B) { benchWarmQueryOneRoundTrip(b, warmQuerySetup) })
+	b.Run("embedded", func(b *testing.B) {
+		benchWarmQueryOneRoundTrip(b, func(b *testing.B) (*valkey.Cache, []string) {
+			return warmQuerySetupOn(b, valkeytest.NewMiniredisWith(b, testConfig()))
+		})
+	})
+}
+
+func benchWarmQueryOneRoundTrip(b *testing.B, setup func(b *testing.B) (*valkey.Cache, []string)) {
+	c, query := setup(b)
 	ctx := b.Context()
 	b.ReportAllocs()
 	for b.Loop() {
