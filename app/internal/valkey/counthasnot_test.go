@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
@@ -307,14 +306,7 @@ func TestCountHasNotCountsLikeCount(t *testing.T) {
 // same count without items: the set is not read (miniredis counts the
 // commands scripts run too).
 func TestCountHasNotDeniedRunsNoLookup(t *testing.T) {
-	m := miniredis.RunT(t)
-	cfg := testConfig()
-	cfg.URL, cfg.DisableClientCache = "redis://"+m.Addr(), true
-	c, err := valkey.New(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	m, c := onMiniredis(t)
 	ctx := t.Context()
 	mustLoad(t, c, 1, 1, []string{"a"})
 	if err := c.SeedUsage(ctx, 1, day, reset(day), 5); err != nil {

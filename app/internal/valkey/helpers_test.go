@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/warmpath/warmpath/app/internal/valkey"
@@ -93,3 +94,19 @@ func rawMembers(t *testing.T, c *valkey.Cache, key string) []string {
 }
 
 func isNil(err error) bool { return valkeygo.IsValkeyNil(err) }
+
+// onMiniredis is a Cache on a fresh miniredis of its own (no client-side
+// cache), with the server for the test to look into (its command counts,
+// its keys).
+func onMiniredis(t *testing.T) (*miniredis.Miniredis, *valkey.Cache) {
+	t.Helper()
+	m := miniredis.RunT(t)
+	cfg := testConfig()
+	cfg.URL, cfg.DisableClientCache = "redis://"+m.Addr(), true
+	c, err := valkey.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return m, c
+}

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/warmpath/warmpath/app/internal/valkey"
@@ -204,14 +203,7 @@ func TestSeedUsageCountsInFlightDeltas(t *testing.T) {
 // claimed); the next delta after a claim marks again. The mark keeps the
 // first time (the adapter's clock) and a refund marks again.
 func TestCountMarksDirty(t *testing.T) {
-	m := miniredis.RunT(t)
-	cfg := testConfig()
-	cfg.URL, cfg.DisableClientCache = "redis://"+m.Addr(), true
-	c, err := valkey.New(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	m, c := onMiniredis(t)
 	ctx := t.Context()
 	k := c.Keys()
 	if err := c.SeedUsage(ctx, 5, day, reset(day), 0); err != nil {
