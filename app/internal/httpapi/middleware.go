@@ -209,6 +209,9 @@ func routeAttrsOf(method, route string, code int) *routeAttrs {
 	if v, ok := routeAttrsCache.Load(k); ok {
 		return v.(*routeAttrs)
 	}
+	// The route is Fiber's registered template (or a constant); cloned
+	// anyway, once, so nothing kept can alias a request's buffer.
+	route = strings.Clone(route)
 	ra := &routeAttrs{
 		spanName: method + " " + route,
 		span:     [2]attribute.KeyValue{semconv.HTTPRoute(route), semconv.HTTPResponseStatusCode(code)},
@@ -220,9 +223,7 @@ func routeAttrsOf(method, route string, code int) *routeAttrs {
 		))},
 	}
 	if _, known := knownMethod(method); known && code >= 100 && code < 600 {
-		// The route is Fiber's registered template (or a constant); cloned
-		// anyway, once, so a kept key can never alias a request's buffer.
-		k.route = strings.Clone(route)
+		k.route = route
 		v, _ := routeAttrsCache.LoadOrStore(k, ra)
 		return v.(*routeAttrs)
 	}

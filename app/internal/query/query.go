@@ -142,7 +142,9 @@ func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.
 	pre := ans.Usage.HasNot
 	var lookup time.Duration // the server's time for the lookup, within the call
 	if pre.Warm {
-		lookup = min(pre.QueryTime, split.Sub(start))
+		// Clamped to the call: the server's clock may step between its
+		// two readings.
+		lookup = max(0, min(pre.QueryTime, split.Sub(start)))
 		split = split.Add(-lookup)
 	}
 	usagePhase.End(split, err)

@@ -340,8 +340,6 @@ func (m *Metrics) SyncBatch(ctx context.Context, result string) {
 	m.syncBatches.Add(ctx, 1, metric.WithAttributes(attribute.String("result", result)))
 }
 
-// ObserveQueueDepth makes f the source of warmpath_warmup_queue_depth. A later
-// call replaces f; nil stops reporting.
 // observedInt registers the gauge name, read from the function src holds
 // when it is collected (no sample while it holds none).
 func observedInt(meter metric.Meter, name, unit, desc string, src *atomic.Pointer[func() int64]) error {
@@ -355,6 +353,8 @@ func observedInt(meter metric.Meter, name, unit, desc string, src *atomic.Pointe
 	return err
 }
 
+// ObserveQueueDepth makes f the source of warmpath_warmup_queue_depth. A later
+// call replaces f; nil stops reporting.
 func (m *Metrics) ObserveQueueDepth(f func() int64) { storeFunc(&m.queueDepth, f, f == nil) }
 
 // ObserveSync makes pendingUsers and lagSeconds the sources of

@@ -403,6 +403,10 @@ func (m *Manager) admitFirst(ctx context.Context, e *entry, a Admitter, now time
 	}
 	m.unreserve(e.job.Kind)
 	if err != nil {
+		// A call that timed out may still have applied: its lock and queued
+		// status then hold the user off until LockTTL, as a timed-out
+		// Acquire's lock always did (releasing here would cost every
+		// enqueue during an outage another Valkey timeout).
 		m.forget(e)
 		return Status{}, false, false, fmt.Errorf("warmup enqueue: admit: %w", err)
 	}
