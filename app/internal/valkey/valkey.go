@@ -44,7 +44,9 @@
 //
 // Config.OpTimeout (VALKEY_TIMEOUT) bounds every call, that is every round
 // trip (a command, a script or a pipeline), unless the caller's context ends
-// sooner. An operation of several round trips (a sync claim of a large batch,
+// sooner; calls that nothing else can cancel share one deadline per 1/64 of
+// it (at most 10 ms later than their own would be), so that a call costs no
+// timer of its own. An operation of several round trips (a sync claim of a large batch,
 // a sweep of the keyspace) puts the deadline on each of them, not on the
 // whole: its length grows with its work, never the wait on one answer.
 //
@@ -137,6 +139,7 @@ type conn struct {
 	opTimeout time.Duration
 	now       func() time.Time
 	scripts   *scripts
+	deadlines *deadlines
 }
 
 // Cache is warmpath's hot-path cache. It is safe for concurrent use.
@@ -219,6 +222,7 @@ func NewFromClient(client valkey.Client, cfg Config) *Cache {
 			opTimeout: cfg.OpTimeout,
 			now:       cfg.Now,
 			scripts:   newScripts(),
+			deadlines: newDeadlines(cfg.OpTimeout),
 		},
 		localTTL:    min(cfg.LocalTTL, MaxLocalTTL),
 		clientCache: !cfg.DisableClientCache,
@@ -267,12 +271,17 @@ func (c *Cache) LoadScripts(ctx context.Context) error {
 // Keys returns the key builder of the Cache's prefix.
 func (c *Cache) Keys() Keys { return c.keys }
 
-// opCtx puts the OpTimeout deadline on ctx unless ctx already ends sooner
-// (skipping the timer keeps the warm paths cheaper). It is the deadline of
-// every call of the package (see Deadlines in the package comment).
+// opCtx puts the OpTimeout deadline on ctx: a shared one (deadline.go)
+// when nothing can cancel ctx, else a timer of its own unless ctx already
+// ends sooner. It is the deadline of every call of the package (see
+// Deadlines in the package comment).
 func (c *conn) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx.Done() == nil {
+		// Nothing can cancel ctx: a shared deadline serves (deadline.go).
+		return &opContext{Context: ctx, b: c.deadlines.bucket(time.Now())}, noCancel
+	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= c.opTimeout {
-		return ctx, func() {}
+		return ctx, noCancel
 	}
 	return context.WithTimeout(ctx, c.opTimeout)
 }
