@@ -1,6 +1,7 @@
 package valkey_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"math"
 	"slices"
@@ -13,10 +14,14 @@ import (
 	"github.com/warmpath/warmpath/app/internal/valkey/valkeytest"
 )
 
+// requestContext is a context like the HTTP layer's request contexts,
+// which nothing cancels (so the package's calls share their deadlines).
+func requestContext(b *testing.B) context.Context { return context.WithoutCancel(b.Context()) }
+
 // BenchmarkCheckAndCount: one quota check + count, one round trip (EVALSHA).
 func BenchmarkCheckAndCount(b *testing.B) {
 	c := valkeytest.NewWith(b, testConfig())
-	ctx := b.Context()
+	ctx := requestContext(b)
 	if err := c.SeedUsage(ctx, 1, day, reset(day), 0); err != nil {
 		b.Fatal(err)
 	}
@@ -35,7 +40,7 @@ func BenchmarkPrincipalWarm(b *testing.B) {
 	base := valkeytest.NewWith(b, valkey.Config{Prefix: prefix})
 	counting := &countingClient{Client: base.Client()}
 	c := valkey.NewFromClient(counting, valkey.Config{Prefix: prefix})
-	ctx := b.Context()
+	ctx := requestContext(b)
 	hash := domain.TokenHash(sha256.Sum256([]byte("wp_bench")))
 	if err := c.PutPrincipal(ctx, hash, testPrincipal(), time.Hour); err != nil {
 		b.Fatal(err)
@@ -53,7 +58,7 @@ func BenchmarkPrincipalWarm(b *testing.B) {
 // BenchmarkHasNot: 1,000 items (half present) against a warm 100k-item set.
 func BenchmarkHasNot(b *testing.B) {
 	c := valkeytest.NewWith(b, testConfig())
-	ctx := b.Context()
+	ctx := requestContext(b)
 	set := make([]string, 100_000)
 	for i := range set {
 		set[i] = "item-" + strconv.Itoa(i)
@@ -88,7 +93,7 @@ func warmQuerySetup(b *testing.B) (*valkey.Cache, []string) {
 
 // warmQuerySetupOn is warmQuerySetup on the cache c.
 func warmQuerySetupOn(b *testing.B, c *valkey.Cache) (*valkey.Cache, []string) {
-	ctx := b.Context()
+	ctx := requestContext(b)
 	if err := c.SeedUsage(ctx, 1, day, reset(day), 0); err != nil {
 		b.Fatal(err)
 	}
@@ -111,7 +116,7 @@ func warmQuerySetupOn(b *testing.B, c *valkey.Cache) (*valkey.Cache, []string) {
 // the count then the has-not lookup (two EVALSHAs).
 func BenchmarkWarmQueryTwoRoundTrips(b *testing.B) {
 	c, query := warmQuerySetup(b)
-	ctx := b.Context()
+	ctx := requestContext(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		r, err := c.CheckAndCount(ctx, 1, day, reset(day), math.MaxInt64)
@@ -139,7 +144,7 @@ func BenchmarkWarmQueryOneRoundTrip(b *testing.B) {
 
 func benchWarmQueryOneRoundTrip(b *testing.B, setup func(b *testing.B) (*valkey.Cache, []string)) {
 	c, query := setup(b)
-	ctx := b.Context()
+	ctx := requestContext(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		r, hn, err := c.CountHasNot(ctx, valkey.CountRequest{UserID: 1, Start: day, Reset: reset(day), Limit: math.MaxInt64}, query)
