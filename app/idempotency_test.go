@@ -72,6 +72,20 @@ func TestIdempotencyKeyQuery(t *testing.T) {
 	}
 }
 
+// TestKeyedAnswerRendersLikeUnkeyed: a keyed answer is stored as rendered,
+// and must read like the same answer without a key (one JSON encoder:
+// "<", ">" and "&" are not escaped by one path and kept by the other).
+func TestKeyedAnswerRendersLikeUnkeyed(t *testing.T) {
+	in := start(t, backendEnv(t))
+	u := in.newUser(t, "free", nil)
+	const item = "<a&b>"
+	for _, r := range []reply{in.keyedQuery(t, u.token, "k-1", item), in.query(t, u.token, item)} {
+		if r.status != 200 || !bytes.Contains(r.raw, []byte(`"missing":["`+item+`"]`)) {
+			t.Fatalf("%d %s, want the item rendered as sent: \"missing\":[\"%s\"]", r.status, r.raw, item)
+		}
+	}
+}
+
 func TestIdempotencyKeyItems(t *testing.T) {
 	in := start(t, backendEnv(t))
 	u := in.newUser(t, "free", nil)

@@ -156,6 +156,11 @@ func NewServer(cfg Config) (*Public, error) {
 		IdleTimeout:           60 * time.Second,
 		ErrorHandler:          s.errorHandler,
 		AppName:               "warmpath",
+		// One JSON encoder for every answer: a keyed request's answer is
+		// stored as json.Marshal renders it, and must read byte for byte
+		// like the same answer without a key. Map keys sorted, as
+		// encoding/json did (the warmup status's parts).
+		JSONEncoder: func(v any) ([]byte, error) { return json.Marshal(v, json.Deterministic(true)) },
 	})
 	s.routes(app)
 	srv := app.Server()
