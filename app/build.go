@@ -14,7 +14,6 @@ import (
 
 	"github.com/exaring/otelpgx"
 	vk "github.com/valkey-io/valkey-go"
-	"github.com/valkey-io/valkey-go/valkeyotel"
 
 	"github.com/warmpath/warmpath/app/internal/auth"
 	"github.com/warmpath/warmpath/app/internal/config"
@@ -191,18 +190,14 @@ func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry
 		a.pg, a.store = pg, pg
 		a.closers = append(a.closers, pg.Close)
 	}
-	vcfg := valkey.Config{URL: cfg.ValkeyURL, Prefix: cfg.ValkeyPrefix, OpTimeout: cfg.ValkeyTimeout,
-		// valkey-go's command latency and error metrics
-		// (valkey_command_duration_seconds, valkey_command_errors_total) for
-		// every command, and a span per command only under a sampled-in
-		// (recording) span: an unsampled request, or one with no exporter,
-		// pays no span per command. Span names are command names only:
-		// statements (which hold token hashes in keys) are never recorded.
-		Wrap: func(c vk.Client) vk.Client {
-			return valkeyotel.WithClient(c, valkeyotel.WithTracerProvider(telemetry.ChildSpansOnly(tel.TracerProvider)), valkeyotel.WithMeterProvider(tel.MeterProvider))
-		},
-		Intercept: intercept,
+	// Command latency and error metrics for every command, a span per
+	// command only under a sampled-in span (valkey.Instrument).
+	wrap, err := valkey.Instrument(tel.TracerProvider, tel.MeterProvider)
+	if err != nil {
+		return fmt.Errorf("valkey metrics: %w", err)
 	}
+	vcfg := valkey.Config{URL: cfg.ValkeyURL, Prefix: cfg.ValkeyPrefix, OpTimeout: cfg.ValkeyTimeout,
+		Wrap: wrap, Intercept: intercept}
 	if cfg.EmbeddedCache() {
 		url, stop, err := valkey.StartEmbedded()
 		if err != nil {

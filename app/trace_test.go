@@ -12,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/warmpath/warmpath/app/internal/valkey"
 )
 
 // keepSpans is an in-memory exporter that survives the service's shutdown:
@@ -100,7 +102,7 @@ func descendants(spans []tracetest.SpanStub, root trace.SpanID) []tracetest.Span
 // Instrumentation scopes of the client libraries' spans.
 const (
 	scopePgx    = "github.com/exaring/otelpgx"
-	scopeValkey = "github.com/valkey-io/valkey-go"
+	scopeValkey = valkey.InstrumentationScope
 )
 
 func fromScope(spans []tracetest.SpanStub, scope string) []tracetest.SpanStub {

@@ -56,7 +56,7 @@ var contract = map[string]struct {
 	"warmpath_jwks_refreshes_total":        {counter, []string{"result"}},
 	"warmpath_idempotent_replays_total":    {counter, nil},
 	"warmpath_usage_reconciled_total":      {counter, []string{"outcome"}},
-	// valkey-go's own instruments (valkeyotel), beside pgx's pool gauges.
+	// The Valkey adapter's command instruments (valkey.Instrument), beside pgx's pool gauges.
 	// Not split by command (no operation label: WithOperationMetricAttr
 	// would make an attribute set per call).
 	"valkey_command_duration_seconds": {histogram, nil},

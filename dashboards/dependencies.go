@@ -38,7 +38,7 @@ max by (instance) (warmpath_db_pool_max_conns{%[1]s})`, sel), "{{instance}}"))))
 
 	d.WithRow(dashboard.NewRowBuilder("Valkey"))
 	d.WithPanel(ts("Valkey command latency p99",
-		"p99 of all Valkey commands (valkeyotel; not split by command, which would cost an attribute set per call), "+
+		"p99 of all Valkey commands (valkey.Instrument; not split by command, which would cost an attribute set per call), "+
 			"and of the usage check phase: a warm query's one Valkey round trip, the count script that also answers "+
 			"the has-not lookup, as requests see it. VALKEY_TIMEOUT bounds both.",
 		"s", 8, 8,
@@ -47,7 +47,7 @@ max by (instance) (warmpath_db_pool_max_conns{%[1]s})`, sel), "{{instance}}"))))
 	lookups := sumRate("warmpath_cache_requests_total", "", "cache")
 	d.WithPanel(ts("Valkey errors",
 		"Cache lookups that failed per second, by cache (Valkey unreachable, timing out, or the circuit breaker open), "+
-			"and failed Valkey commands (valkeyotel). 0 on a healthy system.",
+			"and failed Valkey commands (valkey.Instrument). 0 on a healthy system.",
 		"ops", 8, 8,
 		q(orZero(sumRate("warmpath_cache_requests_total", `result="error"`, "cache"), lookups), "{{cache}}"),
 		q(orZero(sumRate("valkey_command_errors_total", "", ""), ""), "commands")))

@@ -209,7 +209,7 @@ func Disabled() *Telemetry {
 // SetGlobal installs the tracer provider, meter provider and propagator as
 // the OpenTelemetry globals, and routes OpenTelemetry's internal errors to the
 // logger, so instrumentation libraries that use the globals (otelfiber,
-// otelpgx, valkeyotel) report here.
+// otelpgx, valkey.Instrument) report here.
 func (t *Telemetry) SetGlobal() {
 	otel.SetTracerProvider(t.TracerProvider)
 	otel.SetMeterProvider(t.MeterProvider)

@@ -106,7 +106,7 @@ type Config struct {
 	// probes. Applied by New only.
 	BreakerFailures int
 	BreakerCooldown time.Duration
-	// Wrap, when set, wraps the dialled client (e.g. with valkeyotel for
+	// Wrap, when set, wraps the dialled client (e.g. with Instrument for
 	// spans). It is applied by New only.
 	Wrap func(valkey.Client) valkey.Client
 	// Intercept, when set, wraps the dialled client under everything else
@@ -211,7 +211,7 @@ func normalizeURL(u string) string {
 }
 
 // NewFromClient wraps an existing client, e.g. one instrumented with
-// valkeyotel. cfg.URL is ignored; a LocalTTL above MaxLocalTTL is clamped.
+// Instrument. cfg.URL is ignored; a LocalTTL above MaxLocalTTL is clamped.
 // The Cache takes ownership: Close closes the client.
 func NewFromClient(client valkey.Client, cfg Config) *Cache {
 	cfg = cfg.withDefaults()
