@@ -105,6 +105,14 @@ func TestSpanTreeOfQuery(t *testing.T) {
 		if us := phases["usage.check"]; q.StartTime.Before(us.EndTime) {
 			t.Errorf("warm engine.query starts at %v, before usage.check ends (%v)", q.StartTime, us.EndTime)
 		}
+		// The span budget of a warm query: the server span, its three
+		// phases and the count script (plus the dirty mark when the count
+		// took the user's pending delta from zero); the principal comes
+		// from the client-side cache, with no span.
+		valkeySpans := fromScope(spans, scopeValkey)
+		if len(spans) != 4+len(valkeySpans) || len(valkeySpans) < 1 || len(valkeySpans) > 2 {
+			t.Errorf("warm query made %d spans: %v; want the server span, 3 phases and 1–2 Valkey commands", len(spans), spanNames(spans))
+		}
 	})
 	t.Run("warmup job links", func(t *testing.T) {
 		jobs := named(all, "warmup.job")
