@@ -1,8 +1,6 @@
 package miniredis
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"strings"
 
@@ -18,18 +16,32 @@ var luaRedisConstants = map[string]lua.LValue{
 	"LOG_WARNING": lua.LNumber(3),
 }
 
-func mkLua(srv *server.Server, c *server.Peer, sha string, readOnly bool) (map[string]lua.LGFunction, map[string]lua.LValue) {
-	mkCall := func(failFast bool) func(l *lua.LState) int {
-		// one server.Ctx for a single Lua run
-		pCtx := &connCtx{}
-		if getCtx(c).authenticated {
-			pCtx.authenticated = true
-		}
-		pCtx.nested = true
-		pCtx.nestedSHA = sha
-		pCtx.selectedDB = getCtx(c).selectedDB
+// newLuaCallCtx is the connCtx of a redis.call or redis.pcall for one Lua
+// run of the script sha from c.
+func newLuaCallCtx(c *server.Peer, sha string) *connCtx {
+	// one server.Ctx for a single Lua run
+	pCtx := &connCtx{}
+	if getCtx(c).authenticated {
+		pCtx.authenticated = true
+	}
+	pCtx.nested = true
+	pCtx.nestedSHA = sha
+	pCtx.selectedDB = getCtx(c).selectedDB
+	return pCtx
+}
 
+// mkLua makes the redis.* functions of the shared Lua state e (warmpath
+// patch): they read the running script's server, peer, sha, read-only flag
+// and connCtx from e.run, which runLuaScript sets for each run.
+func mkLua(e *luaEnv) (map[string]lua.LGFunction, map[string]lua.LValue) {
+	run := &e.run
+	mkCall := func(failFast bool) func(l *lua.LState) int {
 		return func(l *lua.LState) int {
+			srv, sha, readOnly := run.srv, run.sha, run.readOnly
+			pCtx := run.callCtx
+			if !failFast {
+				pCtx = run.pcallCtx
+			}
 			top := l.GetTop()
 			if top == 0 {
 				l.Error(lua.LString(fmt.Sprintf("Please specify at least one argument for this redis lib call script: %s, &c.", sha)), 1)
@@ -66,14 +78,16 @@ func mkLua(srv *server.Server, c *server.Peer, sha string, readOnly bool) (map[s
 				}
 			}
 
-			buf := &bytes.Buffer{}
-			wr := bufio.NewWriter(buf)
-			peer := server.NewPeer(wr)
+			// One reply buffer per state, not per call (warmpath patch).
+			e.reply.Reset()
+			e.replyW.Reset(&e.reply)
+			peer := server.NewPeer(e.replyW)
 			peer.Ctx = pCtx
 			srv.Dispatch(peer, args)
-			wr.Flush()
+			e.replyW.Flush()
 
-			res, err := server.ParseReply(bufio.NewReader(buf))
+			e.replyR.Reset(&e.reply)
+			res, err := server.ParseReply(e.replyR)
 			if err != nil {
 				if failFast {
 					// call() mode
@@ -203,7 +217,7 @@ func mkLua(srv *server.Server, c *server.Peer, sha string, readOnly bool) (map[s
 				l.Error(lua.LString("RESP version must be 2 or 3"), 1)
 				return 0
 			}
-			c.SwitchResp3 = &toresp3
+			run.c.SwitchResp3 = &toresp3
 			return 0
 		},
 	}, luaRedisConstants

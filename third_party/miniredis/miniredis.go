@@ -65,6 +65,7 @@ type Miniredis struct {
 	dbs         map[int]*RedisDB
 	selectedDB  int               // DB id used in the direct Get(), Set() &c.
 	scripts     map[string]string // sha1 -> lua src
+	lua         *luaEnv           // the Lua state all scripts share (warmpath patch)
 	signal      *sync.Cond
 	now         time.Time // time.Now() if not set.
 	clockTTL    bool      // decrease TTLs as the clock advances
