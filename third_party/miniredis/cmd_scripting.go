@@ -110,9 +110,9 @@ func (m *Miniredis) runLuaScript(c *server.Peer, sha, script string, readOnly bo
 // patch). It is built on the first script and used under m.Lock() only, by
 // one script at a time. Between runs it holds no KEYS, ARGV or stack, and a
 // run that changes a global (assigns an existing one, or replaces or removes
-// an entry of _G or of a table held in a global, such as redis.call) has its
-// state dropped: the next script starts from newLuaEnv's globals, as with
-// upstream's fresh state per script. Not caught (as on Redis before 7.0,
+// an entry of _G or of a table held in a global, such as redis.call) or _G's
+// metatable (protectGlobals') has its state dropped: the next script starts
+// from newLuaEnv's globals, as with upstream's fresh state per script. Not caught (as on Redis before 7.0,
 // which also shares one interpreter): a key added with rawset(_G, ...) or to
 // a library table (string.x = ...) stays for later scripts.
 type luaEnv struct {
@@ -127,8 +127,10 @@ type luaEnv struct {
 	replyR *bufio.Reader
 
 	// globals: _G's string-keyed entries, and those of each table held in
-	// _G (the libraries, redis, cjson, os), when the state was built.
-	globals []luaGlobal
+	// _G (the libraries, redis, cjson, os), when the state was built;
+	// globalsMeta: _G's metatable (protectGlobals').
+	globals     []luaGlobal
+	globalsMeta lua.LValue
 }
 
 // luaRun is what the redis.* functions of a luaEnv know of the script
@@ -202,6 +204,7 @@ func newLuaEnv() *luaEnv {
 
 	e.l = l
 	e.globals = snapshotGlobals(l.G.Global)
+	e.globalsMeta = l.G.Global.Metatable
 	return e
 }
 
@@ -215,6 +218,9 @@ func (e *luaEnv) finish() bool {
 	e.busy = false
 	if e.reply.Cap() > 64<<10 {
 		e.reply = bytes.Buffer{} // don't keep a large reply's buffer
+	}
+	if e.l.G.Global.Metatable != e.globalsMeta {
+		return false
 	}
 	for _, g := range e.globals {
 		if g.t.RawGetString(g.key) != g.v {

@@ -47,7 +47,7 @@ func mkLua(e *luaEnv) (map[string]lua.LGFunction, map[string]lua.LValue) {
 				l.Error(lua.LString(fmt.Sprintf("Please specify at least one argument for this redis lib call script: %s, &c.", sha)), 1)
 				return 0
 			}
-			var args []string
+			args := make([]string, 0, top) // sized up front (warmpath patch)
 			for i := 1; i <= top; i++ {
 				switch a := l.Get(i).(type) {
 				case lua.LNumber:
