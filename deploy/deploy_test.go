@@ -564,3 +564,46 @@ func TestDockerComposeConfig(t *testing.T) {
 		t.Errorf("docker compose config: %v\n%s", err, out)
 	}
 }
+
+// The service image builds ./app with the repository's go.mod: every local
+// directory go.mod replaces a module with must be in the build context
+// (un-ignored) and copied into the build stage.
+func TestDockerfileCopiesLocalReplacements(t *testing.T) {
+	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dockerfile, err := os.ReadFile(filepath.Join(root, "deploy", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ignore, err := os.ReadFile(filepath.Join(root, "deploy", "Dockerfile.dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := regexp.MustCompile(`(?m)^replace\s+\S+(?:\s+\S+)?\s+=>\s+\./(\S+)\s*$`)
+	dirs := local.FindAllStringSubmatch(string(gomod), -1)
+	if len(dirs) == 0 {
+		t.Fatal("go.mod has no local replace (miniredis => ./third_party/miniredis expected)")
+	}
+	copied := regexp.MustCompile(`(?m)^COPY\s+(\S+)\s+\S+\s*$`).FindAllStringSubmatch(string(dockerfile), -1)
+	unignored := regexp.MustCompile(`(?m)^!(\S+?)/?\s*$`).FindAllStringSubmatch(string(ignore), -1)
+	covers := func(matches [][]string, dir string) bool {
+		for _, m := range matches {
+			p := strings.TrimSuffix(m[1], "/")
+			if dir == p || strings.HasPrefix(dir, p+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	for _, d := range dirs {
+		dir := strings.TrimSuffix(d[1], "/")
+		if !covers(copied, dir) {
+			t.Errorf("deploy/Dockerfile does not COPY %s (go.mod replaces a module with it)", dir)
+		}
+		if !covers(unignored, dir) {
+			t.Errorf("deploy/Dockerfile.dockerignore does not let %s into the build context (go.mod replaces a module with it)", dir)
+		}
+	}
+}
