@@ -565,10 +565,11 @@ func TestDockerComposeConfig(t *testing.T) {
 	}
 }
 
-// The service image builds ./app with the repository's go.mod: every local
-// directory go.mod replaces a module with must be in the build context
+// The service image builds ./app with the repository's go.mod: every
+// directory of the module that ./app's packages come from, and every local
+// directory go.mod replaces a module with, must be in the build context
 // (un-ignored) and copied into the build stage.
-func TestDockerfileCopiesLocalReplacements(t *testing.T) {
+func TestDockerfileCopiesWhatAppBuildsFrom(t *testing.T) {
 	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
 	if err != nil {
 		t.Fatal(err)
@@ -597,13 +598,31 @@ func TestDockerfileCopiesLocalReplacements(t *testing.T) {
 		}
 		return false
 	}
+	need := map[string]string{} // dir → why
 	for _, d := range dirs {
-		dir := strings.TrimSuffix(d[1], "/")
+		need[strings.TrimSuffix(d[1], "/")] = "go.mod replaces a module with it"
+	}
+	out, err := exec.Command("go", "list", "-C", root, "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "./app").Output()
+	if err != nil {
+		t.Fatalf("go list -deps ./app: %v", err)
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range strings.Fields(string(out)) {
+		rel, err := filepath.Rel(abs, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		need[filepath.ToSlash(rel)] = "./app imports a package from it"
+	}
+	for dir, why := range need {
 		if !covers(copied, dir) {
-			t.Errorf("deploy/Dockerfile does not COPY %s (go.mod replaces a module with it)", dir)
+			t.Errorf("deploy/Dockerfile does not COPY %s (%s)", dir, why)
 		}
 		if !covers(unignored, dir) {
-			t.Errorf("deploy/Dockerfile.dockerignore does not let %s into the build context (go.mod replaces a module with it)", dir)
+			t.Errorf("deploy/Dockerfile.dockerignore does not let %s into the build context (%s)", dir, why)
 		}
 	}
 }
