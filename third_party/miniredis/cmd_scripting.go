@@ -80,14 +80,14 @@ func (m *Miniredis) runLuaScript(c *server.Peer, sha, script string, readOnly bo
 	l := e.l
 
 	// set global variable KEYS
-	keysTable := l.NewTable()
+	keysTable := l.CreateTable(len(keys), 0) // NewTable presizes 32 + 32 (warmpath patch)
 	for i, k := range keys {
 		l.RawSet(keysTable, lua.LNumber(i+1), lua.LString(k))
 	}
 	// Raw sets: protectGlobals' __newindex refuses globals made after it ran.
 	l.G.Global.RawSetString("KEYS", keysTable)
 
-	argvTable := l.NewTable()
+	argvTable := l.CreateTable(len(args), 0)
 	for i, a := range args {
 		l.RawSet(argvTable, lua.LNumber(i+1), lua.LString(a))
 	}

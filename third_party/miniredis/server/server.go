@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode"
@@ -294,6 +295,7 @@ type Peer struct {
 	Ctx          interface{} // anything goes, server won't touch this
 	onDisconnect []func()    // list of callbacks
 	mu           sync.Mutex  // for Block()
+	writer       Writer      // given to Block()'s callback (warmpath patch)
 	ClientName   string      // client name set by CLIENT SETNAME
 }
 
@@ -334,7 +336,9 @@ func (c *Peer) OnDisconnect(f func()) {
 func (c *Peer) Block(f func(*Writer)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	f(&Writer{c.w, c.Resp3})
+	// The peer's own Writer, not a new one per write (warmpath patch).
+	c.writer = Writer{c.w, c.Resp3}
+	f(&c.writer)
 }
 
 // WriteError writes a redis 'Error'
@@ -447,7 +451,15 @@ func (w *Writer) WriteError(e string) {
 }
 
 func (w *Writer) WriteLen(n int) {
-	fmt.Fprintf(w.w, "*%d\r\n", n)
+	writeNum(w.w, '*', n)
+}
+
+// writeNum writes prefix, n and CRLF, as fmt.Fprintf(w, "<prefix>%d\r\n")
+// did, without fmt's cost (warmpath patch).
+func writeNum(w *bufio.Writer, prefix byte, n int) {
+	b := append(w.AvailableBuffer(), prefix)
+	b = strconv.AppendInt(b, int64(n), 10)
+	w.Write(append(b, '\r', '\n'))
 }
 
 func (w *Writer) WriteMapLen(n int) {
@@ -476,7 +488,9 @@ func (w *Writer) WritePushLen(n int) {
 
 // WriteBulk writes a bulk string
 func (w *Writer) WriteBulk(s string) {
-	fmt.Fprintf(w.w, "$%d\r\n%s\r\n", len(s), s)
+	writeNum(w.w, '$', len(s))
+	w.w.WriteString(s)
+	w.w.WriteString("\r\n")
 }
 
 // WriteStrings writes a list of strings (bulk)
@@ -489,7 +503,7 @@ func (w *Writer) WriteStrings(strs []string) {
 
 // WriteInt writes an integer
 func (w *Writer) WriteInt(n int) {
-	fmt.Fprintf(w.w, ":%d\r\n", n)
+	writeNum(w.w, ':', n)
 }
 
 // WriteFloat writes a float
