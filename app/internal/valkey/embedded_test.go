@@ -1,7 +1,10 @@
 package valkey_test
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -17,23 +20,28 @@ import (
 // on: many scripts in a row, failed ones among them, from many connections,
 // keep the semantics of a fresh state per script.
 
-// onEmbedded is a raw client on a fresh embedded server (StartEmbedded), and
-// the server's address.
-func onEmbedded(t *testing.T) (vk.Client, string) {
+// onEmbedded is a raw client on a fresh embedded server (StartEmbedded),
+// over its in-process connections as the service's, and the server.
+func onEmbedded(t *testing.T) (vk.Client, *valkey.Embedded) {
 	t.Helper()
-	url, stop, err := valkey.StartEmbedded()
+	e, err := valkey.StartEmbedded()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(stop)
-	addr := strings.TrimPrefix(url, "redis://")
-	return dialEmbedded(t, addr), addr
+	t.Cleanup(e.Close)
+	return dialEmbedded(t, e), e
 }
 
-// dialEmbedded is a client (connections of its own) on the server at addr.
-func dialEmbedded(t *testing.T, addr string) vk.Client {
+// dialEmbedded is a client (connections of its own) on e.
+func dialEmbedded(t *testing.T, e *valkey.Embedded) vk.Client {
 	t.Helper()
-	c, err := vk.NewClient(vk.ClientOption{InitAddress: []string{addr}, DisableCache: true})
+	c, err := vk.NewClient(vk.ClientOption{
+		InitAddress: []string{strings.TrimPrefix(e.URL, "redis://")},
+		DialCtxFn: func(ctx context.Context, _ string, _ *net.Dialer, _ *tls.Config) (net.Conn, error) {
+			return e.Dial(ctx)
+		},
+		DisableCache: true,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +251,7 @@ func TestEmbeddedScriptsSelectPerRun(t *testing.T) {
 }
 
 func TestEmbeddedScriptsConcurrent(t *testing.T) {
-	c, addr := onEmbedded(t)
+	c, e := onEmbedded(t)
 	const (
 		workers = 16
 		each    = 100
@@ -257,7 +265,7 @@ func TestEmbeddedScriptsConcurrent(t *testing.T) {
 	errs := make(chan error, workers)
 	for w := range workers {
 		// A connection each: the server runs them on goroutines of their own.
-		wc := dialEmbedded(t, addr)
+		wc := dialEmbedded(t, e)
 		wg.Go(func() {
 			own := fmt.Sprint("own-", w)
 			for i := range each {
