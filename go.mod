@@ -231,3 +231,8 @@ tool github.com/go-task/task/v3/cmd/task
 // width table: 28 ms added to every process start, a third of the start-up
 // budget. Both the service and the Task tool build and run on v0.0.16.
 replace github.com/mattn/go-runewidth => github.com/mattn/go-runewidth v0.0.16
+
+// The embedded default's in-process server is miniredis v2.40.0 with one
+// patch: all scripts share one Lua state instead of building one per call
+// (third_party/miniredis/PATCH.md).
+replace github.com/alicebob/miniredis/v2 => ./third_party/miniredis

@@ -199,12 +199,12 @@ func (a *application) openBackends(ctx context.Context, tel *telemetry.Telemetry
 	vcfg := valkey.Config{URL: cfg.ValkeyURL, Prefix: cfg.ValkeyPrefix, OpTimeout: cfg.ValkeyTimeout,
 		Wrap: wrap, Intercept: intercept}
 	if cfg.EmbeddedCache() {
-		url, stop, err := valkey.StartEmbedded()
+		e, err := valkey.StartEmbedded()
 		if err != nil {
 			return fmt.Errorf("start embedded valkey: %w", err)
 		}
-		a.closers = append(a.closers, stop)
-		vcfg.URL, vcfg.DisableClientCache = url, true
+		a.closers = append(a.closers, e.Close)
+		vcfg.URL, vcfg.Dial, vcfg.DisableClientCache = e.URL, e.Dial, true
 		a.embedded = append(a.embedded, "valkey")
 	}
 	c, err := valkey.New(ctx, vcfg)

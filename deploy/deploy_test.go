@@ -564,3 +564,65 @@ func TestDockerComposeConfig(t *testing.T) {
 		t.Errorf("docker compose config: %v\n%s", err, out)
 	}
 }
+
+// The service image builds ./app with the repository's go.mod: every
+// directory of the module that ./app's packages come from, and every local
+// directory go.mod replaces a module with, must be in the build context
+// (un-ignored) and copied into the build stage.
+func TestDockerfileCopiesWhatAppBuildsFrom(t *testing.T) {
+	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dockerfile, err := os.ReadFile(filepath.Join(root, "deploy", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ignore, err := os.ReadFile(filepath.Join(root, "deploy", "Dockerfile.dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := regexp.MustCompile(`(?m)^replace\s+\S+(?:\s+\S+)?\s+=>\s+\./(\S+)\s*$`)
+	dirs := local.FindAllStringSubmatch(string(gomod), -1)
+	if len(dirs) == 0 {
+		t.Fatal("go.mod has no local replace (miniredis => ./third_party/miniredis expected)")
+	}
+	copied := regexp.MustCompile(`(?m)^COPY\s+(\S+)\s+\S+\s*$`).FindAllStringSubmatch(string(dockerfile), -1)
+	unignored := regexp.MustCompile(`(?m)^!(\S+?)/?\s*$`).FindAllStringSubmatch(string(ignore), -1)
+	covers := func(matches [][]string, dir string) bool {
+		for _, m := range matches {
+			p := strings.TrimSuffix(m[1], "/")
+			if dir == p || strings.HasPrefix(dir, p+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	need := map[string]string{} // dir → why
+	for _, d := range dirs {
+		need[strings.TrimSuffix(d[1], "/")] = "go.mod replaces a module with it"
+	}
+	out, err := exec.Command("go", "list", "-C", root, "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "./app").Output()
+	if err != nil {
+		t.Fatalf("go list -deps ./app: %v", err)
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range strings.Fields(string(out)) {
+		rel, err := filepath.Rel(abs, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		need[filepath.ToSlash(rel)] = "./app imports a package from it"
+	}
+	for dir, why := range need {
+		if !covers(copied, dir) {
+			t.Errorf("deploy/Dockerfile does not COPY %s (%s)", dir, why)
+		}
+		if !covers(unignored, dir) {
+			t.Errorf("deploy/Dockerfile.dockerignore does not let %s into the build context (%s)", dir, why)
+		}
+	}
+}

@@ -131,13 +131,31 @@ func BenchmarkWarmQueryTwoRoundTrips(b *testing.B) {
 }
 
 // BenchmarkWarmQueryOneRoundTrip: the same work in one call (CountHasNot),
-// on VALKEY_URL and on the embedded default's in-process server (miniredis
-// starts a fresh Lua interpreter and compiles the script for every call).
+// on VALKEY_URL; on miniredis over TCP (embedded: the tests' server); and
+// on the embedded default's server as the service uses it (embedded-pipe:
+// StartEmbedded, in-process connections).
 func BenchmarkWarmQueryOneRoundTrip(b *testing.B) {
 	b.Run("valkey", func(b *testing.B) { benchWarmQueryOneRoundTrip(b, warmQuerySetup) })
 	b.Run("embedded", func(b *testing.B) {
 		benchWarmQueryOneRoundTrip(b, func(b *testing.B) (*valkey.Cache, []string) {
 			return warmQuerySetupOn(b, valkeytest.NewMiniredisWith(b, testConfig()))
+		})
+	})
+	b.Run("embedded-pipe", func(b *testing.B) {
+		benchWarmQueryOneRoundTrip(b, func(b *testing.B) (*valkey.Cache, []string) {
+			e, err := valkey.StartEmbedded()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(e.Close)
+			cfg := testConfig()
+			cfg.URL, cfg.Dial, cfg.DisableClientCache = e.URL, e.Dial, true
+			c, err := valkey.New(b.Context(), cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(c.Close)
+			return warmQuerySetupOn(b, c)
 		})
 	})
 }

@@ -125,13 +125,15 @@ func TestUnavailable(t *testing.T) {
 	})
 }
 
+// The embedded server answers over its in-process connections (Dial, what
+// the service uses) and over TCP (URL), one keyspace for both.
 func TestStartEmbedded(t *testing.T) {
-	url, stop, err := valkey.StartEmbedded()
+	e, err := valkey.StartEmbedded()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
-	c, err := valkey.New(t.Context(), valkey.Config{URL: url, DisableClientCache: true, Now: testConfig().Now})
+	defer e.Close()
+	c, err := valkey.New(t.Context(), valkey.Config{URL: e.URL, Dial: e.Dial, DisableClientCache: true, Now: testConfig().Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,20 +141,32 @@ func TestStartEmbedded(t *testing.T) {
 	if err := c.SeedUsage(t.Context(), 1, day, reset(day), 0); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.CheckAndCount(t.Context(), 1, day, reset(day), 1); err != nil || r.Outcome != valkey.Allowed {
-		t.Fatalf("CheckAndCount = %+v, %v", r, err)
+	if r, err := c.CheckAndCount(t.Context(), 1, day, reset(day), 2); err != nil || r.Outcome != valkey.Allowed {
+		t.Fatalf("CheckAndCount (in process) = %+v, %v", r, err)
+	}
+	overTCP, err := valkey.New(t.Context(), valkey.Config{URL: e.URL, DisableClientCache: true, Now: testConfig().Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer overTCP.Close()
+	if r, err := overTCP.CheckAndCount(t.Context(), 1, day, reset(day), 2); err != nil || r.Outcome != valkey.Allowed || r.Used != 2 {
+		t.Fatalf("CheckAndCount (TCP) = %+v, %v; want allowed, used 2", r, err)
+	}
+	e.Close()
+	if _, err := e.Dial(t.Context()); err == nil {
+		t.Fatal("Dial after Close: no error")
 	}
 }
 
 // The embedded server expires keys on the wall clock by itself: a warmup
 // lock or a cached principal must not live forever.
 func TestStartEmbeddedExpires(t *testing.T) {
-	url, stop, err := valkey.StartEmbedded()
+	e, err := valkey.StartEmbedded()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
-	c, err := vk.NewClient(vk.ClientOption{InitAddress: []string{strings.TrimPrefix(url, "redis://")}, DisableCache: true})
+	defer e.Close()
+	c, err := vk.NewClient(vk.ClientOption{InitAddress: []string{strings.TrimPrefix(e.URL, "redis://")}, DisableCache: true})
 	if err != nil {
 		t.Fatal(err)
 	}

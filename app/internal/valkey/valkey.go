@@ -61,8 +61,10 @@ package valkey
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -109,6 +111,10 @@ type Config struct {
 	// Wrap, when set, wraps the dialled client (e.g. with Instrument for
 	// spans). It is applied by New only.
 	Wrap func(valkey.Client) valkey.Client
+	// Dial, when set, opens the client's connections instead of dialling
+	// URL's address (the embedded server's in-process connections). New
+	// only.
+	Dial func(ctx context.Context) (net.Conn, error)
 	// Intercept, when set, wraps the dialled client under everything else
 	// (the breaker, Wrap, and the client-side-cached lookups, which Wrap
 	// does not see): a test seam that sees every command sent. New only.
@@ -170,6 +176,11 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		return nil, fmt.Errorf("valkey: parse url: %w", err)
 	}
 	opt.DisableCache = cfg.DisableClientCache
+	if cfg.Dial != nil {
+		opt.DialCtxFn = func(ctx context.Context, _ string, _ *net.Dialer, _ *tls.Config) (net.Conn, error) {
+			return cfg.Dial(ctx)
+		}
+	}
 	raw, err := valkey.NewClient(opt)
 	if err != nil {
 		return nil, wrapErr("connect", err)
