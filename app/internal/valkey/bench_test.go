@@ -6,8 +6,12 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/warmpath/warmpath/app/internal/domain"
 	"github.com/warmpath/warmpath/app/internal/valkey"
@@ -170,4 +174,70 @@ func benchWarmQueryOneRoundTrip(b *testing.B, setup func(b *testing.B) (*valkey.
 			b.Fatalf("%+v, %+v, %v", r, hn, err)
 		}
 	}
+}
+
+// BenchmarkRoundTripFloor: what one round trip costs at the least, next to
+// the warm query's count script, with 32 concurrent callers (as under
+// load): the client process's CPU per call (getrusage) and, on a real
+// server, the server's (INFO cpu). PING and a script that returns 1 are the
+// floor of any call; "count" is the warm query's one call.
+func BenchmarkRoundTripFloor(b *testing.B) {
+	c, query := warmQuerySetup(b)
+	trivial := valkeygo.NewLuaScript("return 1")
+	calls := []struct {
+		name string
+		do   func(ctx context.Context) error
+	}{
+		{"ping", func(ctx context.Context) error { return c.Client().Do(ctx, c.Client().B().Ping().Build()).Error() }},
+		{"script", func(ctx context.Context) error { return trivial.Exec(ctx, c.Client(), nil, nil).Error() }},
+		{"count", func(ctx context.Context) error {
+			_, _, err := c.CountHasNot(ctx, valkey.CountRequest{UserID: 1, Start: day, Reset: reset(day), Limit: math.MaxInt64}, query)
+			return err
+		}},
+	}
+	for _, call := range calls {
+		b.Run(call.name, func(b *testing.B) {
+			ctx := requestContext(b)
+			server0, client0 := serverCPU(b, c), processCPU()
+			b.SetParallelism(16) // 32 callers on 2 cores
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := call.do(ctx); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64((processCPU()-client0).Microseconds())/float64(b.N), "client-cpu-µs/op")
+			b.ReportMetric(float64((serverCPU(b, c)-server0).Microseconds())/float64(b.N), "server-cpu-µs/op")
+		})
+	}
+}
+
+// processCPU is this process's user+system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// serverCPU is the server's used_cpu_user+used_cpu_sys (INFO cpu).
+func serverCPU(b *testing.B, c *valkey.Cache) time.Duration {
+	b.Helper()
+	info, err := c.Client().Do(b.Context(), c.Client().B().Info().Section("cpu").Build()).ToString()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatalf("INFO cpu %s: %v", line, err)
+			}
+			total += f
+		}
+	}
+	return time.Duration(total * float64(time.Second))
 }
