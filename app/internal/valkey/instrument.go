@@ -93,46 +93,44 @@ func (c *instrumented) end(ctx context.Context, span trace.Span, began time.Time
 	span.End()
 }
 
-func (c *instrumented) Do(ctx context.Context, cmd valkey.Completed) valkey.ValkeyResult {
+// observe runs one call (do) with its metrics and, under a recording span,
+// its span.
+func observe[R any](c *instrumented, ctx context.Context, tokens func() []string, do func(context.Context) R, errOf func(R) error) R {
 	began := time.Now()
-	sctx, span := c.start(ctx, cmd.Commands)
-	resp := c.Client.Do(sctx, cmd)
-	c.end(ctx, span, began, resp.Error())
-	return resp
+	sctx, span := c.start(ctx, tokens)
+	r := do(sctx)
+	c.end(ctx, span, began, errOf(r))
+	return r
+}
+
+func resultError(r valkey.ValkeyResult) error { return r.Error() }
+
+func (c *instrumented) Do(ctx context.Context, cmd valkey.Completed) valkey.ValkeyResult {
+	return observe(c, ctx, cmd.Commands, func(ctx context.Context) valkey.ValkeyResult { return c.Client.Do(ctx, cmd) }, resultError)
+}
+
+func (c *instrumented) DoCache(ctx context.Context, cmd valkey.Cacheable, ttl time.Duration) valkey.ValkeyResult {
+	return observe(c, ctx, cmd.Commands, func(ctx context.Context) valkey.ValkeyResult { return c.Client.DoCache(ctx, cmd, ttl) }, resultError)
 }
 
 func (c *instrumented) DoMulti(ctx context.Context, multi ...valkey.Completed) []valkey.ValkeyResult {
-	began := time.Now()
-	sctx, span := c.start(ctx, func() []string {
+	first := func() []string {
 		if len(multi) == 0 {
 			return nil
 		}
 		return multi[0].Commands()
-	})
-	resps := c.Client.DoMulti(sctx, multi...)
-	c.end(ctx, span, began, firstError(resps))
-	return resps
-}
-
-func (c *instrumented) DoCache(ctx context.Context, cmd valkey.Cacheable, ttl time.Duration) valkey.ValkeyResult {
-	began := time.Now()
-	sctx, span := c.start(ctx, cmd.Commands)
-	resp := c.Client.DoCache(sctx, cmd, ttl)
-	c.end(ctx, span, began, resp.Error())
-	return resp
+	}
+	return observe(c, ctx, first, func(ctx context.Context) []valkey.ValkeyResult { return c.Client.DoMulti(ctx, multi...) }, firstError)
 }
 
 func (c *instrumented) DoMultiCache(ctx context.Context, multi ...valkey.CacheableTTL) []valkey.ValkeyResult {
-	began := time.Now()
-	sctx, span := c.start(ctx, func() []string {
+	first := func() []string {
 		if len(multi) == 0 {
 			return nil
 		}
 		return multi[0].Cmd.Commands()
-	})
-	resps := c.Client.DoMultiCache(sctx, multi...)
-	c.end(ctx, span, began, firstError(resps))
-	return resps
+	}
+	return observe(c, ctx, first, func(ctx context.Context) []valkey.ValkeyResult { return c.Client.DoMultiCache(ctx, multi...) }, firstError)
 }
 
 // firstError is the first failure of a pipeline's replies (a nil reply is
