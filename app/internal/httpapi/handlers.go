@@ -197,7 +197,7 @@ func (s *Server) handleQuery(c *fiber.Ctx, ctx context.Context, in posted[queryR
 	if key.Key == "" {
 		return c.JSON(queryResponse{Missing: ans.Missing, Checked: len(req.Items), Usage: usageBody(ans.Usage)})
 	}
-	body, err := json.Marshal(queryResponse{Missing: ans.Missing, Checked: len(req.Items), Usage: usageBody(ans.Usage)})
+	body, err := encodeJSON(queryResponse{Missing: ans.Missing, Checked: len(req.Items), Usage: usageBody(ans.Usage)})
 	if err != nil {
 		return err
 	}
@@ -247,7 +247,7 @@ func (s *Server) handleItems(c *fiber.Ctx, ctx context.Context, in posted[itemsR
 		if err != nil {
 			return domain.StoredAnswer{}, err
 		}
-		body, err := json.Marshal(itemsResponse{Added: ch.Added, Removed: ch.Removed, Total: ch.Total})
+		body, err := encodeJSON(itemsResponse{Added: ch.Added, Removed: ch.Removed, Total: ch.Total})
 		return domain.StoredAnswer{Status: fiber.StatusOK, Body: string(body)}, err
 	})
 	if err != nil {

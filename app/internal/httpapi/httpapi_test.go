@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-json-experiment/json"
+	"github.com/valyala/fasthttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
@@ -123,6 +126,25 @@ func errorCode(t *testing.T, resp *http.Response) string {
 	}
 	s = s[i+len(`"code":"`):]
 	return s[:strings.IndexByte(s, '"')]
+}
+
+// TestErrorQuotingInvalidUTF8: an error message that quotes the request
+// (here a path of raw bytes that are not UTF-8) is still sent in the error
+// shape, the bytes written as U+FFFD, rather than failing the answer.
+func TestErrorQuotingInvalidUTF8(t *testing.T) {
+	pub := apiServer(t, fakeAuth{}, &fakeQuery{}, fakeItems{})
+	h := pub.App.Handler()
+	var rc fasthttp.RequestCtx
+	var req fasthttp.Request
+	req.Header.SetMethod("GET")
+	req.SetRequestURI("/nope\xff")
+	rc.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242}, nil)
+	h(&rc)
+	var body errorBody
+	if err := json.Unmarshal(rc.Response.Body(), &body); err != nil || rc.Response.StatusCode() != 404 ||
+		body.Error.Code != apperr.NotFound || body.RequestID == "" || !strings.Contains(body.Error.Message, "/nope\ufffd") {
+		t.Fatalf("%d %q (%v), want a 404 not_found error naming /nope\ufffd", rc.Response.StatusCode(), rc.Response.Body(), err)
+	}
 }
 
 func TestStatusOfEveryCode(t *testing.T) {

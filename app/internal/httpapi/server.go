@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/metric"
@@ -23,6 +24,15 @@ import (
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 )
+
+// encodeJSON renders every JSON answer of the public API. Map keys are
+// sorted, as encoding/json did (the warmup status's parts). Invalid UTF-8
+// is written as U+FFFD, as encoding/json did, instead of failing the
+// answer: an error message can quote the request (a path of raw bytes that
+// are not UTF-8), and must still be sent in the error shape.
+func encodeJSON(v any) ([]byte, error) {
+	return json.Marshal(v, json.Deterministic(true), jsontext.AllowInvalidUTF8(true))
+}
 
 // MaxBodyBytes is the largest request body accepted (1 MiB).
 const MaxBodyBytes = 1 << 20
@@ -156,11 +166,10 @@ func NewServer(cfg Config) (*Public, error) {
 		IdleTimeout:           60 * time.Second,
 		ErrorHandler:          s.errorHandler,
 		AppName:               "warmpath",
-		// One JSON encoder for every answer: a keyed request's answer is
-		// stored as json.Marshal renders it, and must read byte for byte
-		// like the same answer without a key. Map keys sorted, as
-		// encoding/json did (the warmup status's parts).
-		JSONEncoder: func(v any) ([]byte, error) { return json.Marshal(v, json.Deterministic(true)) },
+		// One JSON encoder for every answer (encodeJSON): a keyed request's
+		// answer is stored as it renders, and must read byte for byte like
+		// the same answer without a key.
+		JSONEncoder: encodeJSON,
 	})
 	s.routes(app)
 	srv := app.Server()
@@ -210,7 +219,7 @@ func refuseUnknownMethods(next fasthttp.RequestHandler) fasthttp.RequestHandler 
 			return
 		}
 		id := newIDs.next()
-		body, _ := json.Marshal(errorBody{Error: errorDetail{Code: apperr.InvalidRequest, Message: "unknown HTTP method"}, RequestID: id})
+		body, _ := encodeJSON(errorBody{Error: errorDetail{Code: apperr.InvalidRequest, Message: "unknown HTTP method"}, RequestID: id})
 		ctx.Response.Header.Set(fiber.HeaderXRequestID, id)
 		ctx.Response.Header.Set("Server-Timing", telemetry.ServerTiming(telemetry.Breakdown{}))
 		ctx.SetStatusCode(fiber.StatusBadRequest)

@@ -37,7 +37,8 @@ var (
 //     in): named after the command, with db.system and db.operation; never
 //     the statement (keys hold token hashes).
 //
-// Dedicated connections and pub/sub are not instrumented (the service uses
+// A node of Nodes is instrumented the same way. Dedicated connections and
+// pub/sub are not instrumented (the service uses
 // neither).
 func Instrument(tp trace.TracerProvider, mp metric.MeterProvider) (wrap func(valkey.Client) valkey.Client, err error) {
 	m := mp.Meter(InstrumentationScope)
@@ -131,6 +132,17 @@ func (c *instrumented) DoMultiCache(ctx context.Context, multi ...valkey.Cacheab
 		return multi[0].Cmd.Commands()
 	}
 	return observe(c, ctx, first, func(ctx context.Context) []valkey.ValkeyResult { return c.Client.DoMultiCache(ctx, multi...) }, firstError)
+}
+
+// Nodes returns the client's nodes, each instrumented like the client: the
+// per-node calls (LoadScripts' SCRIPT LOAD, SyncQueue.Sweep's SCAN) are
+// commands like any other.
+func (c *instrumented) Nodes() map[string]valkey.Client {
+	nodes := c.Client.Nodes()
+	for addr, n := range nodes {
+		nodes[addr] = &instrumented{Client: n, tracer: c.tracer, duration: c.duration, errors: c.errors}
+	}
+	return nodes
 }
 
 // firstError is the first failure of a pipeline's replies (a nil reply is

@@ -32,7 +32,7 @@ func TestInstrument(t *testing.T) {
 	ctx := context.Background()
 
 	// No recording span: metrics only. A nil reply is no error; a wrong
-	// type is one; a pipeline is one command.
+	// type is one; a pipeline is one command, failed if any reply is.
 	if err := c.Do(ctx, c.B().Set().Key("s").Value("v").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -43,12 +43,19 @@ func TestInstrument(t *testing.T) {
 		t.Fatal("HGET on a string succeeded")
 	}
 	c.DoMulti(ctx, c.B().Get().Key("s").Build(), c.B().Get().Key("s").Build())
+	c.DoMulti(ctx, c.B().Get().Key("s").Build(), c.B().Hget().Key("s").Field("f").Build())
+	// A node's calls (the sweep's SCAN, SCRIPT LOAD) are instrumented too.
+	for _, node := range c.Nodes() {
+		if err := node.Do(ctx, node.B().Hget().Key("s").Field("f").Build()).Error(); err == nil {
+			t.Fatal("HGET on a string succeeded")
+		}
+	}
 	if n := len(spans.Ended()); n != 0 {
 		t.Fatalf("%d spans without a recording parent, want 0", n)
 	}
 	durations, errs := commandMetrics(t, reader)
-	if durations != 4 || errs != 1 {
-		t.Fatalf("valkey_command_duration_seconds count %d, valkey_command_errors %d; want 4 and 1", durations, errs)
+	if durations != 6 || errs != 3 {
+		t.Fatalf("valkey_command_duration_seconds count %d, valkey_command_errors %d; want 6 and 3", durations, errs)
 	}
 
 	// Under a recording span: one client span per call, named after the
