@@ -16,7 +16,8 @@ import (
 // gets a context whose deadline is shared with every call started within
 // the same tick: the first tick at or after now+timeout, closed by one timer
 // per tick in which calls started. A call's deadline is therefore between
-// timeout and timeout+tick away, never sooner.
+// timeout and timeout+2×tick away (one tick, unless a caller read the clock
+// before the one that made the bucket), never sooner.
 type deadlines struct {
 	timeout time.Duration
 	tick    time.Duration
@@ -29,7 +30,7 @@ type deadlineBucket struct {
 	done chan struct{}
 }
 
-// deadlineTick is the lateness a call's deadline may have: 1/64 of the
+// deadlineTick is the width of a shared deadline: 1/64 of the
 // timeout, within [1 ms, 10 ms] (at most 8 ms for the default 500 ms).
 func deadlineTick(timeout time.Duration) time.Duration {
 	return min(max(timeout/64, time.Millisecond), 10*time.Millisecond)

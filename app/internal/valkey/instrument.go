@@ -14,11 +14,6 @@ import (
 // InstrumentationScope names the meter and tracer of Instrument.
 const InstrumentationScope = "github.com/warmpath/warmpath/app/internal/valkey"
 
-// commandBuckets are the bounds (seconds) of valkey_command_duration_seconds:
-// from 100 µs, where a warm query's one script sits on loopback, to the
-// 5 s worst case of a timed-out call.
-var commandBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
-
 var (
 	spanKind     = trace.WithSpanKind(trace.SpanKindClient)
 	dbSystemAttr = attribute.String("db.system", "valkey")
@@ -43,8 +38,9 @@ var (
 func Instrument(tp trace.TracerProvider, mp metric.MeterProvider) (wrap func(valkey.Client) valkey.Client, err error) {
 	m := mp.Meter(InstrumentationScope)
 	duration, err := m.Float64Histogram("valkey_command_duration_seconds",
-		metric.WithUnit("s"), metric.WithDescription("Duration of Valkey commands (a pipeline is one)."),
-		metric.WithExplicitBucketBoundaries(commandBuckets...))
+		// Its buckets are the service's view for every histogram in
+		// seconds (telemetry.DurationBuckets).
+		metric.WithUnit("s"), metric.WithDescription("Duration of Valkey commands (a pipeline is one)."))
 	if err != nil {
 		return nil, err
 	}

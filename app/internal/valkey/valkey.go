@@ -45,8 +45,8 @@
 // Config.OpTimeout (VALKEY_TIMEOUT) bounds every call, that is every round
 // trip (a command, a script or a pipeline), unless the caller's context ends
 // sooner; calls that nothing else can cancel share one deadline per 1/64 of
-// it (at most 10 ms later than their own would be), so that a call costs no
-// timer of its own. An operation of several round trips (a sync claim of a large batch,
+// it (never sooner than their own would be, at most two such ticks later:
+// ≤ 20 ms), so that a call costs no timer of its own. An operation of several round trips (a sync claim of a large batch,
 // a sweep of the keyspace) puts the deadline on each of them, not on the
 // whole: its length grows with its work, never the wait on one answer.
 //
