@@ -76,7 +76,7 @@ func Attack(ctx context.Context, spec AttackSpec) Run {
 		if r.Method == "" && r.Error == vegeta.ErrNoTargets.Error() {
 			continue // the end-of-targets marker, not a request
 		}
-		s := Sample{At: r.Timestamp.Sub(run.Started) - spec.Warmup, Latency: r.Latency, Code: r.Code}
+		s := Sample{At: r.Timestamp.Sub(run.Started) - spec.Warmup, Latency: r.Latency, Code: r.Code, URL: r.URL}
 		if r.Code == 0 {
 			s.Err = r.Error
 		}

@@ -69,7 +69,11 @@ func drift(lat func(at time.Duration) time.Duration) []Sample {
 	var out []Sample
 	for i := range 6000 {
 		at := time.Duration(i) * 10 * time.Millisecond
-		out = append(out, Sample{At: at, Latency: lat(at), Code: 200})
+		url := "http://127.0.0.1:1" + pathQuery
+		if i%10 == 0 {
+			url = "http://127.0.0.1:1" + pathItems
+		}
+		out = append(out, Sample{At: at, Latency: lat(at), Code: 200, URL: url})
 	}
 	return out
 }
@@ -99,6 +103,22 @@ func TestJudgeDrift(t *testing.T) {
 			}
 			return 2 * time.Millisecond
 		}, false},
+		// The machine's other work (the database writing out what an
+		// earlier run left) lifting the whole last third: a step, not a
+		// drift; the middle third is where the first one was.
+		{"a step in the last third only", func(at time.Duration) time.Duration {
+			if at > 48*time.Second {
+				return 9 * time.Millisecond
+			}
+			return 5 * time.Millisecond
+		}, false},
+		// A regression that sets in during the middle third and stays.
+		{"a rise from the middle third on", func(at time.Duration) time.Duration {
+			if at > 36*time.Second {
+				return 9 * time.Millisecond
+			}
+			return 5 * time.Millisecond
+		}, true},
 		{"+30 % above the floor is not drift", func(at time.Duration) time.Duration {
 			if at > d*2/3 {
 				return 13 * time.Millisecond
@@ -110,7 +130,7 @@ func TestJudgeDrift(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got := judgeDrift(drift(tt.lat), d, 2*time.Second)
 			if got.Drifted != tt.drifted {
-				t.Errorf("drifted = %v, want %v (first %.2f ms, last %.2f ms)", got.Drifted, tt.drifted, got.FirstP99Ms, got.LastP99Ms)
+				t.Errorf("drifted = %v, want %v (first %.2f ms, mid %.2f ms, last %.2f ms)", got.Drifted, tt.drifted, got.FirstP99Ms, got.MidP99Ms, got.LastP99Ms)
 			}
 		})
 	}
@@ -135,7 +155,10 @@ func TestAnalyzeSoak(t *testing.T) {
 	if err := rep.WriteTable(&b); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"METRIC", "goroutines", "GROWING", "p99", "soak: FAIL"} {
+	if eps := rep.Drift.Endpoints; len(eps) != 2 || eps[0].Path != pathQuery || eps[1].Path != pathItems || eps[1].LastP99Ms != 1 {
+		t.Errorf("endpoints %+v, want the query and the items endpoint at 1 ms (no warmup samples)", eps)
+	}
+	for _, want := range []string{"METRIC", "goroutines", "GROWING", "p99", "p99 " + pathItems, "soak: FAIL"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

@@ -18,6 +18,9 @@ type Sample struct {
 	Code uint16
 	// Err is the transport error, if any.
 	Err string
+	// URL is the request's URL (the target's own string, not a copy), so a
+	// mixed load can be split by endpoint.
+	URL string
 }
 
 // ok reports whether the sample is a success: a 2xx answer.
