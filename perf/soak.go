@@ -100,8 +100,21 @@ func judgeTrend(rule trendRule, series []float64) trendResult {
 	r.FirstMedian, r.MidMedian, r.LastMedian = median(a), median(b), median(c)
 	r.Growth = r.LastMedian - r.FirstMedian
 	r.Allowed = math.Max(rule.Rel*r.FirstMedian, rule.Abs)
-	r.Growing = r.Growth > r.Allowed && r.MidMedian-r.FirstMedian >= r.Growth/4
+	r.Growing = r.Growth > r.Allowed && sustained(r.FirstMedian, r.MidMedian, r.LastMedian)
 	return r
+}
+
+// sustained reports whether a rise from first to last runs through the
+// middle: the middle has risen by at least a quarter of it. One late step
+// has not.
+func sustained(first, mid, last float64) bool { return mid-first >= (last-first)/4 }
+
+// partBounds is where the three parts after the warm-up third of a run of
+// length d begin and end.
+func partBounds(d time.Duration) [4]time.Duration {
+	third := d / 3
+	part := (d - third) / 3
+	return [4]time.Duration{third, third + part, third + 2*part, d}
 }
 
 // driftResult is the p99 drift check.
@@ -138,14 +151,13 @@ type endpointDrift struct {
 func judgeDrift(samples []Sample, d, w time.Duration) driftResult {
 	r := driftResult{Rule: fmt.Sprintf("after a warm-up third, the median of the last third's per-%s-window p99s > %.1f × that of the first third and ≥ %.0f ms, and the middle third's median has risen by at least a quarter of that", w, driftRatio, driftFloorMs)}
 	r.FirstP99Ms, r.MidP99Ms, r.LastP99Ms = windowThirds(samples, d, w)
-	third := d / 3
-	part := (d - third) / 3
+	b := partBounds(d)
 	var first, last []time.Duration
 	for _, s := range samples {
 		switch {
-		case s.At >= third && s.At < third+part:
+		case s.At >= b[0] && s.At < b[1]:
 			first = append(first, s.Latency)
-		case s.At >= third+2*part:
+		case s.At >= b[2]:
 			last = append(last, s.Latency)
 		}
 	}
@@ -155,17 +167,14 @@ func judgeDrift(samples []Sample, d, w time.Duration) driftResult {
 	if r.FirstP99Ms > 0 {
 		r.Ratio = r.LastP99Ms / r.FirstP99Ms
 	}
-	growth := r.LastP99Ms - r.FirstP99Ms
-	r.Drifted = r.LastP99Ms > driftRatio*r.FirstP99Ms && r.LastP99Ms >= driftFloorMs && r.MidP99Ms-r.FirstP99Ms >= growth/4
+	r.Drifted = r.LastP99Ms > driftRatio*r.FirstP99Ms && r.LastP99Ms >= driftFloorMs && sustained(r.FirstP99Ms, r.MidP99Ms, r.LastP99Ms)
 	return r
 }
 
 // windowThirds is the median window p99 of each third after the warm-up
 // third (windows wholly inside it only).
 func windowThirds(samples []Sample, d, w time.Duration) (first, mid, last float64) {
-	third := d / 3
-	part := (d - third) / 3
-	bounds := [4]time.Duration{third, third + part, third + 2*part, d}
+	bounds := partBounds(d)
 	var parts [3][]float64
 	for _, win := range Windows(samples, w) {
 		at := time.Duration(win.StartS * float64(time.Second))
@@ -391,7 +400,7 @@ func analyzeSoak(rep *SoakReport, samples []Sample, d, w time.Duration) {
 	rep.Drift = judgeDrift(samples, d, w)
 	rep.Drift.Endpoints = endpointDrifts(samples, d, w, pathQuery, pathItems, pathWarmup)
 	if rep.Drift.Drifted {
-		rep.Failures = append(rep.Failures, fmt.Sprintf("p99 drifted: %.2f ms → %.2f ms (×%.2f)", rep.Drift.FirstP99Ms, rep.Drift.LastP99Ms, rep.Drift.Ratio))
+		rep.Failures = append(rep.Failures, fmt.Sprintf("p99 drifted: %.2f ms → %.2f ms → %.2f ms (×%.2f)", rep.Drift.FirstP99Ms, rep.Drift.MidP99Ms, rep.Drift.LastP99Ms, rep.Drift.Ratio))
 	}
 	if rep.Load.Requests == 0 || rep.Load.Success < minSuccess {
 		rep.Failures = append(rep.Failures, fmt.Sprintf("only %.2f%% of %d requests got a 2xx", 100*rep.Load.Success, rep.Load.Requests))
