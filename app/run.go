@@ -75,7 +75,9 @@ func runServe(ctx context.Context, getenv func(string) string, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	log, err := telemetry.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	logOut, flushLog := telemetry.BufferStderr(stderr)
+	defer flushLog() // the first deferred, the last to run: every line is out before run returns
+	log, err := telemetry.NewLogger(logOut, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return cli.Usage(err)
 	}

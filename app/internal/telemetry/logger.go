@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap/zapcore"
 )
 
 // Log formats accepted by NewLogger.
@@ -42,18 +46,57 @@ func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return nil, err
 	}
 	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: redact}
+	out := &lockedWriter{w: w}
+	if s, ok := w.(interface{ Sync() error }); ok {
+		if _, file := w.(*os.File); !file { // a file's Sync is an fsync, not a flush
+			out.sync = s.Sync
+		}
+	}
 	var h slog.Handler
 	switch f := strings.ToLower(strings.TrimSpace(format)); f {
 	case "", FormatJSON:
-		h = slog.NewJSONHandler(w, opts)
+		h = slog.NewJSONHandler(out, opts)
 		format = FormatJSON
 	case FormatText:
-		h = slog.NewTextHandler(w, opts)
+		h = slog.NewTextHandler(out, opts)
 		format = FormatText
 	default:
 		return nil, fmt.Errorf("new logger: unknown format %q (want json or text)", format)
 	}
-	return slog.New(traceHandler{next: h, format: format}), nil
+	return slog.New(traceHandler{next: h, format: format, out: out, direct: out}), nil
+}
+
+// lockedWriter is where a logger's lines go: the handler's and LogPerf's
+// own, one whole line per write. When the writer buffers (it has a Sync
+// method, as the service's buffered stderr has), a line at WARN or above is
+// flushed at once, with every line before it, so what matters is never
+// left in a buffer.
+type lockedWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	sync func() error
+}
+
+// Write implements io.Writer for the slog handler.
+func (lw *lockedWriter) Write(p []byte) (int, error) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.w.Write(p)
+}
+
+// write writes a line of LogPerf's, flushing it when level is WARN or above.
+func (lw *lockedWriter) write(level slog.Level, p []byte) {
+	lw.mu.Lock()
+	_, _ = lw.w.Write(p) // a logger has nowhere to report its own failure
+	lw.mu.Unlock()
+	lw.flush(level)
+}
+
+// flush flushes a buffering writer after a line at WARN or above.
+func (lw *lockedWriter) flush(level slog.Level) {
+	if level >= slog.LevelWarn && lw.sync != nil {
+		_ = lw.sync()
+	}
 }
 
 // parseLevel parses a LOG_LEVEL value.
@@ -84,6 +127,10 @@ func redact(_ []string, a slog.Attr) slog.Attr {
 type traceHandler struct {
 	next   slog.Handler
 	format string // FormatJSON or FormatText; LogPerf shapes its line by it
+	out    *lockedWriter
+	// direct is out on NewLogger's own handler, nil once attributes or a
+	// group are added: LogPerf writes its JSON line straight to it then.
+	direct *lockedWriter
 }
 
 // Enabled implements slog.Handler.
@@ -99,18 +146,20 @@ func (h traceHandler) Handle(ctx context.Context, r slog.Record) error {
 			slog.String("span_id", sc.SpanID().String()),
 		)
 	}
-	return h.next.Handle(ctx, r)
+	err := h.next.Handle(ctx, r)
+	h.out.flush(r.Level)
+	return err
 }
 
 // WithAttrs implements slog.Handler.
 func (h traceHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return traceHandler{next: h.next.WithAttrs(attrs), format: h.format}
+	return traceHandler{next: h.next.WithAttrs(attrs), format: h.format, out: h.out}
 }
 
 // WithGroup implements slog.Handler. Note that trace ids of records logged
 // through a grouped logger land inside the group, as all record attributes do.
 func (h traceHandler) WithGroup(name string) slog.Handler {
-	return traceHandler{next: h.next.WithGroup(name), format: h.format}
+	return traceHandler{next: h.next.WithGroup(name), format: h.format, out: h.out}
 }
 
 // isTextLogger reports whether l writes the human text format of NewLogger.
@@ -118,3 +167,35 @@ func isTextLogger(l *slog.Logger) bool {
 	th, ok := l.Handler().(traceHandler)
 	return ok && th.format == FormatText
 }
+
+// Log output buffering of BufferStderr.
+const (
+	logBufferSize  = 64 << 10
+	logFlushPeriod = 100 * time.Millisecond
+)
+
+// BufferStderr returns the writer the service's logger should write to, and
+// a stop that flushes it. A file (the process's stderr) gets a buffer:
+// lines reach it in batches, within logFlushPeriod or once logBufferSize
+// bytes wait, instead of one write system call per [PERF] line, which cost
+// as much as the rest of the line. NewLogger flushes the buffer at once
+// after every line at WARN or above. Any other writer (a test's buffer) is
+// returned as it is.
+func BufferStderr(w io.Writer) (io.Writer, func()) {
+	f, ok := w.(*os.File)
+	if !ok {
+		return w, func() {}
+	}
+	bw := &zapcore.BufferedWriteSyncer{
+		// writeOnly hides the file's Sync (an fsync): flushing the buffer
+		// is enough.
+		WS:            zapcore.AddSync(writeOnly{f}),
+		Size:          logBufferSize,
+		FlushInterval: logFlushPeriod,
+	}
+	return bw, func() { _ = bw.Stop() }
+}
+
+type writeOnly struct{ w io.Writer }
+
+func (w writeOnly) Write(p []byte) (int, error) { return w.w.Write(p) }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/warmpath/warmpath/app/internal/telemetry"
 )
@@ -295,5 +298,82 @@ func TestServerTiming(t *testing.T) {
 				t.Errorf("%q: %s (%v) > total (%v)", v, n, d, durs["total"])
 			}
 		}
+	}
+}
+
+// The [PERF] line of a warm query, in JSON under a span, as every request
+// writes it at the default level.
+func BenchmarkLogPerf(b *testing.B) {
+	l, err := telemetry.NewLogger(io.Discard, "json", "info")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2},
+	}))
+	br := telemetry.Breakdown{
+		Auth: 12 * time.Microsecond, UsageCheck: 310 * time.Microsecond,
+		Query: 21 * time.Microsecond, Total: 402 * time.Microsecond,
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		telemetry.LogPerf(ctx, l, "POST", "/api/hasNotEngine-ultra-fast", 200, br, nil)
+	}
+}
+
+// The service's stderr is buffered: an INFO line arrives within the flush
+// period, a WARN line at once with every line before it, and stop leaves
+// nothing behind.
+func TestBufferStderr(t *testing.T) {
+	if w, stop := telemetry.BufferStderr(&bytes.Buffer{}); w == nil {
+		t.Fatal("nil writer for a buffer")
+	} else if _, ok := w.(*bytes.Buffer); !ok {
+		t.Errorf("a buffer came back as %T, want it unchanged", w)
+	} else {
+		stop()
+	}
+
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	read := func() string {
+		b, err := os.ReadFile(f.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	w, stop := telemetry.BufferStderr(f)
+	l, err := telemetry.NewLogger(w, "json", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	b := telemetry.Breakdown{Total: time.Millisecond}
+	telemetry.LogPerf(ctx, l, "POST", "/first", 200, b, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(read(), "/first") {
+		if time.Now().After(deadline) {
+			t.Fatal("an INFO line never reached the file")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	telemetry.LogPerf(ctx, l, "POST", "/second", 200, b, nil)
+	telemetry.LogPerf(ctx, l, "POST", "/slow", 200, b, []string{"total"})
+	if got := read(); !strings.Contains(got, "/second") || !strings.Contains(got, "/slow") {
+		t.Errorf("after a slow [PERF] line the file lacks it or the line before:\n%s", got)
+	}
+	l.Info("third")
+	l.Error("failed")
+	if got := read(); !strings.Contains(got, `"third"`) || !strings.Contains(got, `"failed"`) {
+		t.Errorf("after an ERROR line the file lacks it or the line before:\n%s", got)
+	}
+	l.Info("last")
+	stop()
+	if got := read(); !strings.Contains(got, `"last"`) {
+		t.Errorf("stop left a line in the buffer:\n%s", got)
 	}
 }
