@@ -523,6 +523,13 @@ type SweepResult struct {
 	Reverted int
 }
 
+// sweepScanCount is the COUNT of each SCAN step of Sweep. Valkey serves no
+// other command while a step runs, and a step's time grows with COUNT: on
+// Redis 7 with 190,000 keys, 546 µs a step at 1,000 (a stall every request
+// behind it waits out), 59 µs at 100. The whole walk costs the server the
+// same; the sweep, which runs every few minutes, takes more round trips.
+const sweepScanCount = 100
+
 // Sweep is the safety net for marks lost between a count and its mark (a
 // client dying mid-pipeline, Valkey Cluster) and for claims that a slow,
 // overtaken owner made after its batch was reverted: it SCANs every node for
@@ -542,7 +549,7 @@ func (q *SyncQueue) Sweep(ctx context.Context) (SweepResult, error) {
 			var cursor uint64
 			for {
 				sctx, cancel := q.opCtx(ctx)
-				e, err := node.Do(sctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+				e, err := node.Do(sctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(sweepScanCount).Build()).AsScanEntry()
 				cancel()
 				if err != nil {
 					return res, wrapErr("sweep: scan", err)
