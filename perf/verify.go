@@ -91,7 +91,7 @@ func fullConfig() verifyConfig {
 		warmupItems: 100, warmupRate: 500, warmupDur: 6 * time.Second,
 		queryUsers: 400, items: 100, queryItems: 10, firstRate: 100, queryRate: 2000, queryDur: 10 * time.Second,
 		maxWorkers: 64, maxDur: 4 * time.Second, maxPairs: 4,
-		syncUsers: 50000, syncLoadUsers: 100, syncRate: 1000, syncDur: 10 * time.Second, syncRounds: 3,
+		syncUsers: 50000, syncLoadUsers: 100, syncRate: 1000, syncDur: 10 * time.Second, syncRounds: 4,
 		coldUsers: 200, coldItems: 1000, coldRate: 50, coldRounds: 5,
 		provisioners: 32,
 	}
@@ -107,7 +107,7 @@ func quickConfig() verifyConfig {
 		warmupItems: 20, warmupRate: 500, warmupDur: time.Second,
 		queryUsers: 40, items: 50, queryItems: 10, firstRate: 50, queryRate: 2000, queryDur: time.Second,
 		maxWorkers: 16, maxDur: time.Second, maxPairs: 4,
-		syncUsers: 1000, syncLoadUsers: 20, syncRate: 500, syncDur: 1500 * time.Millisecond, syncRounds: 3,
+		syncUsers: 1000, syncLoadUsers: 20, syncRate: 500, syncDur: 1500 * time.Millisecond, syncRounds: 4,
 		coldUsers: 50, coldItems: 5000, coldRate: 40, coldRounds: 3,
 		provisioners: 16,
 	}

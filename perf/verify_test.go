@@ -69,6 +69,9 @@ func TestVerifyQuick(t *testing.T) {
 		if it.Target.Value <= 0 || it.Target.Unit == "" {
 			t.Errorf("%s: target %+v: want a positive figure with a unit", it.ID, it.Target)
 		}
+		if it.ID == idSync {
+			checkSyncRounds(t, it.Details["rounds"])
+		}
 		allPass = allPass && it.Pass
 	}
 	// The exit status follows the items.
@@ -79,4 +82,29 @@ func TestVerifyQuick(t *testing.T) {
 		t.Errorf("no table on stdout:\n%s", stdout.String())
 	}
 	checkHTML(t, filepath.Join(out, "verify.html"))
+}
+
+// checkSyncRounds: the sync item's rounds put the run without a sync first
+// as often as the run with one (the order is balanced, not merely
+// alternated), and each round was preceded by its settling load.
+func checkSyncRounds(t *testing.T, v any) {
+	t.Helper()
+	rounds, _ := v.([]any)
+	if len(rounds) == 0 || len(rounds)%2 != 0 {
+		t.Errorf("%s: %d rounds, want an even number above 0", idSync, len(rounds))
+		return
+	}
+	first := 0
+	for i, r := range rounds {
+		m, _ := r.(map[string]any)
+		if wf, _ := m["withoutFirst"].(bool); wf {
+			first++
+		}
+		if p99, _ := m["settleP99Ms"].(float64); p99 <= 0 {
+			t.Errorf("%s: round %d: settleP99Ms %v, want the settling load's p99", idSync, i+1, m["settleP99Ms"])
+		}
+	}
+	if 2*first != len(rounds) {
+		t.Errorf("%s: the run without a sync came first in %d of %d rounds, want half", idSync, first, len(rounds))
+	}
 }
