@@ -155,11 +155,11 @@ func (q *SyncQueue) Claim(ctx context.Context, owner string, limit int) (usagesy
 	id := newBatchID(now)
 	r, err := q.exec(ctx, q.scripts.syncBegin,
 		[]string{q.keys.SyncDirty(), q.keys.SyncBatches(), q.keys.SyncBatch(id), q.keys.SyncBatchInfo()},
-		[]string{strconv.Itoa(limit), id, owner, ms(now), ms(now.Add(q.lease))}).AsStrSlice()
+		[]string{strconv.Itoa(limit), id, owner, ms(now), ms(now.Add(q.lease))}).ToString()
 	if err != nil {
 		return usagesync.Batch{}, wrapErr("claim: begin batch", err)
 	}
-	users, err := parseMembers(r)
+	users, err := parseMembers(splitList(r))
 	if err != nil {
 		return usagesync.Batch{}, fmt.Errorf("valkey claim: %w", err)
 	}
