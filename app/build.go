@@ -121,7 +121,8 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	db := dbTimed{a.store}
 	local := usage.NewLocal()
 	a.jwt = newJWT(a, db, tel)
-	authn := auth.New(auth.Config{Store: auth.NewCachedStore(db, a.cache, tel.Metrics, cfg.CacheTTL), JWT: a.jwt, Observer: tel.Metrics})
+	principals := auth.NewCachedStore(db, a.cache, tel.Metrics, cfg.CacheTTL)
+	authn := auth.New(auth.Config{Store: principals, JWT: a.jwt, Observer: tel.Metrics})
 	a.invalidator = engine.NewInvalidator(engine.InvalidatorConfig{Cache: a.cache, Logger: log})
 	eng := engine.New(engine.Config{Items: engine.NewCachedItems(engine.FromStore(db), a.cache, tel.Metrics, a.invalidator)})
 	lease := idempotencyLease(cfg)
@@ -156,7 +157,7 @@ func build(ctx context.Context, cfg config.Config, h host) (*application, error)
 	}
 	a.admin = &http.Server{
 		Handler: httpapi.NewAdmin(httpapi.AdminConfig{
-			Logger: log, Store: a.store, Cache: a.cache, Sync: a.syncer, Warmup: a.warmup,
+			Logger: log, Store: a.store, Cache: a.cache, Principals: principals, Sync: a.syncer, Warmup: a.warmup,
 			MetricsHandler: tel.MetricsHandler(), Token: cfg.AdminToken, JWTIssuer: cfg.AuthJWTIssuer,
 			Tracer: tel.TracerProvider.Tracer("github.com/warmpath/warmpath/app/internal/httpapi"),
 		}),

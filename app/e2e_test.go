@@ -314,3 +314,26 @@ func TestMissingDemoUsersFileExitsTwo(t *testing.T) {
 		t.Fatalf("want exit 2 naming DEMO_USERS_FILE, got %v", err)
 	}
 }
+
+// TestNewTokenIsCachedForItsFirstRequest: a token the admin API creates (with
+// its user, or for an existing user) is put into the principal cache at
+// once, so the login's first request, POST /api/user/warmup, authenticates
+// from the cache: its Server-Timing has no "db" phase (no store lookup).
+func TestNewTokenIsCachedForItsFirstRequest(t *testing.T) {
+	in := start(t, backendEnv(t))
+	u := in.newUser(t, "free", nil)
+	r := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{"expiresIn": "1h"})
+	if r.status != 201 {
+		t.Fatalf("create token: %d %s", r.status, r.raw)
+	}
+	for name, tok := range map[string]string{"the user's first token": u.token, "a later token": r.body["token"].(string)} {
+		w := call(t, "POST", in.base+"/api/user/warmup", tok, nil)
+		if w.status != 202 && w.status != 200 {
+			t.Fatalf("%s: warmup: %d %s", name, w.status, w.raw)
+		}
+		st := w.header.Get("Server-Timing")
+		if !strings.Contains(st, "auth;dur=") || strings.Contains(st, "db;dur=") {
+			t.Errorf("%s: first request's Server-Timing %q: want auth without a db lookup", name, st)
+		}
+	}
+}

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"github.com/warmpath/warmpath/app/internal/auth"
+	"github.com/warmpath/warmpath/app/internal/valkey"
 	"github.com/warmpath/warmpath/app/internal/warmup"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -39,13 +41,23 @@ func TestSpanTreeOfQuery(t *testing.T) {
 	if r := in.items(t, u.token, []string{"a", "b"}, nil); r.status != 200 {
 		t.Fatalf("items: %d %s", r.status, r.raw)
 	}
-	// A second token, never used: its principal is not cached yet, so the
-	// cold query's auth reads Postgres too.
+	// A second token, never used. The admin API caches its principal at
+	// once; on a real Valkey the test drops that entry (as a cache loss
+	// would), so the cold query's auth reads the store too.
 	tok := call(t, "POST", in.admin+"/admin/users/"+itoa(u.id)+"/tokens", "", map[string]any{})
 	if tok.status != 201 {
 		t.Fatalf("token: %d %s", tok.status, tok.raw)
 	}
 	fresh := tok.body["token"].(string)
+	authReadsStore := false
+	if url := env["VALKEY_URL"]; url != "" {
+		c := rawValkey(t, url)
+		key := valkey.NewKeys(env["VALKEY_PREFIX"]).Token(auth.Hash(fresh))
+		if n, err := c.Do(t.Context(), c.B().Del().Key(key).Build()).AsInt64(); err != nil || n != 1 {
+			t.Fatalf("drop the primed principal %s: %d, %v; want 1 key deleted", key, n, err)
+		}
+		authReadsStore = true
+	}
 
 	// Cold: neither the principal, the usage counter nor the items of u are
 	// in Valkey; the answer comes from Postgres and (WARMUP_STRATEGY=async)
@@ -72,12 +84,13 @@ func TestSpanTreeOfQuery(t *testing.T) {
 	t.Run("cold", func(t *testing.T) {
 		spans := traceOf(all, coldTrace)
 		_, phases := checkServerSpan(t, spans, coldParent)
-		// Cold, every phase reaches both backends: auth and usage miss the
-		// cache and read the store, the items come from the store (pgx
-		// spans on Postgres; the in-memory store has no client to trace).
+		// Cold, every phase reaches both backends: auth (its cache entry
+		// dropped) and usage miss the cache and read the store, the items
+		// come from the store (pgx spans on Postgres; the in-memory store
+		// has no client to trace).
 		for _, name := range []string{"auth", "usage.check", "engine.query"} {
 			below := descendants(spans, phases[name].SpanContext.SpanID())
-			if onPostgres(env) && len(fromScope(below, scopePgx)) == 0 {
+			if onPostgres(env) && (name != "auth" || authReadsStore) && len(fromScope(below, scopePgx)) == 0 {
 				t.Errorf("no pgx span under %s: %v", name, spanNames(below))
 			}
 			if len(fromScope(below, scopeValkey)) == 0 {
@@ -239,6 +252,11 @@ func TestMetricsScrape(t *testing.T) {
 	cold := in.newUser(t, "free", nil)
 	if r := in.query(t, cold.token, "a"); r.status != 200 { // cold: the db phase runs
 		t.Fatalf("cold query: %d %s", r.status, r.raw)
+	}
+	// A token the admin API creates is cached at once; an unknown one is a
+	// principal cache miss (then a store lookup).
+	if r := in.query(t, "wp_"+strings.Repeat("Z", 43), "a"); r.status != 401 {
+		t.Fatalf("unknown token: %d %s", r.status, r.raw)
 	}
 	waitWarmup(t, in, cold.token, warmup.StateReady) // the warmup that query enqueued has finished
 	for _, ep := range []struct{ method, url string }{

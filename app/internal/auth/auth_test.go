@@ -128,6 +128,44 @@ func codeOf(err error) apperr.Code {
 	return apperr.CodeOf(err)
 }
 
+// TestPrimeFillsCacheForFirstRequest: a primed token's first
+// authentication is a cache hit (no store call); a revoked or expired
+// principal is not primed, and a store error is returned with nothing
+// cached.
+func TestPrimeFillsCacheForFirstRequest(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	past := now.Add(-time.Minute)
+	tok, good, _ := NewToken()
+	_, revoked, _ := NewToken()
+	_, expired, _ := NewToken()
+	_, unknown, _ := NewToken()
+	st := &fakeStore{m: map[domain.TokenHash]domain.Principal{
+		good: {UserID: 7}, revoked: {UserID: 8, RevokedAt: &past}, expired: {UserID: 9, ExpiresAt: &past},
+	}}
+	c := &fakeCache{m: map[domain.TokenHash]domain.Principal{}}
+	cs := NewCachedStore(st, c, nil, 0)
+	cs.now = func() time.Time { return now }
+	for _, h := range []domain.TokenHash{good, revoked, expired} {
+		if err := cs.Prime(context.Background(), h); err != nil {
+			t.Fatalf("Prime: %v", err)
+		}
+	}
+	if err := cs.Prime(context.Background(), unknown); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("Prime(unknown) = %v, want ErrNotFound", err)
+	}
+	if len(c.m) != 1 || c.m[good].UserID != 7 {
+		t.Fatalf("cache after priming = %+v, want only the usable principal", c.m)
+	}
+	st.calls = 0
+	a := New(Config{Store: cs, Now: func() time.Time { return now }})
+	if p, _, err := a.Authenticate(context.Background(), "Bearer "+tok); err != nil || p.UserID != 7 {
+		t.Fatalf("first authentication after Prime: %+v %v", p, err)
+	}
+	if st.calls != 0 {
+		t.Fatalf("store calls on the first authentication = %d, want 0 (primed)", st.calls)
+	}
+}
+
 func TestCacheServesWarmAndDegradesToStore(t *testing.T) {
 	tok, _, _ := NewToken()
 	st := &fakeStore{m: map[domain.TokenHash]domain.Principal{Hash(tok): {UserID: 7}}}

@@ -37,6 +37,12 @@ type PrincipalCache interface {
 	DropPrincipal(ctx context.Context, hash domain.TokenHash) error
 }
 
+// PrincipalPrimer fills the principal cache with a token just created
+// (auth.CachedStore implements it).
+type PrincipalPrimer interface {
+	Prime(ctx context.Context, hash domain.TokenHash) error
+}
+
 // Syncer is the write-behind loop as the admin API sees it.
 type Syncer interface {
 	TriggerFrom(ctx context.Context)
@@ -47,7 +53,8 @@ type Syncer interface {
 type AdminConfig struct {
 	Logger         *slog.Logger
 	Store          AdminStore
-	Cache          PrincipalCache // optional
+	Cache          PrincipalCache  // optional
+	Principals     PrincipalPrimer // optional: every token created here is primed, so its first request finds it cached
 	Sync           Syncer
 	Warmup         interface{ System() warmup.SystemStatus }
 	MetricsHandler http.Handler
@@ -210,6 +217,11 @@ func (a *admin) newToken(ctx context.Context, userID int64, expiresAt *time.Time
 		return tokenResponse{}, apperr.New(apperr.NotFound, "no user %d", userID)
 	case err != nil:
 		return tokenResponse{}, storeErr(err)
+	}
+	if a.cfg.Principals != nil {
+		if err := a.cfg.Principals.Prime(ctx, hash); err != nil {
+			a.cfg.Logger.WarnContext(ctx, "principal cache not primed with a new token (its first request reads the store)", "token_id", t.ID, "err", err.Error())
+		}
 	}
 	return tokenResponse{ID: t.ID, UserID: userID, Token: text, ExpiresAt: t.ExpiresAt}, nil
 }
