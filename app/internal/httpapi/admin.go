@@ -219,7 +219,7 @@ func (a *admin) newToken(ctx context.Context, userID int64, expiresAt *time.Time
 		return tokenResponse{}, storeErr(err)
 	}
 	if a.cfg.Principals != nil {
-		if err := a.cfg.Principals.Prime(ctx, hash); err != nil {
+		if err := a.cfg.Principals.Prime(ctx, hash); err != nil && a.cfg.Logger != nil {
 			a.cfg.Logger.WarnContext(ctx, "principal cache not primed with a new token (its first request reads the store)", "token_id", t.ID, "err", err.Error())
 		}
 	}
