@@ -32,6 +32,7 @@ const usageText = `usage: perf <command> [flags]
   soak    steady load for --duration (default 10m); fails if heap, goroutines, fds
           or connections keep growing or p99 drifts; writes perf/out/soak.json
   bigwarm time the warmup of users with a large item set (default 100,000)
+  login   time a new token's first POST /api/user/warmup, right after the admin API made it
 
 Run "perf <command> -h" for the flags of a command.`
 
@@ -67,6 +68,7 @@ var commands = map[string]cli.Run{
 	"sink":    runSink,
 	"soak":    runSoak,
 	"bigwarm": runBigWarm,
+	"login":   runLogin,
 }
 
 // run is the whole program; main only wires the process to it.
