@@ -18,16 +18,14 @@ import (
 func runBigWarm(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bigwarm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	target := fs.String("target", "http://127.0.0.1:8080", "public API base URL")
-	admin := fs.String("admin", "http://127.0.0.1:9090", "admin API base URL")
-	adminToken := fs.String("admin-token", getenv("ADMIN_TOKEN"), "admin API bearer token (default $ADMIN_TOKEN)")
+	client := localClientFlags(fs, getenv)
 	items := fs.Int("items", 100_000, "items per user")
 	runs := fs.Int("runs", 3, "users to warm, one after the other")
 	plan := fs.String("plan", "pro", "plan of the users (its item limit must allow --items)")
 	if err := fs.Parse(args); err != nil {
 		return usageErr(err)
 	}
-	c := NewClient(*target, *admin, *adminToken)
+	c := client()
 	for r := range *runs {
 		u, err := c.CreateUser(ctx, fmt.Sprintf("bigwarm-%d-%d", time.Now().UnixNano(), r), *plan, 0)
 		if err != nil {

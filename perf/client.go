@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -34,6 +35,16 @@ type Client struct {
 	Admin      string // e.g. http://127.0.0.1:9090
 	AdminToken string // optional, sent as a bearer token to the admin API
 	HTTP       *http.Client
+}
+
+// localClientFlags registers --target, --admin and --admin-token with a
+// local stack's defaults; the returned func builds the client from them
+// once fs is parsed.
+func localClientFlags(fs *flag.FlagSet, getenv func(string) string) func() *Client {
+	target := fs.String("target", "http://127.0.0.1:8080", "public API base URL")
+	admin := fs.String("admin", "http://127.0.0.1:9090", "admin API base URL")
+	adminToken := fs.String("admin-token", getenv("ADMIN_TOKEN"), "admin API bearer token (default $ADMIN_TOKEN)")
+	return func() *Client { return NewClient(*target, *admin, *adminToken) }
 }
 
 // NewClient returns a client with a connection pool sized for provisioning.

@@ -19,9 +19,7 @@ import (
 func runLogin(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("login", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	target := fs.String("target", "http://127.0.0.1:8080", "public API base URL")
-	admin := fs.String("admin", "http://127.0.0.1:9090", "admin API base URL")
-	adminToken := fs.String("admin-token", getenv("ADMIN_TOKEN"), "admin API bearer token (default $ADMIN_TOKEN)")
+	client := localClientFlags(fs, getenv)
 	runs := fs.Int("runs", 400, "logins, one after the other")
 	plan := fs.String("plan", "free", "plan of the users")
 	if err := fs.Parse(args); err != nil {
@@ -30,7 +28,7 @@ func runLogin(ctx context.Context, args []string, getenv func(string) string, st
 	if *runs <= 0 {
 		return usageErr(fmt.Errorf("login: --runs must be positive"))
 	}
-	c := NewClient(*target, *admin, *adminToken)
+	c := client()
 	lat := make([]time.Duration, 0, *runs)
 	withDB := 0
 	for r := range *runs {
