@@ -31,10 +31,11 @@ type Config struct {
 	// so a hung database turns into domain.ErrUnavailable instead of a hung
 	// request.
 	OpTimeout time.Duration
-	// BulkTimeout replaces OpTimeout for the two bulk calls, LoadItems and
-	// ApplyUsageBatch (default 30s): streaming a pro user's million items
-	// through the caller's fn, or applying a 50,000-delta batch, takes longer
-	// than a point query and must not be cut at 2s. Connecting is still
+	// BulkTimeout replaces OpTimeout for the bulk calls, LoadItems,
+	// ApplyUsageBatch and RecentlyActiveUsers (default 30s): streaming a pro
+	// user's million items through the caller's fn, applying a 50,000-delta
+	// batch or sorting every user by activity takes longer than a point query
+	// and must not be cut at 2s. Connecting is still
 	// bounded by OpTimeout, so an unreachable database fails fast.
 	BulkTimeout time.Duration
 	// Tracer, when set, traces every query (otelpgx).

@@ -20,7 +20,7 @@ import (
 	"github.com/warmpath/warmpath/app/internal/store/storetest"
 )
 
-var wantMigrations = []string{"00001_init.sql", "00002_subjects.sql"}
+var wantMigrations = []string{"00001_init.sql", "00002_subjects.sql", "00003_activity_without_index.sql"}
 
 // TestContract runs the store contract suite on a fresh migrated schema per
 // subtest; it skips when DATABASE_URL is unset.

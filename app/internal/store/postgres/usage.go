@@ -45,8 +45,8 @@ type usageKey struct {
 
 // ApplyUsageBatch applies a batch at most once, in one transaction: record the
 // key (a key already present means the batch was applied: change nothing),
-// lock the touched users in id order and mark them active, then upsert every
-// (user, period) count in one statement. A delta for an unknown user fails the
+// upsert every (user, period) count in one statement, then mark the touched
+// users active. A delta for an unknown user fails the
 // whole batch with domain.ErrNotFound. The call is bounded by
 // Config.BulkTimeout, not OpTimeout.
 func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (bool, error) {
@@ -101,28 +101,34 @@ func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (b
 		return false, nil
 	}
 	if len(keys) > 0 {
-		// Users are locked in id order before any usage row is touched, so
-		// overlapping batches queue up instead of deadlocking. greatest()
-		// keeps activity monotonic when an older transaction commits late.
+		// The counts first, in (user, period) order: an overlapping batch
+		// (another instance, or a re-delivered batch) that shares a row waits
+		// on it here, before either has touched a user row, so the two queue
+		// up instead of deadlocking. No separate row-locking step: it cost
+		// as much again as the update itself. A delta for an unknown (or
+		// deleted) user fails the insert's foreign key.
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO usage (user_id, period_start, count)
+			SELECT * FROM unnest($1::bigint[], $2::date[], $3::bigint[])
+			ON CONFLICT (user_id, period_start) DO UPDATE SET count = usage.count + excluded.count`,
+			userCol, dayCol, countCol); err != nil {
+			if pgCode(err) == codeForeignKeyViolation {
+				return false, fmt.Errorf("%s: a delta for an unknown user: %w", op, domain.ErrNotFound)
+			}
+			return false, wrap(op+": add counts", err)
+		}
+		// greatest() keeps activity monotonic when an older transaction
+		// commits late. last_active_at has no index (migration 00003), so
+		// this is a HOT update where the page has room.
 		tag, err = tx.Exec(ctx, `
-			WITH locked AS (
-				SELECT id FROM users WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
-			)
-			UPDATE users u SET last_active_at = greatest(u.last_active_at, now())
-			FROM locked WHERE u.id = locked.id`, userIDs)
+			UPDATE users SET last_active_at = greatest(last_active_at, now())
+			WHERE id = ANY($1::bigint[])`, userIDs)
 		if err != nil {
 			return false, wrap(op+": mark active", err)
 		}
 		if tag.RowsAffected() != int64(len(userIDs)) {
 			return false, fmt.Errorf("%s: %d of %d users unknown: %w",
 				op, int64(len(userIDs))-tag.RowsAffected(), len(userIDs), domain.ErrNotFound)
-		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO usage (user_id, period_start, count)
-			SELECT * FROM unnest($1::bigint[], $2::date[], $3::bigint[])
-			ON CONFLICT (user_id, period_start) DO UPDATE SET count = usage.count + excluded.count`,
-			userCol, dayCol, countCol); err != nil {
-			return false, wrap(op+": add counts", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -132,12 +138,14 @@ func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (b
 }
 
 // RecentlyActiveUsers returns up to limit user ids, most recently active
-// first; never-active users last, newest first.
+// first; never-active users last, newest first. It sorts the whole table
+// (top-N; no index keeps the order, see migration 00003), so it is bounded by
+// BulkTimeout like the other calls that read much.
 func (s *Store) RecentlyActiveUsers(ctx context.Context, limit int) ([]int64, error) {
 	if limit <= 0 {
 		return []int64{}, nil
 	}
-	ctx, cancel := s.opCtx(ctx)
+	ctx, cancel := s.bulkCtx(ctx)
 	defer cancel()
 	rows, err := s.pool.Query(ctx,
 		`SELECT id FROM users ORDER BY last_active_at DESC NULLS LAST, id DESC LIMIT $1`, limit)

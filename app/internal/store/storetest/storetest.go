@@ -632,6 +632,7 @@ func testItemsVersion(t *testing.T, s store.Store) {
 var (
 	day1 = time.Date(2030, 5, 1, 0, 0, 0, 0, time.UTC)
 	day2 = time.Date(2030, 5, 2, 0, 0, 0, 0, time.UTC)
+	day3 = time.Date(2030, 5, 3, 0, 0, 0, 0, time.UTC)
 )
 
 func usageOf(t *testing.T, s store.Store, user int64, start time.Time) int64 {
@@ -742,7 +743,9 @@ func testApplyUsageBatchConcurrent(t *testing.T, s store.Store) {
 			var ds []domain.UsageDelta
 			for j := range users {
 				u := users[(i+j)%len(users)]
-				ds = append(ds, domain.UsageDelta{UserID: u.ID, PeriodStart: day1, Delta: int64(j + 1)})
+				// Half the batches count in another period, so they share
+				// no usage row with the others, only the users.
+				ds = append(ds, domain.UsageDelta{UserID: u.ID, PeriodStart: []time.Time{day1, day3}[i%2], Delta: int64(j + 1)})
 			}
 			applied[i], errs[i] = s.ApplyUsageBatch(ctx(t), domain.UsageBatch{Key: "distinct-" + strconv.Itoa(i), Deltas: ds})
 		})
@@ -769,15 +772,21 @@ func testApplyUsageBatchConcurrent(t *testing.T, s store.Store) {
 		t.Fatalf("batch with a shared key applied %d times, want 1", shared)
 	}
 	// The expected sums, recomputed the same way.
-	want := map[int64]int64{}
+	type cell struct {
+		user int64
+		day  time.Time
+	}
+	want := map[cell]int64{}
 	for i := range n {
 		for j := range users {
-			want[users[(i+j)%len(users)].ID] += int64(j + 1)
+			want[cell{users[(i+j)%len(users)].ID, []time.Time{day1, day3}[i%2]}] += int64(j + 1)
 		}
 	}
-	got := map[int64]int64{}
+	got := map[cell]int64{}
 	for _, u := range users {
-		got[u.ID] = usageOf(t, s, u.ID, day1)
+		for _, d := range []time.Time{day1, day3} {
+			got[cell{u.ID, d}] = usageOf(t, s, u.ID, d)
+		}
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("Usage after concurrent batches (-want +got):\n%s", diff)
