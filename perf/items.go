@@ -612,9 +612,12 @@ type syncRound struct {
 	FlushUsersPerS float64 `json:"flushUsersPerS"`
 	WithoutFirst   bool    `json:"withoutFirst"`
 	SettleP99Ms    float64 `json:"settleP99Ms"`
-	withSamples    []Sample
-	withoutSamples []Sample
-	pending        *syncSampler
+	// SyncCPUUsPerUser is, per process measured, the CPU of the with run
+	// less that of the without run, per pending user flushed.
+	SyncCPUUsPerUser map[string]float64 `json:"syncCpuUsPerUser,omitempty"`
+	withSamples      []Sample
+	withoutSamples   []Sample
+	pending          *syncSampler
 }
 
 // syncItem measures queries during a forced sync of many pending users
@@ -622,7 +625,7 @@ type syncRound struct {
 // pending user pending again (one query each; SYNC_INTERVAL is 1 h so only
 // the forced sync flushes), then runs the load without and with a forced
 // sync, alternating which goes first. The figures are medians over rounds.
-func (v *verifier) syncItem(ctx context.Context, c *Client, it *Item) error {
+func (v *verifier) syncItem(ctx context.Context, c *Client, procs *procSet, it *Item) error {
 	it.Measured.Unit, it.Limit.Unit = "ms", "ms"
 	it.Limit.Value = seedQueryAPIMs
 	v.logf("%s: provisioning %d warm load users and %d users with a pending delta", idSync, v.cfg.syncLoadUsers, v.cfg.syncUsers)
@@ -663,7 +666,7 @@ func (v *verifier) syncItem(ctx context.Context, c *Client, it *Item) error {
 		// pair comes first.
 		v.logf("%s: round %d: settling, %d req/s for %s", idSync, r+1, v.cfg.syncRate, v.cfg.syncDur)
 		settle := Attack(ctx, AttackSpec{Name: fmt.Sprintf("settle, round %d", r+1), Rate: v.cfg.syncRate, Duration: v.cfg.syncDur, Workers: 32, Targeter: targets})
-		round, err := v.syncRound(ctx, c, targets, len(load), r)
+		round, err := v.syncRound(ctx, c, procs, targets, len(load), r)
 		if err != nil {
 			return err
 		}
@@ -699,6 +702,14 @@ func (v *verifier) syncItem(ctx context.Context, c *Client, it *Item) error {
 	it.Details["p99Ratio"] = ratio
 	it.Details["roundRatios"] = ratios
 	it.Details["medianP99DuringSyncMs"] = median(during)
+	it.Details["syncCpuUsPerUser"] = medianPerProcess(rounds)
+	it.Details["syncCpuProcesses"] = procs.notes
+	if n := rounds[0].PendingBefore; n > 0 {
+		// One clock tick (10 ms) over the users flushed: quick mode's
+		// thousand users make it coarse.
+		it.Details["syncCpuResolutionUs"] = math.Round(float64(time.Second/clockTicks/time.Microsecond)/float64(n)*100) / 100
+	}
+	it.Details["syncCpuMeasuredAs"] = "per round: utime+stime from /proc/PID/stat (a server's backends and exited children included) from the with run's start until the flush drained, less the same over the without run, ÷ the pending users; the median over rounds"
 	it.Details["pendingUsersProvisioned"] = v.cfg.syncUsers
 	it.Details["provisionS"] = provisionS
 	it.Details["drainMeasuredAs"] = "trigger → first GET /admin/sync (polled every 100 ms) with pending users ≤ load users"
@@ -719,13 +730,15 @@ func (v *verifier) syncItem(ctx context.Context, c *Client, it *Item) error {
 }
 
 // syncRound runs one without/with pair (order alternating by round).
-func (v *verifier) syncRound(ctx context.Context, c *Client, targets vegeta.Targeter, loadUsers, r int) (syncRound, error) {
+func (v *verifier) syncRound(ctx context.Context, c *Client, procs *procSet, targets vegeta.Targeter, loadUsers, r int) (syncRound, error) {
 	spec := AttackSpec{Rate: v.cfg.syncRate, Duration: v.cfg.syncDur, Warmup: v.cfg.warm, Workers: 32, Targeter: targets}
 	round := syncRound{WithoutFirst: r%2 == 0, DrainS: -1}
+	var withoutCPU, withCPU []time.Duration
 	without := func() {
 		v.logf("%s: round %d: %d req/s for %s without sync", idSync, r+1, v.cfg.syncRate, v.cfg.syncDur)
 		spec.Name = fmt.Sprintf("without sync, round %d", r+1)
-		run := Attack(ctx, spec)
+		var run Run
+		withoutCPU = procs.around(func() { run = Attack(ctx, spec) })
 		round.Without, round.withoutSamples = run.Summary, run.Samples
 	}
 	if round.WithoutFirst {
@@ -738,6 +751,10 @@ func (v *verifier) syncRound(ctx context.Context, c *Client, targets vegeta.Targ
 	round.PendingBefore = before.PendingUsers
 	v.logf("%s: round %d: %d pending users; %d req/s for %s with a forced sync", idSync, r+1, before.PendingUsers, v.cfg.syncRate, v.cfg.syncDur)
 	spec.Name = fmt.Sprintf("with forced sync, round %d", r+1)
+	// The with run's CPU is read from before its load until the flush has
+	// drained (past the load's end when the flush outlasts it): the same
+	// load as the without run's, plus the sync.
+	withStart := procs.read()
 	s2 := sampleSync(ctx, c, 100*time.Millisecond)
 	var triggerErr error
 	var triggered time.Time
@@ -776,6 +793,7 @@ func (v *verifier) syncRound(ctx context.Context, c *Client, targets vegeta.Targ
 		}
 	}
 	s2.stop()
+	withCPU = procs.since(withStart)
 	round.With, round.withSamples, round.pending = with.Summary, with.Samples, s2
 	// With's sample times start at the end of its warm-up, which began
 	// when s2 started (to within a few microseconds).
@@ -794,6 +812,9 @@ func (v *verifier) syncRound(ctx context.Context, c *Client, targets vegeta.Targ
 	}
 	if !round.WithoutFirst {
 		without()
+	}
+	if round.DrainS >= 0 {
+		round.SyncCPUUsPerUser = procs.perUser(withCPU, withoutCPU, before.PendingUsers)
 	}
 	return round, nil
 }
@@ -917,4 +938,20 @@ func rateSeries(name string, samples []Sample) ChartSeries {
 		cs.Points = append(cs.Points, [2]float64{w.StartS, float64(w.Count)})
 	}
 	return cs
+}
+
+// medianPerProcess is, per process, the median over rounds of the sync's
+// CPU per user.
+func medianPerProcess(rounds []syncRound) map[string]float64 {
+	byName := map[string][]float64{}
+	for _, r := range rounds {
+		for name, us := range r.SyncCPUUsPerUser {
+			byName[name] = append(byName[name], us)
+		}
+	}
+	out := make(map[string]float64, len(byName))
+	for name, v := range byName {
+		out[name] = median(v)
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -24,32 +25,83 @@ const clockTicks = 100
 
 // procCPU is a process's user+system CPU time so far, from /proc/PID/stat.
 func procCPU(pid int) (time.Duration, error) {
+	st, err := readStat(pid)
+	return st.cpu, err
+}
+
+// procTreeCPU is the CPU time of a process and its children so far: its own,
+// what its children that ended and were waited for used (cutime+cstime),
+// and each live child's own and waited-for time. For a server that forks a
+// process per connection (the postmaster), that is the server's whole CPU
+// whether its backends still run or have exited between two readings.
+func procTreeCPU(pid int) (time.Duration, error) {
+	st, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	total := st.cpu + st.children
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		child, err := strconv.Atoi(p.Name())
+		if err != nil || child == pid {
+			continue
+		}
+		// A process that exits meanwhile is skipped: its time is in the
+		// parent's cutime once the parent has waited for it.
+		if cs, err := readStat(child); err == nil && cs.ppid == pid {
+			total += cs.cpu + cs.children
+		}
+	}
+	return total, nil
+}
+
+// stat is what perf reads from /proc/PID/stat.
+type stat struct {
+	ppid     int
+	cpu      time.Duration // utime+stime
+	children time.Duration // cutime+cstime: waited-for children
+}
+
+func readStat(pid int) (stat, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("cpu of pid %d: %w", pid, err)
+		return stat{}, fmt.Errorf("cpu of pid %d: %w", pid, err)
 	}
-	return parseStatCPU(string(raw))
+	return parseStat(string(raw))
 }
 
 // parseStatCPU reads utime and stime (fields 14 and 15) from a
-// /proc/PID/stat line. The command (field 2) is in parentheses and may hold
-// spaces, so fields are counted after the last ')'.
-func parseStatCPU(stat string) (time.Duration, error) {
-	i := strings.LastIndexByte(stat, ')')
+// /proc/PID/stat line.
+func parseStatCPU(line string) (time.Duration, error) {
+	st, err := parseStat(line)
+	return st.cpu, err
+}
+
+// parseStat reads ppid (field 4), utime, stime, cutime and cstime (fields
+// 14–17) from a /proc/PID/stat line. The command (field 2) is in
+// parentheses and may hold spaces, so fields are counted after the last ')'.
+func parseStat(line string) (stat, error) {
+	i := strings.LastIndexByte(line, ')')
 	if i < 0 {
-		return 0, errors.New("parse /proc/PID/stat: no command field")
+		return stat{}, errors.New("parse /proc/PID/stat: no command field")
 	}
-	f := strings.Fields(stat[i+1:])
+	f := strings.Fields(line[i+1:])
 	// f[0] is field 3 (state), so field n is f[n-3].
-	if len(f) < 13 {
-		return 0, errors.New("parse /proc/PID/stat: too few fields")
+	if len(f) < 15 {
+		return stat{}, errors.New("parse /proc/PID/stat: too few fields")
 	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("parse /proc/PID/stat: %w", err)
+	var v [5]int64
+	var errs []error
+	for k, field := range []int{4, 14, 15, 16, 17} {
+		n, err := strconv.ParseInt(f[field-3], 10, 64)
+		v[k] = n
+		errs = append(errs, err)
 	}
-	return time.Duration(ut+st) * time.Second / clockTicks, nil
+	if err := errors.Join(errs...); err != nil {
+		return stat{}, fmt.Errorf("parse /proc/PID/stat: %w", err)
+	}
+	tick := func(n int64) time.Duration { return time.Duration(n) * time.Second / clockTicks }
+	return stat{ppid: int(v[0]), cpu: tick(v[1] + v[2]), children: tick(v[3] + v[4])}, nil
 }
 
 // fdCounts counts a process's open file descriptors and, among them, its
@@ -76,18 +128,9 @@ func fdCounts(pid int) (fds, sockets int, err error) {
 // (the server's own word, trusted only on loopback and only if that pid
 // exists here). how says which way it was found, or why not.
 func valkeyPID(ctx context.Context, rawURL string) (pid int, how string) {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Hostname() == "" {
-		return 0, "VALKEY_URL not parsable"
-	}
-	if !loopback.Host(u.Hostname()) {
-		return 0, "remote server (" + u.Hostname() + "): CPU not measurable from here"
-	}
-	port := 6379
-	if p := u.Port(); p != "" {
-		if port, err = strconv.Atoi(p); err != nil {
-			return 0, "bad port"
-		}
+	port, why := loopbackPort(rawURL, 6379)
+	if port == 0 {
+		return 0, "VALKEY_URL: " + why
 	}
 	if inodes := listeningInodes(port); len(inodes) > 0 {
 		if pid := pidOfSocket(inodes); pid > 0 {
@@ -100,6 +143,40 @@ func valkeyPID(ctx context.Context, rawURL string) (pid int, how string) {
 		}
 	}
 	return 0, "server process not found on this machine"
+}
+
+// postgresPID finds the postmaster of the Postgres at rawURL when it runs
+// on this machine (the process holding the listening socket of its port),
+// or says why not.
+func postgresPID(rawURL string) (pid int, how string) {
+	port, why := loopbackPort(rawURL, 5432)
+	if port == 0 {
+		return 0, "DATABASE_URL: " + why
+	}
+	if pid := pidOfSocket(listeningInodes(port)); pid > 0 {
+		return pid, fmt.Sprintf("listening socket of port %d in /proc/net/tcp → /proc/%d/fd; CPU of it and its backends", port, pid)
+	}
+	return 0, "server process not found on this machine"
+}
+
+// loopbackPort is the port of a server URL whose host is a loopback
+// address (def when the URL names none), or 0 and why its process cannot be
+// measured from here.
+func loopbackPort(rawURL string, def int) (port int, why string) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Hostname() == "" {
+		return 0, "not parsable, or no host name"
+	}
+	if !loopback.Host(u.Hostname()) {
+		return 0, "remote server (" + u.Hostname() + "): CPU not measurable from here"
+	}
+	if p := u.Port(); p != "" {
+		if port, err = strconv.Atoi(p); err != nil || port <= 0 {
+			return 0, "bad port"
+		}
+		return port, ""
+	}
+	return def, ""
 }
 
 // listeningInodes returns the inodes of the sockets listening on port.
@@ -206,4 +283,104 @@ func loadAvg() float64 {
 		return -1
 	}
 	return v
+}
+
+// procSet reads the CPU time of a named set of processes (the service,
+// Valkey, Postgres) around a run; the ones not running here are left out,
+// with the reason in notes.
+type procSet struct {
+	names []string
+	reads []func() (time.Duration, error)
+	notes map[string]string
+}
+
+// syncProcesses is the set a sync costs CPU in: the service (pid, 0 when
+// unknown), the Valkey at valkeyURL and the Postgres at databaseURL. An
+// empty URL is the embedded default's in-process server or store, whose
+// CPU is in the service's figure.
+func syncProcesses(ctx context.Context, pid int, pidHow, valkeyURL, databaseURL string) *procSet {
+	p := &procSet{notes: map[string]string{}}
+	add := func(name string, pid int, how string, read func(int) (time.Duration, error)) {
+		p.notes[name] = how
+		if pid > 0 {
+			p.names = append(p.names, name)
+			p.reads = append(p.reads, func() (time.Duration, error) { return read(pid) })
+		}
+	}
+	add("service", pid, pidHow, procCPU)
+	if valkeyURL == "" {
+		p.notes["valkey"] = "in-process (embedded default): in the service's figure"
+	} else {
+		vpid, how := valkeyPID(ctx, valkeyURL)
+		add("valkey", vpid, how, procCPU)
+	}
+	if databaseURL == "" {
+		p.notes["postgres"] = "none (in-memory store, embedded default): in the service's figure"
+	} else {
+		ppid, how := postgresPID(databaseURL)
+		add("postgres", ppid, how, procTreeCPU)
+	}
+	return p
+}
+
+// targetPID is the process listening on a loopback target URL's port.
+func targetPID(target string) (int, string) {
+	port, why := loopbackPort(target, 80)
+	if port == 0 {
+		return 0, "target: " + why
+	}
+	if pid := pidOfSocket(listeningInodes(port)); pid > 0 {
+		return pid, fmt.Sprintf("listening socket of the target's port %d → /proc/%d/fd", port, pid)
+	}
+	return 0, "target's process not found on this machine"
+}
+
+// read is every process's CPU so far (-1 where it could not be read).
+func (p *procSet) read() []time.Duration {
+	out := make([]time.Duration, len(p.reads))
+	for i, r := range p.reads {
+		d, err := r()
+		if err != nil {
+			d = -1
+		}
+		out[i] = d
+	}
+	return out
+}
+
+// since is the CPU each process used since start (-1: unreadable).
+func (p *procSet) since(start []time.Duration) []time.Duration {
+	now := p.read()
+	for i := range now {
+		if now[i] < 0 || start[i] < 0 {
+			now[i] = -1
+		} else {
+			now[i] -= start[i]
+		}
+	}
+	return now
+}
+
+// around runs f and returns the CPU each process used meanwhile.
+func (p *procSet) around(f func()) []time.Duration {
+	start := p.read()
+	f()
+	return p.since(start)
+}
+
+// perUser is, per process, (with - without) ÷ users in microseconds,
+// rounded to 0.1; a process unreadable in either run is left out.
+func (p *procSet) perUser(with, without []time.Duration, users int64) map[string]float64 {
+	if users <= 0 || len(with) != len(p.names) || len(without) != len(p.names) {
+		return nil
+	}
+	out := map[string]float64{}
+	for i, name := range p.names {
+		if with[i] < 0 || without[i] < 0 {
+			continue
+		}
+		us := float64((with[i] - without[i]).Microseconds()) / float64(users)
+		out[name] = math.Round(us*10) / 10
+	}
+	return out
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"math"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -182,6 +184,10 @@ func TestProcParsers(t *testing.T) {
 	if err != nil || got != 3*time.Second {
 		t.Errorf("parseStatCPU = %v, %v; want 3s (250+50 ticks)", got, err)
 	}
+	st, err := parseStat("1234 (post gres) S 77 1234 1234 0 -1 4194560 500 0 0 0 250 50 30 20 20 0 12 0 100 0 0")
+	if err != nil || st.ppid != 77 || st.cpu != 3*time.Second || st.children != 500*time.Millisecond {
+		t.Errorf("parseStat = %+v, %v; want ppid 77, cpu 3s, children 0.5s", st, err)
+	}
 	line := "   0: 0100007F:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000   999        0 31337 1 0000000000000000 100 0 0 10 0"
 	if inode, ok := listenInode(line, 6379); !ok || inode != "31337" {
 		t.Errorf("listenInode = %q, %v; want 31337", inode, ok)
@@ -194,5 +200,50 @@ func TestProcParsers(t *testing.T) {
 	}
 	if m := median([]float64{4, 1, 2, 3}); m != 2.5 {
 		t.Errorf("median = %v, want 2.5", m)
+	}
+}
+
+// TestProcTreeCPU: a child's CPU counts in its parent's tree while it runs
+// and once it has exited and been waited for.
+func TestProcTreeCPU(t *testing.T) {
+	self := os.Getpid()
+	before, err := procTreeCPU(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A shell loop busy for a few hundred milliseconds of CPU.
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	child := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	after, err := procTreeCPU(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if child < 50*time.Millisecond {
+		t.Fatalf("the child used only %v of CPU; the test needs more to tell", child)
+	}
+	// Ticks are 10 ms, in two fields: allow two.
+	if got := after - before; got < child-20*time.Millisecond {
+		t.Errorf("tree CPU grew %v across a child that used %v", got, child)
+	}
+	own, _ := procCPU(self)
+	if tree, _ := procTreeCPU(self); tree < own+child-20*time.Millisecond {
+		t.Errorf("tree CPU %v is not own %v + the waited-for child's %v", tree, own, child)
+	}
+}
+
+func TestProcSetPerUser(t *testing.T) {
+	p := &procSet{names: []string{"service", "postgres"}}
+	got := p.perUser([]time.Duration{3 * time.Second, -1}, []time.Duration{time.Second, time.Second}, 1000)
+	if len(got) != 1 || got["service"] != 2000 {
+		t.Errorf("perUser = %v; want service 2000 µs per user, postgres left out (unreadable)", got)
+	}
+	if got := p.perUser(nil, nil, 0); got != nil {
+		t.Errorf("perUser with no users = %v, want nil", got)
 	}
 }

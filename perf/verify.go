@@ -166,7 +166,7 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 		cfg.hotUsers = *hotUsers
 	}
 
-	v := &verifier{cfg: cfg, progress: stderr}
+	v := &verifier{cfg: cfg, progress: stderr, getenv: getenv}
 	rep := Report{Version: 1, StartedAt: time.Now().UTC()}
 	if cfg.target != "" {
 		rep.Backend = "external"
@@ -215,6 +215,9 @@ type verifier struct {
 	backend  *Backend
 	logs     string
 	progress io.Writer
+	// getenv is verify's own environment: against a running stack, the
+	// DATABASE_URL and VALKEY_URL it names are taken to be the stack's.
+	getenv func(string) string
 }
 
 func (v *verifier) logf(format string, args ...any) {
@@ -280,7 +283,8 @@ func (v *verifier) local(ctx context.Context, backend *Backend) ([]Item, error) 
 	items = append(items, v.guard(idSync, syncTitle, func(it *Item) error {
 		return v.withService(ctx, "sync", map[string]string{"SYNC_INTERVAL": "1h"}, func(svc *Service) error {
 			it.Details["serviceEnv"] = map[string]string{"SYNC_INTERVAL": "1h (only the forced sync flushes the pending users)"}
-			return v.syncItem(ctx, NewClient(svc.Public, svc.Admin, ""), it)
+			procs := syncProcesses(ctx, svc.Pid(), "started by verify", svc.Env["VALKEY_URL"], svc.Env["DATABASE_URL"])
+			return v.syncItem(ctx, NewClient(svc.Public, svc.Admin, ""), procs, it)
 		})
 	}))
 	items = append(items, v.guard(idImprovement, improvementTitle, func(it *Item) error { return v.improvement(ctx, it) }))
@@ -304,7 +308,10 @@ func (v *verifier) external(ctx context.Context) []Item {
 		_, err := v.queryAPI(ctx, c, it)
 		return err
 	})
-	run(idSync, syncTitle, func(it *Item) error { return v.syncItem(ctx, c, it) })
+	run(idSync, syncTitle, func(it *Item) error {
+		pid, how := targetPID(c.Target)
+		return v.syncItem(ctx, c, syncProcesses(ctx, pid, how, v.getenv("VALKEY_URL"), v.getenv("DATABASE_URL")), it)
+	})
 	return items
 }
 

@@ -103,6 +103,11 @@ func checkSyncRounds(t *testing.T, v any) {
 		if p99, _ := m["settleP99Ms"].(float64); p99 <= 0 {
 			t.Errorf("%s: round %d: settleP99Ms %v, want the settling load's p99", idSync, i+1, m["settleP99Ms"])
 		}
+		// verify started the service, so its CPU is known in every round.
+		cpu, _ := m["syncCpuUsPerUser"].(map[string]any)
+		if _, ok := cpu["service"].(float64); !ok {
+			t.Errorf("%s: round %d: syncCpuUsPerUser %v, want the service's CPU per user", idSync, i+1, m["syncCpuUsPerUser"])
+		}
 	}
 	if 2*first != len(rounds) {
 		t.Errorf("%s: the run without a sync came first in %d of %d rounds, want half", idSync, first, len(rounds))
