@@ -149,14 +149,20 @@ func valkeyPID(ctx context.Context, rawURL string) (pid int, how string) {
 // on this machine (the process holding the listening socket of its port),
 // or says why not.
 func postgresPID(rawURL string) (pid int, how string) {
-	port, why := loopbackPort(rawURL, 5432)
+	return listenerPID("DATABASE_URL", rawURL, 5432, "; CPU of it and its backends")
+}
+
+// listenerPID is the process listening on the port of a loopback URL
+// (what names the URL in the answer; def: the port when it names none).
+func listenerPID(what, rawURL string, def int, suffix string) (int, string) {
+	port, why := loopbackPort(rawURL, def)
 	if port == 0 {
-		return 0, "DATABASE_URL: " + why
+		return 0, what + ": " + why
 	}
 	if pid := pidOfSocket(listeningInodes(port)); pid > 0 {
-		return pid, fmt.Sprintf("listening socket of port %d in /proc/net/tcp → /proc/%d/fd; CPU of it and its backends", port, pid)
+		return pid, fmt.Sprintf("%s: listening socket of port %d in /proc/net/tcp → /proc/%d/fd%s", what, port, pid, suffix)
 	}
-	return 0, "server process not found on this machine"
+	return 0, what + ": server process not found on this machine"
 }
 
 // loopbackPort is the port of a server URL whose host is a loopback
@@ -325,14 +331,7 @@ func syncProcesses(ctx context.Context, pid int, pidHow, valkeyURL, databaseURL 
 
 // targetPID is the process listening on a loopback target URL's port.
 func targetPID(target string) (int, string) {
-	port, why := loopbackPort(target, 80)
-	if port == 0 {
-		return 0, "target: " + why
-	}
-	if pid := pidOfSocket(listeningInodes(port)); pid > 0 {
-		return pid, fmt.Sprintf("listening socket of the target's port %d → /proc/%d/fd", port, pid)
-	}
-	return 0, "target's process not found on this machine"
+	return listenerPID("target", target, 80, "")
 }
 
 // read is every process's CPU so far (-1 where it could not be read).
