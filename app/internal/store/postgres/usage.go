@@ -104,9 +104,12 @@ func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (b
 		// The counts first, in (user, period) order: an overlapping batch
 		// (another instance, or a re-delivered batch) that shares a row waits
 		// on it here, before either has touched a user row, so the two queue
-		// up instead of deadlocking. No separate row-locking step: it cost
-		// as much again as the update itself. A delta for an unknown (or
-		// deleted) user fails the insert's foreign key.
+		// up instead of deadlocking. Batches that share users but no period
+		// meet only in the update below, which takes the rows in its scan's
+		// order, the same for both; should they deadlock all the same,
+		// Postgres aborts one and its batch is retried under its key. No
+		// separate row-locking step: it cost nearly as much as the update.
+		// A delta for an unknown (or deleted) user fails the foreign key.
 		if _, err := tx.Exec(ctx, `
 			INSERT INTO usage (user_id, period_start, count)
 			SELECT * FROM unnest($1::bigint[], $2::date[], $3::bigint[])
