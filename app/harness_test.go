@@ -59,13 +59,6 @@ func backendEnv(t testing.TB) map[string]string {
 	if url := os.Getenv("VALKEY_URL"); url != "" {
 		env["VALKEY_URL"] = url
 		env["VALKEY_PREFIX"] = "wpt" + randHex(6)
-	} else {
-		// The embedded default's server shares the test binary's CPU: under
-		// -race with every package testing at once, a call can be starved
-		// past the default 500 ms, and a keyed request then gets its
-		// (correct) 503. Tests of timeouts run on real servers behind a
-		// fault proxy and set their own.
-		env["VALKEY_TIMEOUT"] = "5s"
 	}
 	return env
 }
@@ -128,6 +121,15 @@ func startWith(t testing.TB, env map[string]string, opts options) *instance {
 	}
 	for k, v := range env {
 		full[k] = v
+	}
+	if _, set := full["VALKEY_TIMEOUT"]; !set && full["VALKEY_URL"] == "" {
+		// The embedded default's server shares the test binary's CPU: under
+		// -race with every package testing at once, a call can be starved
+		// past the default 500 ms, and the request then gets a (correct)
+		// 503 or a fail-open answer instead of the one its test asserts.
+		// Tests of timeouts run on real servers behind a fault proxy and
+		// set their own.
+		full["VALKEY_TIMEOUT"] = "5s"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	inst := &instance{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
