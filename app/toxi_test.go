@@ -5,8 +5,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -32,12 +35,43 @@ func newProxy(t *testing.T, name, rawURL string) *toxiproxy.Proxy {
 		upstream = net.JoinHostPort(u.Hostname(), port)
 	}
 	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	px := toxiproxy.NewProxy(server, name, "127.0.0.1:0", upstream)
-	if err := px.Start(); err != nil {
-		t.Fatalf("start proxy %s: %v", name, err)
+	// A cut proxy (px.Stop) is restored on the same port. A port the
+	// kernel handed out (127.0.0.1:0) is an ephemeral one, which any
+	// outgoing connection of this machine may take as its source port while
+	// the proxy is down, and the restore then fails with "address already
+	// in use". Ports below the ephemeral range are never handed out so.
+	lo, hi := belowEphemeral()
+	for range 50 {
+		addr := "127.0.0.1:0"
+		if hi > lo {
+			addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo)))
+		}
+		px := toxiproxy.NewProxy(server, name, addr, upstream)
+		if err = px.Start(); err == nil {
+			t.Cleanup(px.Stop)
+			return px
+		}
 	}
-	t.Cleanup(px.Stop)
-	return px
+	t.Fatalf("start proxy %s: %v", name, err)
+	return nil
+}
+
+// belowEphemeral is a range of ports under the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range), or lo == hi when there is no room.
+func belowEphemeral() (lo, hi int) {
+	raw, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(raw))
+	if len(f) < 1 {
+		return 0, 0
+	}
+	first, err := strconv.Atoi(f[0])
+	if err != nil || first < 11024 {
+		return 0, 0
+	}
+	return first - 10000, first
 }
 
 // viaProxy returns rawURL with its host:port replaced by listen, keeping
