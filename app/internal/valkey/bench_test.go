@@ -6,8 +6,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -198,7 +196,7 @@ func BenchmarkRoundTripFloor(b *testing.B) {
 	for _, call := range calls {
 		b.Run(call.name, func(b *testing.B) {
 			ctx := requestContext(b)
-			server0, client0 := serverCPU(b, c), processCPU()
+			server0, client0 := serverCPU(b, c), valkey.ProcessCPU()
 			b.SetParallelism(16) // 32 callers on 2 cores
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -208,36 +206,14 @@ func BenchmarkRoundTripFloor(b *testing.B) {
 					}
 				}
 			})
-			b.ReportMetric(float64((processCPU()-client0).Microseconds())/float64(b.N), "client-cpu-µs/op")
+			b.ReportMetric(float64((valkey.ProcessCPU()-client0).Microseconds())/float64(b.N), "client-cpu-µs/op")
 			b.ReportMetric(float64((serverCPU(b, c)-server0).Microseconds())/float64(b.N), "server-cpu-µs/op")
 		})
 	}
 }
 
-// processCPU is this process's user+system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // serverCPU is the server's used_cpu_user+used_cpu_sys (INFO cpu).
 func serverCPU(b *testing.B, c *valkey.Cache) time.Duration {
 	b.Helper()
-	info, err := c.Client().Do(b.Context(), c.Client().B().Info().Section("cpu").Build()).ToString()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				b.Fatalf("INFO cpu %s: %v", line, err)
-			}
-			total += f
-		}
-	}
-	return time.Duration(total * float64(time.Second))
+	return valkey.ServerCPU(b, c.Client())
 }

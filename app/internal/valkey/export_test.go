@@ -9,3 +9,9 @@ func SkewFences(c *Cache, d time.Duration) { c.outcomes.offset.Add(d.Millisecond
 // CountLua is the count script's source (tests send it raw to read its
 // reply as it is).
 const CountLua = countLua
+
+// ProcessCPU and ServerCPU are the benchmarks' CPU readings (cpu_test.go).
+var (
+	ProcessCPU = processCPU
+	ServerCPU  = serverCPU
+)

@@ -503,17 +503,19 @@ return {1}
 // a resent CheckAndCount could count twice, and the sync protocol's retries
 // are explicit.
 type scripts struct {
-	// countSHA is for running the count by hash with a builder (the
-	// hot path builds its command without valkey.Lua's allocations).
-	countSHA                            string
+	// count is run by its hash with a builder (the hot path builds its
+	// command without valkey.Lua's allocations).
+	count                               script
 	seedUsage, refund                   *valkey.Lua
 	idemBegin, idemStore                *valkey.Lua
 	hasNot                              *valkey.Lua
 	applyItems, invalidateItems, finish *valkey.Lua
 	putPrincipal                        *valkey.Lua
 
-	syncBegin, syncClaim, syncRevert, syncSeal, syncRenew, syncTakeover, syncFinish *valkey.Lua
-	syncAlive                                                                       *valkey.Lua
+	syncBegin, syncSeal, syncRenew, syncTakeover, syncFinish, syncAlive *valkey.Lua
+	// syncClaim and syncRevert run per user, many in one pipeline
+	// (conn.evalMulti), and syncRevert alone too.
+	syncClaim, syncRevert script
 
 	lockExtend, lockRelease, lockSwap, admit *valkey.Lua
 }
@@ -526,9 +528,8 @@ var allScripts = []string{
 }
 
 func newScripts() *scripts {
-	sum := sha1.Sum([]byte(countLua))
 	return &scripts{
-		countSHA:        hex.EncodeToString(sum[:]),
+		count:           newScript(countLua),
 		idemBegin:       valkey.NewLuaScript(idemBeginLua),
 		idemStore:       valkey.NewLuaScript(idemStoreLua),
 		seedUsage:       valkey.NewLuaScript(seedUsageLua),
@@ -540,8 +541,8 @@ func newScripts() *scripts {
 		putPrincipal:    valkey.NewLuaScript(putPrincipalLua),
 
 		syncBegin:    valkey.NewLuaScript(beginLua),
-		syncClaim:    valkey.NewLuaScript(claimUserLua),
-		syncRevert:   valkey.NewLuaScript(revertUserLua),
+		syncClaim:    newScript(claimUserLua),
+		syncRevert:   newScript(revertUserLua),
 		syncSeal:     valkey.NewLuaScript(sealLua),
 		syncRenew:    valkey.NewLuaScript(renewLua),
 		syncTakeover: valkey.NewLuaScript(takeoverLua),
@@ -553,4 +554,16 @@ func newScripts() *scripts {
 		lockSwap:    valkey.NewLuaScript(swapLockLua),
 		admit:       valkey.NewLuaScript(admitLua),
 	}
+}
+
+// script is a script also run by its hash with the command builder, in
+// pipelines of it (conn.evalMulti); its Lua runs it alone.
+type script struct {
+	*valkey.Lua
+	src, sha string
+}
+
+func newScript(src string) script {
+	sum := sha1.Sum([]byte(src))
+	return script{Lua: valkey.NewLuaScript(src), src: src, sha: hex.EncodeToString(sum[:])}
 }

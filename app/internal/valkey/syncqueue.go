@@ -625,7 +625,7 @@ func (q *SyncQueue) sweepInflight(ctx context.Context, userID int64) (int, error
 		if exists == 1 {
 			continue
 		}
-		moved, err := q.exec(ctx, q.scripts.syncRevert,
+		moved, err := q.exec(ctx, q.scripts.syncRevert.Lua,
 			[]string{q.keys.Pending(userID), q.keys.Inflight(userID)}, []string{id}).AsInt64()
 		if err != nil {
 			return n, wrapErr("sweep: revert", err)
@@ -746,7 +746,8 @@ func (q *SyncQueue) userExecs(id string, users []member) []valkey.LuaExec {
 }
 
 // do, doMulti, exec and execMulti are one round trip each, under the call
-// deadline.
+// deadline (exec and execMulti a second one for scripts the server's cache
+// lost: see evalMulti).
 func (c *conn) do(ctx context.Context, cmd valkey.Completed) valkey.ValkeyResult {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
@@ -765,10 +766,49 @@ func (c *conn) exec(ctx context.Context, s *valkey.Lua, keys, args []string) val
 	return s.Exec(ctx, c.client, keys, args)
 }
 
-func (c *conn) execMulti(ctx context.Context, s *valkey.Lua, execs []valkey.LuaExec) []valkey.ValkeyResult {
+func (c *conn) execMulti(ctx context.Context, s script, execs []valkey.LuaExec) []valkey.ValkeyResult {
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	return s.ExecMulti(ctx, c.client, execs...)
+	return c.evalMulti(ctx, s, execs)
+}
+
+// evalMulti runs s once per exec in one pipeline of EVALSHAs, then those
+// the server answered NOSCRIPT (they did not run: its script cache was
+// flushed) in a second one of EVALs. valkey-go's Lua.ExecMulti would send a
+// SCRIPT LOAD to every node before each pipeline, a round trip and a hash
+// of the source in the server per pipeline; LoadScripts loads every script
+// at start instead.
+func (c *conn) evalMulti(ctx context.Context, s script, execs []valkey.LuaExec) []valkey.ValkeyResult {
+	b := c.client.B()
+	cmds := make(valkey.Commands, len(execs))
+	for i, e := range execs {
+		cmds[i] = b.Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+	}
+	res := c.client.DoMulti(ctx, cmds...)
+	var again []int
+	for i, r := range res {
+		if noScript(r.Error()) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return res
+	}
+	cmds = cmds[:0]
+	for _, i := range again {
+		e := execs[i]
+		cmds = append(cmds, b.Eval().Script(s.src).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build())
+	}
+	for j, r := range c.client.DoMulti(ctx, cmds...) {
+		res[again[j]] = r
+	}
+	return res
+}
+
+// noScript reports whether err is the server's NOSCRIPT reply.
+func noScript(err error) bool {
+	ve, ok := valkey.IsValkeyErr(err)
+	return ok && ve.IsNoScript()
 }
 
 func cmpErr(first, err error) error {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -603,37 +604,58 @@ func TestDeltaEncoding(t *testing.T) {
 
 // BenchmarkSync50k syncs 50,000 dirty users (one delta each) from the real
 // Valkey into the real Postgres and reports users/s.
+// BenchmarkSync50k flushes 50,000 pending users (one delta each) on the
+// real servers, and reports, per user flushed, the CPU of this process
+// (the sync's client side: getrusage) and of the Valkey server (INFO cpu)
+// over the timed flushes only. SYNC_BENCH_BATCH sets the batch size
+// (default: Flush's, usagesync.DefaultFlushBatchSize; the periodic sync's
+// is usagesync.DefaultBatchSize).
 func BenchmarkSync50k(b *testing.B) {
 	const users = 50_000
 	e := realEnv(b, users)
 	ctx := context.Background()
-	var total time.Duration
+	batch := usagesync.DefaultFlushBatchSize
+	if v := os.Getenv("SYNC_BENCH_BATCH"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			b.Fatalf("SYNC_BENCH_BATCH=%q: want a positive integer", v)
+		}
+		batch = n
+	}
+	var total, self, server time.Duration
 	for i := range b.N {
 		b.StopTimer()
 		day := day1.AddDate(0, 0, i)
 		p := PeriodField(day)
+		marks := e.cache(e.client, time.Now)
 		cmds := make(valkey.Commands, 0, 2*users)
 		for u := int64(1); u <= users; u++ {
 			cmds = append(cmds,
 				e.client.B().Hincrby().Key(e.keys().Pending(u)).Field(p).Increment(1).Build(),
-				e.markAt(u, time.Now()))
+				marks.markDirtyCmd(u))
 		}
 		for _, r := range e.client.DoMulti(ctx, cmds...) {
 			if err := r.Error(); err != nil {
 				b.Fatal(err)
 			}
 		}
-		s := e.syncer(b, e.queue(nil), fmt.Sprintf("bench%d", i), usagesync.DefaultFlushBatchSize)
+		s := e.syncer(b, e.queue(nil), fmt.Sprintf("bench%d", i), batch)
+		self0, server0 := processCPU(), serverCPU(b, e.client)
 		b.StartTimer()
 		start := time.Now()
 		flush(b, s)
 		total += time.Since(start)
 		b.StopTimer()
+		self += processCPU() - self0
+		server += serverCPU(b, e.client) - server0
 		if n, err := e.store.Usage(ctx, users, day); err != nil || n != 1 {
 			b.Fatalf("usage of the last user = %d, %v; want 1", n, err)
 		}
 	}
-	b.ReportMetric(float64(users*b.N)/total.Seconds(), "users/s")
+	flushed := float64(users * b.N)
+	b.ReportMetric(flushed/total.Seconds(), "users/s")
+	b.ReportMetric(float64(self.Microseconds())/flushed, "client-cpu-µs/user")
+	b.ReportMetric(float64(server.Microseconds())/flushed, "valkey-cpu-µs/user")
 }
 
 func TestTakeoverRefusesLiveLease(t *testing.T) {
@@ -751,5 +773,126 @@ func TestCountDuringClaimIsReMarked(t *testing.T) {
 		}
 		flush(t, e.syncer(t, q, "a", 10))
 		e.check(t, map[uk]int64{{1, day1}: 2})
+	})
+}
+
+// tripLog records the commands of every round trip through a recorder.
+type tripLog struct {
+	mu    sync.Mutex
+	trips [][]string
+}
+
+// recorder is a client that logs each Do and DoMulti as one round trip of
+// the commands' names, its nodes' too (valkey-go's script helpers reach
+// the nodes directly).
+type recorder struct {
+	valkey.Client
+	log *tripLog
+}
+
+func (r recorder) add(cmds ...valkey.Completed) {
+	names := make([]string, len(cmds))
+	for i, c := range cmds {
+		names[i] = c.Commands()[0]
+	}
+	r.log.mu.Lock()
+	defer r.log.mu.Unlock()
+	r.log.trips = append(r.log.trips, names)
+}
+
+func (r recorder) Do(ctx context.Context, cmd valkey.Completed) valkey.ValkeyResult {
+	r.add(cmd)
+	return r.Client.Do(ctx, cmd)
+}
+
+func (r recorder) DoMulti(ctx context.Context, cmds ...valkey.Completed) []valkey.ValkeyResult {
+	r.add(cmds...)
+	return r.Client.DoMulti(ctx, cmds...)
+}
+
+func (r recorder) Nodes() map[string]valkey.Client {
+	nodes := r.Client.Nodes()
+	for addr, n := range nodes {
+		nodes[addr] = recorder{Client: n, log: r.log}
+	}
+	return nodes
+}
+
+func (l *tripLog) take() [][]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t := l.trips
+	l.trips = nil
+	return t
+}
+
+// TestClaimRoundTrips: a claim of n users is the begin script, one pipeline
+// of EVALSHAs per claimChunk users and the seal — no SCRIPT LOAD on the way
+// — once the scripts are loaded; where the server lacks them (a fresh
+// miniredis; a flushed script cache), the users answered NOSCRIPT are
+// claimed by source in one more round trip per pipeline, and every delta
+// arrives exactly once.
+func TestClaimRoundTrips(t *testing.T) {
+	const users = 2*claimChunk + 5
+	backends(t, users, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		log := &tripLog{}
+		q := e.cache(recorder{Client: e.client, log: log}, nil).SyncQueue(SyncQueueConfig{Lease: 5 * time.Second})
+		round := func(t *testing.T) [][]string {
+			t.Helper()
+			want := e.countEach(t, users, day1, map[uk]int64{})
+			if err := q.Beat(ctx, "a", "run:1", time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			_ = log.take()
+			b, err := q.Claim(ctx, "a", users)
+			trips := log.take()
+			if err != nil || b.Users != users {
+				t.Fatalf("claim = %d users, %v; want %d", b.Users, err, users)
+			}
+			got := map[uk]int64{}
+			for _, d := range b.Deltas {
+				got[uk{d.UserID, d.PeriodStart}] += d.Delta
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Fatalf("claimed deltas (-want +got):\n%s", diff)
+			}
+			if err := q.Ack(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+			return trips
+		}
+		chunks := (users + claimChunk - 1) / claimChunk
+		if e.mr != nil {
+			// Nothing loaded: the EVALSHAs answered NOSCRIPT are sent again
+			// as EVALs (which load the script for the next pipelines).
+			trips := round(t)
+			if len(trips) <= 2+chunks || !slices.Contains(slices.Concat(trips...), "EVAL") {
+				t.Errorf("claim without loaded scripts: round trips %v, want the claims resent by source", trips)
+			}
+		}
+		if err := e.cache(e.client, nil).LoadScripts(ctx); err != nil {
+			t.Fatal(err)
+		}
+		trips := round(t)
+		// The begin script, the claim pipelines, the seal.
+		if len(trips) != 2+chunks {
+			t.Fatalf("claim: %d round trips %v, want %d", len(trips), trips, 2+chunks)
+		}
+		claimed := 0
+		for _, trip := range trips[1 : 1+chunks] {
+			for _, name := range trip {
+				if name != "EVALSHA" {
+					t.Fatalf("claim pipeline %v: want only EVALSHA", trip)
+				}
+			}
+			if len(trip) > claimChunk {
+				t.Fatalf("claim pipeline of %d, want at most %d", len(trip), claimChunk)
+			}
+			claimed += len(trip)
+		}
+		if claimed != users {
+			t.Fatalf("%d users claimed in the pipelines, want %d", claimed, users)
+		}
 	})
 }

@@ -305,9 +305,9 @@ func (c *Cache) IdemForget(ctx context.Context, userID int64, k domain.IdemKey) 
 // server's script cache was flushed (nothing ran then).
 func (c *Cache) count(ctx context.Context, keys, args []string) valkey.ValkeyResult {
 	b := c.client.B()
-	res := c.client.Do(ctx, b.Evalsha().Sha1(c.scripts.countSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
-	if ve, ok := valkey.IsValkeyErr(res.Error()); ok && ve.IsNoScript() {
-		res = c.client.Do(ctx, b.Eval().Script(countLua).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+	res := c.client.Do(ctx, b.Evalsha().Sha1(c.scripts.count.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+	if noScript(res.Error()) {
+		res = c.client.Do(ctx, b.Eval().Script(c.scripts.count.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
 	}
 	return res
 }
