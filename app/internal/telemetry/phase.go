@@ -105,13 +105,24 @@ func RunPhase(ctx context.Context, tr trace.Tracer, p Phase, fn func(ctx context
 // RunSpan is RunPhase with a span of another name, for work that counts in
 // phase p but is not its usual span (an item change counts as query time
 // under "engine.update").
+//
+// Under a request span that is not recording (not sampled, or no exporter:
+// the default) no child span is made at all: it could only be another
+// non-recording span, an allocation and a span id per phase that nothing
+// receives; fn runs in ctx, under the request's span.
 func RunSpan(ctx context.Context, tr trace.Tracer, p Phase, span string, fn func(ctx context.Context) error) error {
 	t := TimingsFrom(ctx)
-	ctx, sp := tr.Start(ctx, span)
+	var sp trace.Span
+	if recording(ctx) {
+		ctx, sp = tr.Start(ctx, span)
+	}
 	start := time.Now()
 	err := fn(ctx)
 	if t != nil {
 		t.Add(p, time.Since(start))
+	}
+	if sp == nil {
+		return err
 	}
 	if err != nil && apperr.IsFault(err) {
 		sp.RecordError(err)
@@ -119,4 +130,14 @@ func RunSpan(ctx context.Context, tr trace.Tracer, p Phase, span string, fn func
 	}
 	sp.End()
 	return err
+}
+
+// recording reports whether a phase in ctx gets a span (see RunSpan): not
+// under a span that does not record. Every standard sampler gives a child
+// the decision of its parent's trace (parent-based, or by the trace id), so
+// such a child would not record either. Without a span in ctx (outside a
+// request) the tracer's sampler decides.
+func recording(ctx context.Context) bool {
+	sp := trace.SpanFromContext(ctx)
+	return sp.IsRecording() || !sp.SpanContext().IsValid()
 }

@@ -22,10 +22,14 @@ type PhaseRun struct {
 }
 
 // StartPhase starts phase p of the request in ctx at start: a child span
-// named p.Span() with that start time. End records it.
+// named p.Span() with that start time, when the request's span records (see
+// RunSpan). End records it.
 func StartPhase(ctx context.Context, tr trace.Tracer, p Phase, start time.Time, opts ...trace.SpanStartOption) (context.Context, PhaseRun) {
-	ctx, sp := tr.Start(ctx, p.Span(), append(opts, trace.WithTimestamp(start))...)
-	return ctx, PhaseRun{span: sp, t: TimingsFrom(ctx), p: p, start: start}
+	run := PhaseRun{t: TimingsFrom(ctx), p: p, start: start}
+	if recording(ctx) {
+		ctx, run.span = tr.Start(ctx, p.Span(), append(opts, trace.WithTimestamp(start))...)
+	}
+	return ctx, run
 }
 
 // End ends the phase at end: its span ends then and end − start is added to
@@ -34,6 +38,9 @@ func StartPhase(ctx context.Context, tr trace.Tracer, p Phase, start time.Time, 
 func (r PhaseRun) End(end time.Time, err error) {
 	if r.t != nil {
 		r.t.Add(r.p, end.Sub(r.start))
+	}
+	if r.span == nil {
+		return
 	}
 	if err != nil && apperr.IsFault(err) {
 		r.span.RecordError(err)

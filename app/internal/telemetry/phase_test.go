@@ -3,9 +3,13 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/warmpath/warmpath/app/internal/apperr"
@@ -52,5 +56,66 @@ func TestTimingsThroughTheContext(t *testing.T) {
 	}
 	if !apperr.IsFault(err) || apperr.IsFault(apperr.New(apperr.QuotaExceeded, "no")) {
 		t.Error("IsFault: a plain error is a fault, a refusal is not")
+	}
+}
+
+// A phase gets a child span under a recording request span and at the
+// root, and none under a request span that does not record (not sampled):
+// fn then runs under the request's span, and the phase's time is still
+// added. StartPhase/End likewise.
+func TestPhaseSpansOnlyWhereRecorded(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		sampler sdktrace.Sampler
+		parent  bool
+		want    []string
+	}{
+		{"sampled request", sdktrace.AlwaysSample(), true, []string{"request", PhaseAuth.Span(), PhaseQuery.Span()}},
+		{"root", sdktrace.AlwaysSample(), false, []string{PhaseAuth.Span(), PhaseQuery.Span()}},
+		{"request not sampled", sdktrace.ParentBased(sdktrace.NeverSample()), true, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := tracetest.NewSpanRecorder()
+			tr := sdktrace.NewTracerProvider(sdktrace.WithSampler(c.sampler), sdktrace.WithSpanProcessor(rec)).Tracer("")
+			var tm Timings
+			ctx := WithTimings(context.Background(), &tm)
+			var req trace.Span
+			if c.parent {
+				ctx, req = tr.Start(ctx, "request")
+			}
+			own := c.want != nil // a phase span of its own
+			err := RunPhase(ctx, tr, PhaseAuth, func(inner context.Context) error {
+				got := trace.SpanFromContext(inner)
+				under := req != nil && got.SpanContext().Equal(req.SpanContext())
+				if own && (under || !got.IsRecording()) {
+					t.Errorf("fn's span %v, want its own recording phase span", got.SpanContext())
+				}
+				if !own && !under {
+					t.Errorf("fn's span %v, want the request's (no phase span under a span that does not record)", got.SpanContext())
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now().Add(-time.Millisecond)
+			_, run := StartPhase(ctx, tr, PhaseQuery, start)
+			run.End(start.Add(time.Millisecond), errors.New("boom"))
+			if req != nil {
+				req.End()
+			}
+			var names []string
+			for _, s := range rec.Ended() {
+				names = append(names, s.Name())
+			}
+			slices.Sort(names)
+			want := slices.Sorted(slices.Values(c.want))
+			if !slices.Equal(names, want) {
+				t.Errorf("spans %v, want %v", names, want)
+			}
+			if tm.Get(PhaseQuery) != time.Millisecond || tm.Get(PhaseAuth) <= 0 {
+				t.Errorf("timings %+v, want both phases added", tm.Breakdown())
+			}
+		})
 	}
 }
