@@ -102,6 +102,9 @@ func IsFault(err error) bool {
 
 // As returns the *Error in err's chain, or nil.
 func As(err error) *Error {
+	if err == nil {
+		return nil // (and no heap slot for errors.As's target)
+	}
 	var e *Error
 	if errors.As(err, &e) {
 		return e

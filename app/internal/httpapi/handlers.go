@@ -224,9 +224,19 @@ func usageBody(d usage.Decision) usageJSON {
 // (draft-ietf-httpapi-ratelimit-headers): the policy and what is left.
 func setRateLimit(c *fiber.Ctx, plan domain.Plan, d usage.Decision) {
 	window := int64(d.ResetAt.Sub(windowStart(plan, d.ResetAt)).Seconds())
-	c.Set("RateLimit-Policy", `"quota";q=`+strconv.FormatInt(d.Limit, 10)+`;w=`+strconv.FormatInt(window, 10))
 	reset := max(int64(time.Until(d.ResetAt).Seconds()), 0)
-	c.Set("RateLimit", `"quota";r=`+strconv.FormatInt(d.Remaining, 10)+`;t=`+strconv.FormatInt(reset, 10))
+	// Built in one stack buffer (the header copies it): no allocation.
+	var buf [96]byte
+	b := append(buf[:0], `"quota";q=`...)
+	b = strconv.AppendInt(b, d.Limit, 10)
+	b = append(b, ";w="...)
+	b = strconv.AppendInt(b, window, 10)
+	c.Response().Header.SetBytesV("RateLimit-Policy", b)
+	b = append(buf[:0], `"quota";r=`...)
+	b = strconv.AppendInt(b, d.Remaining, 10)
+	b = append(b, ";t="...)
+	b = strconv.AppendInt(b, reset, 10)
+	c.Response().Header.SetBytesV("RateLimit", b)
 }
 
 // windowStart is the start of the window that ends at reset.
