@@ -73,6 +73,16 @@ end
 // With a fingerprint (ARGV[6]) the key record is written in the same step as
 // the count: no count without its record, no record without its count.
 //
+// The TTLs are kept by the count that starts a pending delta (p == 1: the
+// first after each sync claim, and the first of every period), not by every
+// count: the counter gets its TTL from SeedUsage and keeps it (INCR, the
+// refund's DECR of an existing key), so its check is a backstop; the
+// applied hash is set to live until the period's reset plus slack, the
+// same instant for every count of the period, so the period's first count
+// sets it for all. A hash that loses its last field (outcomes.forget) and
+// is recreated mid-delta gets its TTL at the next such count. Two of the
+// script's commands fewer on nearly every count.
+//
 // With the item set's keys (KEYS[5], KEYS[6]) and the query's items
 // (ARGV[9..]), an allowed count also answers the has-not lookup, in the same
 // round trip (Cache.CountHasNot): the reply is then {1, used, first, count
@@ -102,10 +112,10 @@ cur = tonumber(cur)
 if cur >= tonumber(ARGV[1]) then return {2, cur} end
 local n = redis.call('INCR', KEYS[1])
 local p = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-if ARGV[5] ~= '' then
-  redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[5], 1) end
+if p == 1 then
+  if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+  if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 end
 if fp ~= '' then idem_hold(KEYS[4], fp, now, tonumber(ARGV[8]), ARGV[7]) end
 local first = 0

@@ -275,3 +275,51 @@ func TestCountMarksDirty(t *testing.T) {
 		t.Fatalf("the first delta after a claim did not mark: dirty index %v", members)
 	}
 }
+
+// TestCountKeepsTTLs: the count that starts a pending delta (the first
+// after a sync claim, the first of a period) gives the counter back a TTL
+// it lost and sets the applied hash's, both to the period's reset plus
+// slack; counts inside a delta leave TTLs alone (two commands fewer each),
+// so a key that lost its TTL mid-delta gets it back at the next delta.
+func TestCountKeepsTTLs(t *testing.T) {
+	onEachBackend(t, func(t *testing.T, c *valkey.Cache) {
+		ctx := t.Context()
+		const user = 43
+		counter, pending, applied := c.Keys().Counter(user, day), c.Keys().Pending(user), c.Keys().Applied(user)
+		persist := func(keys ...string) {
+			t.Helper()
+			for _, k := range keys {
+				if err := c.Client().Do(ctx, c.Client().B().Persist().Key(k).Build()).Error(); err != nil {
+					t.Fatalf("PERSIST %s: %v", k, err)
+				}
+			}
+		}
+		count := func() {
+			t.Helper()
+			if r, err := c.CheckAndCount(ctx, user, day, reset(day), 100); err != nil || r.Outcome != valkey.Allowed {
+				t.Fatalf("count = %+v, %v", r, err)
+			}
+		}
+		ttls := func() (int64, int64) { return rawPTTL(t, c, counter), rawPTTL(t, c, applied) }
+		if err := c.SeedUsage(ctx, user, day, reset(day), 0); err != nil {
+			t.Fatal(err)
+		}
+		count() // starts the delta
+		if a, b := ttls(); a <= 0 || a > counterTTL.Milliseconds() || b <= 0 || b > counterTTL.Milliseconds() {
+			t.Fatalf("after the first count: PTTL counter %d, applied %d; want both in (0, %d]", a, b, counterTTL.Milliseconds())
+		}
+		persist(counter, applied)
+		count() // inside the delta
+		if a, b := ttls(); a != -1 || b != -1 {
+			t.Fatalf("a count inside a delta changed TTLs: counter %d, applied %d; want both left at -1", a, b)
+		}
+		rawDel(t, c, pending) // what a sync claim leaves
+		count()               // starts the next delta
+		if a, b := ttls(); a <= 0 || a > counterTTL.Milliseconds() || b <= 0 || b > counterTTL.Milliseconds() {
+			t.Fatalf("after the next delta's first count: PTTL counter %d, applied %d; want both in (0, %d]", a, b, counterTTL.Milliseconds())
+		}
+		if got := appliedCounts(t, c, user); !slices.Equal(got, []string{"3"}) {
+			t.Fatalf("applied counts %v, want [3]: every count is counted for settlement, TTL or not", got)
+		}
+	})
+}
