@@ -43,11 +43,11 @@ type usageKey struct {
 	day  time.Time
 }
 
-// ApplyUsageBatch applies a batch at most once, in one transaction: record the
-// key (a key already present means the batch was applied: change nothing),
-// upsert every (user, period) count in one statement, then mark the touched
-// users active. A delta for an unknown user fails the
-// whole batch with domain.ErrNotFound. The call is bounded by
+// ApplyUsageBatch applies a batch at most once, in one statement (so one
+// transaction and one round trip): record the key (a key already present
+// means the batch was applied: change nothing), upsert every (user, period)
+// count, then mark the touched users active. A delta for an unknown user
+// fails the whole batch with domain.ErrNotFound. The call is bounded by
 // Config.BulkTimeout, not OpTimeout.
 func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (bool, error) {
 	const op = "apply usage batch"
@@ -83,59 +83,55 @@ func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (b
 
 	ctx, cancel := s.bulkCtx(ctx)
 	defer cancel()
-	tx, err := s.pool.Begin(ctx)
+	// One statement, one round trip, its own transaction: record the key;
+	// only if it is new, add the counts and mark the users active. A
+	// concurrent transaction with the same key blocks on the key until it
+	// ends; if it committed, DO NOTHING leaves k empty and the statement
+	// changes nothing.
+	//
+	// The counts go first, in (user, period) order: the update's condition
+	// reads the count of u, an init plan evaluated before the update locks
+	// its first row (a one-time filter above its scan), so an overlapping
+	// batch (another instance, or a re-delivered batch) that shares a usage
+	// row waits on it before either has touched a user row, and the two
+	// queue up instead of deadlocking. Batches that share users but no
+	// period meet only in the update, which takes the rows in its scan's
+	// order, the same for both; should they deadlock all the same, Postgres
+	// aborts one and its batch is retried under its key. greatest() keeps
+	// activity monotonic when an older transaction commits late;
+	// last_active_at has no index (migration 00003), so the update is a HOT
+	// update where the page has room.
+	//
+	// A delta for an unknown (or deleted) user fails the foreign key, and
+	// with it the whole statement; so every user of a batch that applied
+	// exists and is marked (the key check locks each referenced user row
+	// against deletion until the statement ends).
+	var recorded int64
+	err := s.pool.QueryRow(ctx, `
+		WITH k AS (
+			INSERT INTO usage_batches (key, users, total) VALUES ($1, $2, $3)
+			ON CONFLICT (key) DO NOTHING
+			RETURNING 1
+		), u AS (
+			INSERT INTO usage (user_id, period_start, count)
+			SELECT t.* FROM unnest($4::bigint[], $5::date[], $6::bigint[]) t
+			WHERE EXISTS (SELECT FROM k)
+			ON CONFLICT (user_id, period_start) DO UPDATE SET count = usage.count + excluded.count
+			RETURNING 1
+		), a AS (
+			UPDATE users SET last_active_at = greatest(last_active_at, now())
+			WHERE id = ANY($7::bigint[]) AND (SELECT count(*) FROM u) > 0
+		)
+		SELECT count(*) FROM k`,
+		batch.Key, len(userIDs), total, userCol, dayCol, countCol, userIDs).Scan(&recorded)
 	if err != nil {
+		if pgCode(err) == codeForeignKeyViolation {
+			return false, fmt.Errorf("%s: a delta for an unknown user: %w", op, domain.ErrNotFound)
+		}
 		return false, wrap(op, err)
 	}
-	defer rollback(tx)
-
-	// A concurrent transaction with the same key blocks here until it ends;
-	// if it committed, DO NOTHING reports no row and this batch is a no-op.
-	tag, err := tx.Exec(ctx, `
-		INSERT INTO usage_batches (key, users, total) VALUES ($1, $2, $3)
-		ON CONFLICT (key) DO NOTHING`, batch.Key, len(userIDs), total)
-	if err != nil {
-		return false, wrap(op+": record key", err)
-	}
-	if tag.RowsAffected() == 0 {
+	if recorded == 0 {
 		return false, nil
-	}
-	if len(keys) > 0 {
-		// The counts first, in (user, period) order: an overlapping batch
-		// (another instance, or a re-delivered batch) that shares a row waits
-		// on it here, before either has touched a user row, so the two queue
-		// up instead of deadlocking. Batches that share users but no period
-		// meet only in the update below, which takes the rows in its scan's
-		// order, the same for both; should they deadlock all the same,
-		// Postgres aborts one and its batch is retried under its key. No
-		// separate row-locking step: it cost nearly as much as the update.
-		// A delta for an unknown (or deleted) user fails the foreign key.
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO usage (user_id, period_start, count)
-			SELECT * FROM unnest($1::bigint[], $2::date[], $3::bigint[])
-			ON CONFLICT (user_id, period_start) DO UPDATE SET count = usage.count + excluded.count`,
-			userCol, dayCol, countCol); err != nil {
-			if pgCode(err) == codeForeignKeyViolation {
-				return false, fmt.Errorf("%s: a delta for an unknown user: %w", op, domain.ErrNotFound)
-			}
-			return false, wrap(op+": add counts", err)
-		}
-		// greatest() keeps activity monotonic when an older transaction
-		// commits late. last_active_at has no index (migration 00003), so
-		// this is a HOT update where the page has room.
-		tag, err = tx.Exec(ctx, `
-			UPDATE users SET last_active_at = greatest(last_active_at, now())
-			WHERE id = ANY($1::bigint[])`, userIDs)
-		if err != nil {
-			return false, wrap(op+": mark active", err)
-		}
-		if tag.RowsAffected() != int64(len(userIDs)) {
-			return false, fmt.Errorf("%s: %d of %d users unknown: %w",
-				op, int64(len(userIDs))-tag.RowsAffected(), len(userIDs), domain.ErrNotFound)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return false, wrap(op+": commit", err)
 	}
 	return true, nil
 }
