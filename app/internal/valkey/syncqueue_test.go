@@ -602,8 +602,6 @@ func TestDeltaEncoding(t *testing.T) {
 	}
 }
 
-// BenchmarkSync50k syncs 50,000 dirty users (one delta each) from the real
-// Valkey into the real Postgres and reports users/s.
 // BenchmarkSync50k flushes 50,000 pending users (one delta each) on the
 // real servers, and reports, per user flushed, the CPU of this process
 // (the sync's client side: getrusage) and of the Valkey server (INFO cpu)

@@ -104,8 +104,8 @@ func (s *Store) ApplyUsageBatch(ctx context.Context, batch domain.UsageBatch) (b
 	//
 	// A delta for an unknown (or deleted) user fails the foreign key, and
 	// with it the whole statement; so every user of a batch that applied
-	// exists and is marked (the key check locks each referenced user row
-	// against deletion until the statement ends).
+	// exists and is marked (the foreign-key check locks each referenced user
+	// row against deletion until the statement ends).
 	var recorded int64
 	err := s.pool.QueryRow(ctx, `
 		WITH k AS (
