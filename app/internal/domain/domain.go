@@ -190,10 +190,10 @@ type CachedHasNot struct {
 	// cached, and the query asks the item set the usual way.
 	Warm    bool
 	Missing []string
-	// CountTime and QueryTime are the server's own time (its clock, in
-	// microseconds) for the count and for the lookup: what lets the
-	// request's phases be told apart though they share a round trip.
-	CountTime, QueryTime time.Duration
+	// QueryTime is the server's own time (its clock, in microseconds) for
+	// the lookup: what lets the request's phases be told apart though they
+	// share a round trip.
+	QueryTime time.Duration
 }
 
 // Settlement is what settling counts of unknown outcome found.

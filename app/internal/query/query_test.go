@@ -214,7 +214,7 @@ func TestSystemHotUsers(t *testing.T) {
 // lookup (usage.Decision.HasNot), the server having spent lookup on it.
 func answered(missing []string, lookup time.Duration) *fakeUsage {
 	u := allowed()
-	u.dec.HasNot = domain.CachedHasNot{Warm: true, Missing: missing, CountTime: 40 * time.Microsecond, QueryTime: lookup}
+	u.dec.HasNot = domain.CachedHasNot{Warm: true, Missing: missing, QueryTime: lookup}
 	return u
 }
 

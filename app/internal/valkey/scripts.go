@@ -40,8 +40,8 @@ end
 // ARGV[from..] that the set does not have, ascending, in SMISMEMBERs of at
 // most 1,000 members. Duplicates are answered each (the caller keeps one).
 // It returns nil, or the error reply of a failed SMISMEMBER: pcall, because
-// in the count script the lookup runs after the count's writes, and an
-// error raised there would report a count that was applied as failed.
+// in the count script a failed lookup is no answer, not a failed count (the
+// count's writes follow it).
 const hasNotLuaLib = `
 local function has_not(out, set, from)
   local n = #ARGV
@@ -85,11 +85,14 @@ end
 //
 // With the item set's keys (KEYS[5], KEYS[6]) and the query's items
 // (ARGV[9..]), an allowed count also answers the has-not lookup, in the same
-// round trip (Cache.CountHasNot): the reply is then {1, used, first, count
-// µs, lookup µs[, 1, i...]}, the two steps timed by the server's own clock
-// (TIME), and 1 followed by hasNotLua's indexes when the set is cached
-// (nothing when it is not, or the lookup failed). Any other outcome never
-// reads the set.
+// round trip (Cache.CountHasNot): the reply is then {1, used, first, lookup
+// µs[, 1, i...]}, the lookup timed by the server's own clock (TIME) from the
+// script's start (so its time includes the fence, key and quota checks
+// before it, a few µs), and 1 followed by hasNotLua's indexes when the set
+// is cached (nothing when it is not, or the lookup failed). The lookup runs
+// once the count is known to be allowed and before its writes, so the
+// fence's reading of the clock is the lookup's start: two TIME calls per
+// warm count, not three. Any other outcome never reads the set.
 //
 // KEYS: counter, pending, applied, idem record (KEYS[3] again without a
 // key)[, items, items:v]. ARGV: limit, period field, counter ttl ms, fence
@@ -110,6 +113,21 @@ local cur = redis.call('GET', KEYS[1])
 if not cur then return {3, 0} end
 cur = tonumber(cur)
 if cur >= tonumber(ARGV[1]) then return {2, cur} end
+-- The count will be applied: the lookup first, so that the fence's TIME
+-- is also where the lookup's time starts (one TIME fewer than timing the
+-- count and the lookup apart).
+local look
+if KEYS[6] then
+  look = {0}
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    look[2] = 1
+    -- A lookup that fails is no answer: the count stands, the caller asks
+    -- the usual way.
+    if has_not(look, KEYS[5], 9) then look = {0} end
+  end
+  local t1 = redis.call('TIME')
+  look[1] = (tonumber(t1[1]) - tonumber(t[1])) * 1000000 + tonumber(t1[2]) - tonumber(t[2])
+end
 local n = redis.call('INCR', KEYS[1])
 local p = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[5], 1) end
@@ -120,19 +138,10 @@ end
 if fp ~= '' then idem_hold(KEYS[4], fp, now, tonumber(ARGV[8]), ARGV[7]) end
 local first = 0
 if p == 1 then first = 1 end
-if not KEYS[6] then return {1, n, first} end
-local t1 = redis.call('TIME')
-local out = {1, n, first, (tonumber(t1[1]) - tonumber(t[1])) * 1000000 + tonumber(t1[2]) - tonumber(t[2]), 0}
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  out[6] = 1
-  -- A lookup that fails is no answer: the count stands, the caller asks
-  -- the usual way.
-  if has_not(out, KEYS[5], 9) then
-    for k = #out, 6, -1 do out[k] = nil end
-  end
+local out = {1, n, first}
+if look then
+  for k = 1, #look do out[3 + k] = look[k] end
 end
-local t2 = redis.call('TIME')
-out[5] = (tonumber(t2[1]) - tonumber(t1[1])) * 1000000 + tonumber(t2[2]) - tonumber(t1[2])
 return out
 `
 

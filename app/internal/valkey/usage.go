@@ -203,22 +203,21 @@ func parseCount(r valkey.ValkeyResult, items []string) (countReply, error) {
 }
 
 // parseCountHasNot decodes the has-not part of an allowed count's reply:
-// {count µs, lookup µs[, 1, i...]}.
+// {lookup µs[, 1, i...]}.
 func parseCountHasNot(msgs []valkey.ValkeyMessage, items []string) (domain.CachedHasNot, error) {
-	if len(msgs) < 2 {
+	if len(msgs) < 1 {
 		return domain.CachedHasNot{}, errUnexpected
 	}
-	countUS, err1 := msgs[0].AsInt64()
-	lookupUS, err2 := msgs[1].AsInt64()
-	if err1 != nil || err2 != nil {
+	lookupUS, err := msgs[0].AsInt64()
+	if err != nil {
 		return domain.CachedHasNot{}, errUnexpected
 	}
-	out := domain.CachedHasNot{CountTime: time.Duration(countUS) * time.Microsecond, QueryTime: time.Duration(lookupUS) * time.Microsecond}
-	if len(msgs) == 2 {
+	out := domain.CachedHasNot{QueryTime: time.Duration(lookupUS) * time.Microsecond}
+	if len(msgs) == 1 {
 		return out, nil // the set is not cached
 	}
-	idx := make([]int64, len(msgs)-3)
-	for i, m := range msgs[3:] {
+	idx := make([]int64, len(msgs)-2)
+	for i, m := range msgs[2:] {
 		v, err := m.AsInt64()
 		if err != nil {
 			return domain.CachedHasNot{}, errUnexpected
