@@ -176,16 +176,6 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		return nil, fmt.Errorf("valkey: parse url: %w", err)
 	}
 	opt.DisableCache = cfg.DisableClientCache
-	// One pipelined connection per server (valkey-go's own choice for
-	// cluster clients; for a single server it opens log2(GOMAXPROCS) ≥ 2).
-	// The server runs commands on one thread whatever the connection
-	// count, and with every caller on one pipe more commands share each
-	// write and each server read: on 2 cores, under a closed loop of 32
-	// warm queries, +3-4 % req/s, -3.5 % service CPU and -6 % server CPU
-	// per query against two connections, and no change in the sync's
-	// effect on query p99 (a sync pipeline runs on the server's one thread
-	// either way).
-	opt.PipelineMultiplex = -1
 	if cfg.Dial != nil {
 		opt.DialCtxFn = func(ctx context.Context, _ string, _ *net.Dialer, _ *tls.Config) (net.Conn, error) {
 			return cfg.Dial(ctx)
