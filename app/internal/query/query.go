@@ -132,8 +132,10 @@ func (s *Service) Query(ctx context.Context, c Caller, items []string, k domain.
 	var ans Answer
 	// One round trip may answer both the usage check and the has-not
 	// lookup (Decision.HasNot): the server timed the lookup, so that much
-	// of the call's end is the query phase, and the rest (the count and
-	// the round trip) the usage check's.
+	// of the call is the query phase, and the rest (the count and the
+	// round trip) the usage check's. The query phase is placed at the
+	// call's end; on the server only the count's writes (a few µs) follow
+	// the lookup.
 	start := time.Now()
 	uctx, usagePhase := telemetry.StartPhase(ctx, s.cfg.Tracer, telemetry.PhaseUsageCheck, start)
 	var err error
