@@ -115,18 +115,20 @@ cur = tonumber(cur)
 if cur >= tonumber(ARGV[1]) then return {2, cur} end
 -- The count will be applied: the lookup first, so that the fence's TIME
 -- is also where the lookup's time starts (one TIME fewer than timing the
--- count and the lookup apart).
-local look
+-- count and the lookup apart). used and first are filled in after.
+local out = {1, 0, 0}
 if KEYS[6] then
-  look = {0}
+  out[4] = 0
   if redis.call('EXISTS', KEYS[6]) == 1 then
-    look[2] = 1
+    out[5] = 1
     -- A lookup that fails is no answer: the count stands, the caller asks
     -- the usual way.
-    if has_not(look, KEYS[5], 9) then look = {0} end
+    if has_not(out, KEYS[5], 9) then
+      for k = #out, 5, -1 do out[k] = nil end
+    end
   end
   local t1 = redis.call('TIME')
-  look[1] = (tonumber(t1[1]) - tonumber(t[1])) * 1000000 + tonumber(t1[2]) - tonumber(t[2])
+  out[4] = (tonumber(t1[1]) - tonumber(t[1])) * 1000000 + tonumber(t1[2]) - tonumber(t[2])
 end
 local n = redis.call('INCR', KEYS[1])
 local p = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
@@ -136,12 +138,8 @@ if p == 1 then
   if ARGV[5] ~= '' then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 end
 if fp ~= '' then idem_hold(KEYS[4], fp, now, tonumber(ARGV[8]), ARGV[7]) end
-local first = 0
-if p == 1 then first = 1 end
-local out = {1, n, first}
-if look then
-  for k = 1, #look do out[3 + k] = look[k] end
-end
+out[2] = n
+if p == 1 then out[3] = 1 end
 return out
 `
 
