@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+	vk "github.com/valkey-io/valkey-go"
 )
 
 func TestAttackOnceSendsEveryTargetOnce(t *testing.T) {
@@ -118,7 +120,7 @@ func TestQueryTargets(t *testing.T) {
 }
 
 func TestFloor(t *testing.T) {
-	app := newFloor()
+	app := newFloor(nil)
 	tests := []struct {
 		name, body string
 		want       int
@@ -149,5 +151,48 @@ func TestFloor(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFloorRoundTrip: the round-trip floor makes exactly one script call per
+// answered request (none for a refused body), and answers 503 when Valkey
+// fails.
+func TestFloorRoundTrip(t *testing.T) {
+	srv := miniredis.RunT(t)
+	c, err := vk.NewClient(vk.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	app := newFloor(c)
+	post := func(body string) int {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodPost, pathQuery, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := app.Test(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(`{"items":["a"]}`); code != 200 {
+		t.Fatalf("first query: status %d, want 200", code)
+	}
+	before := srv.CommandCount()
+	for range 3 {
+		if code := post(`{"items":["a","b"]}`); code != 200 {
+			t.Fatalf("query: status %d, want 200", code)
+		}
+	}
+	if code := post(`{"items":`); code != 400 {
+		t.Fatalf("bad body: status %d, want 400", code)
+	}
+	if n := srv.CommandCount() - before; n != 3 {
+		t.Errorf("3 answered queries and a refused body sent %d commands, want 3 (one EVALSHA each)", n)
+	}
+	srv.Close()
+	if code := post(`{"items":["a"]}`); code != 503 {
+		t.Errorf("with Valkey down: status %d, want 503", code)
 	}
 }

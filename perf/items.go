@@ -413,6 +413,43 @@ func (m *cpuMeter) perRequest(requests int) any {
 	return math.Round(float64(m.total.Microseconds())/float64(requests)*10) / 10
 }
 
+// startFloor starts `perf floor` as a subprocess on a free loopback port,
+// with args added to its command line, and waits until it answers. stop
+// kills it.
+func (v *verifier) startFloor(ctx context.Context, args ...string) (url string, pid int, stop func(), err error) {
+	addr, err := loopback.FreeAddr()
+	if err != nil {
+		return "", 0, nil, err
+	}
+	cmd := exec.CommandContext(ctx, v.bin.perf, append([]string{"floor", "--addr", addr}, args...)...)
+	if err := cmd.Start(); err != nil {
+		return "", 0, nil, fmt.Errorf("start floor: %w", err)
+	}
+	stop = func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	url = "http://" + addr
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Post(url+pathQuery, "application/json", strings.NewReader(`{"items":["a"]}`))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return url, cmd.Process.Pid, stop, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", 0, nil, fmt.Errorf("floor %v not answering 200: %v", args, err)
+		}
+		if err := ctxtime.Sleep(ctx, 10*time.Millisecond); err != nil {
+			stop()
+			return "", 0, nil, err
+		}
+	}
+}
+
 // throughput is the warm_throughput item: closed-loop maximum throughput of
 // the query endpoint (warm users) and of the bare-Fiber floor (`perf floor`
 // as a subprocess), alternating floor and service in ABBA order (floor,
@@ -420,65 +457,74 @@ func (m *cpuMeter) perRequest(requests int) any {
 // alike; the measured ratio is the median of the pairs' ratios. The
 // service's and Valkey's CPU per request come from /proc/PID/stat around the
 // service runs.
+//
+// With a Valkey server (VALKEY_URL) each pair also runs the round-trip
+// floor (`perf floor --valkey`: the same handler plus one EVALSHA of a
+// script that returns 1), between the two, so the order is floor,
+// round-trip floor, service, then service, round-trip floor, floor: the
+// least a handler that needs one Valkey round trip costs on this machine,
+// in details beside the service's figures (it does not decide the item).
 func (v *verifier) throughput(ctx context.Context, svc *Service, c *Client, users []User, it *Item) error {
 	it.Measured.Unit, it.Limit.Unit = "× floor", "× floor"
 	it.Limit.Value = floorRatioLimit
-	addr, err := loopback.FreeAddr()
+	floorURL, _, stopFloor, err := v.startFloor(ctx)
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, v.bin.perf, "floor", "--addr", addr)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start floor: %w", err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
-	floorURL := "http://" + addr
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Post(floorURL+pathQuery, "application/json", strings.NewReader(`{"items":["a"]}`))
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("floor not answering: %w", err)
-		}
-		if err := ctxtime.Sleep(ctx, 10*time.Millisecond); err != nil {
-			return err
-		}
-	}
+	defer stopFloor()
 	svcCPU := &cpuMeter{pid: svc.Pid()}
 	vkCPU := &cpuMeter{}
 	valkeyNote := "in-process (the embedded default's miniredis runs inside the service: its CPU is in the service's figure)"
-	if url := svc.Env["VALKEY_URL"]; url != "" {
+	valkeyURL := svc.Env["VALKEY_URL"]
+	if valkeyURL != "" {
 		var how string
-		vkCPU.pid, how = valkeyPID(ctx, url)
+		vkCPU.pid, how = valkeyPID(ctx, valkeyURL)
 		valkeyNote = how
+	}
+	var rtURL string
+	rtCPU, rtVkCPU := &cpuMeter{}, &cpuMeter{pid: vkCPU.pid}
+	if valkeyURL != "" {
+		var stopRT func()
+		if rtURL, rtCPU.pid, stopRT, err = v.startFloor(ctx, "--valkey", valkeyURL); err != nil {
+			return err
+		}
+		defer stopRT()
 	}
 	floorTargets := rotate(queryTargets(floorURL, users, v.cfg.queryItems))
 	svcTargets := rotate(queryTargets(c.Target, users, v.cfg.queryItems))
+	rtTargets := rotate(queryTargets(rtURL, users, v.cfg.queryItems))
 	spec := func(name string, t vegeta.Targeter) AttackSpec {
 		return AttackSpec{Name: name, Duration: v.cfg.maxDur, Warmup: v.cfg.warm, Workers: v.cfg.maxWorkers, Targeter: t}
 	}
-	var floors, queries []Run
-	var ratios []float64
-	svcRequests := 0
+	var floors, queries, rts []Run
+	var ratios, rtRatios, qRtRatios []float64
+	svcRequests, rtRequests := 0, 0
 	runService := func(i int) Run {
 		var r Run
 		vkCPU.around(func() { svcCPU.around(func() { r = Attack(ctx, spec(fmt.Sprintf("query pair %d", i+1), svcTargets)) }) })
 		svcRequests += len(r.Samples) + r.WarmupSamples
 		return r
 	}
+	runRT := func(i int) Run {
+		if rtURL == "" {
+			return Run{}
+		}
+		var r Run
+		rtVkCPU.around(func() {
+			rtCPU.around(func() { r = Attack(ctx, spec(fmt.Sprintf("round-trip floor pair %d", i+1), rtTargets)) })
+		})
+		rtRequests += len(r.Samples) + r.WarmupSamples
+		return r
+	}
 	for i := range v.cfg.maxPairs {
-		var fl, q Run
+		var fl, q, rt Run
 		if i%2 == 0 {
 			fl = Attack(ctx, spec(fmt.Sprintf("floor pair %d", i+1), floorTargets))
+			rt = runRT(i)
 			q = runService(i)
 		} else {
 			q = runService(i)
+			rt = runRT(i)
 			fl = Attack(ctx, spec(fmt.Sprintf("floor pair %d", i+1), floorTargets))
 		}
 		floors, queries = append(floors, fl), append(queries, q)
@@ -487,7 +533,20 @@ func (v *verifier) throughput(ctx context.Context, svc *Service, c *Client, user
 			ratio = q.Summary.Throughput / fl.Summary.Throughput
 		}
 		ratios = append(ratios, ratio)
-		v.logf("%s: pair %d: floor %.0f/s, query %.0f/s, ratio %.2f", idThroughput, i+1, fl.Summary.Throughput, q.Summary.Throughput, ratio)
+		if rtURL == "" {
+			v.logf("%s: pair %d: floor %.0f/s, query %.0f/s, ratio %.2f", idThroughput, i+1, fl.Summary.Throughput, q.Summary.Throughput, ratio)
+			continue
+		}
+		rts = append(rts, rt)
+		rtRatio, qRt := 0.0, 0.0
+		if fl.Summary.Throughput > 0 {
+			rtRatio = rt.Summary.Throughput / fl.Summary.Throughput
+		}
+		if rt.Summary.Throughput > 0 {
+			qRt = q.Summary.Throughput / rt.Summary.Throughput
+		}
+		rtRatios, qRtRatios = append(rtRatios, rtRatio), append(qRtRatios, qRt)
+		v.logf("%s: pair %d: floor %.0f/s, round-trip floor %.0f/s (%.2f × floor), query %.0f/s, ratio %.2f", idThroughput, i+1, fl.Summary.Throughput, rt.Summary.Throughput, rtRatio, q.Summary.Throughput, ratio)
 	}
 	fs, qs := summarizeRuns(floors), summarizeRuns(queries)
 	ratio := median(ratios)
@@ -501,9 +560,12 @@ func (v *verifier) throughput(ctx context.Context, svc *Service, c *Client, user
 		return nil
 	}
 	it.Target = Target{Value: floorRatioTarget, Unit: "× floor", Met: ratio >= floorRatioTarget}
-	var fT, qT []float64
+	var fT, qT, rT []float64
 	for i := range floors {
 		fT, qT = append(fT, floors[i].Summary.Throughput), append(qT, queries[i].Summary.Throughput)
+	}
+	for _, r := range rts {
+		rT = append(rT, r.Summary.Throughput)
 	}
 	it.Details["pairRatios"] = ratios
 	it.Details["medianFloorPerS"] = median(fT)
@@ -516,19 +578,38 @@ func (v *verifier) throughput(ctx context.Context, svc *Service, c *Client, user
 	if vkCPU.pid > 0 {
 		it.Details["valkeyPid"] = vkCPU.pid
 	}
+	if rtURL != "" {
+		it.Details["roundTripFloor"] = map[string]any{
+			"what":                  "perf floor --valkey: the floor's handler plus one EVALSHA of a script that returns 1 per request, on the same Valkey; the least a handler needing one round trip costs here (informational, not the pass rule)",
+			"runs":                  summarizeRuns(rts),
+			"medianPerS":            median(rT),
+			"ratiosToFloor":         rtRatios,
+			"medianRatioToFloor":    math.Round(median(rtRatios)*1000) / 1000,
+			"queryRatiosToIt":       qRtRatios,
+			"medianQueryRatioToIt":  math.Round(median(qRtRatios)*1000) / 1000,
+			"floorCpuUsPerRequest":  rtCPU.perRequest(rtRequests),
+			"valkeyCpuUsPerRequest": rtVkCPU.perRequest(rtRequests),
+		}
+	}
 	it.Details["cpuMeasuredAs"] = "utime+stime from /proc/PID/stat (USER_HZ 100) over the service runs (warm-up included) ÷ the requests they sent"
 	it.Details["cpuTargets"] = map[string]any{
 		"serviceUsPerRequest": targetServiceCPUUs, "serviceMet": cpuMet(svcUs, targetServiceCPUUs),
 		"valkeyUsPerRequest": targetValkeyCPUUs, "valkeyMet": cpuMet(vkUs, targetValkeyCPUUs),
 	}
-	it.Details["workload"] = fmt.Sprintf("closed loop: vegeta rate=0 with %d workers on %d connections; %d pairs in ABBA order (floor first in odd pairs, service first in even), each run %s of warm-up then %s measured; same bodies (%d items) over %d warm users", v.cfg.maxWorkers, v.cfg.maxWorkers, v.cfg.maxPairs, v.cfg.warm, v.cfg.maxDur, v.cfg.queryItems, len(users))
+	order := "ABBA order (floor first in odd pairs, service first in even)"
+	if rtURL != "" {
+		order = "order floor, round-trip floor, service in odd pairs and the reverse in even"
+	}
+	it.Details["workload"] = fmt.Sprintf("closed loop: vegeta rate=0 with %d workers on %d connections; %d pairs in %s, each run %s of warm-up then %s measured; same bodies (%d items) over %d warm users", v.cfg.maxWorkers, v.cfg.maxWorkers, v.cfg.maxPairs, order, v.cfg.warm, v.cfg.maxDur, v.cfg.queryItems, len(users))
 	it.Details["passRule"] = fmt.Sprintf("median of the pairs' query/floor throughput ratios ≥ %.2f (not an order of magnitude off the floor: a hot path gone to the database fails it), ≥ 99%% 2xx answers", floorRatioLimit)
 	it.Details["targetRule"] = "ratio ≥ 0.5; in details: service CPU ≤ 25 µs/request, Valkey CPU ≤ 15 µs/request"
-	it.Charts = []Chart{{
-		Title:  fmt.Sprintf("Max throughput per second by run: median query %.0f/s vs floor %.0f/s (ratio %.2f)", median(qT), median(fT), ratio),
-		XLabel: "s", YLabel: "requests/s",
-		Series: append(rateSeriesRuns("floor", floors), rateSeriesRuns("query", queries)...),
-	}}
+	series := append(rateSeriesRuns("floor", floors), rateSeriesRuns("query", queries)...)
+	title := fmt.Sprintf("Max throughput per second by run: median query %.0f/s vs floor %.0f/s (ratio %.2f)", median(qT), median(fT), ratio)
+	if rtURL != "" {
+		series = append(series, rateSeriesRuns("round-trip floor", rts)...)
+		title += fmt.Sprintf("; round-trip floor %.0f/s", median(rT))
+	}
+	it.Charts = []Chart{{Title: title, XLabel: "s", YLabel: "requests/s", Series: series}}
 	return nil
 }
 

@@ -72,6 +72,9 @@ func TestVerifyQuick(t *testing.T) {
 		if it.ID == idSync {
 			checkSyncRounds(t, it.Details["rounds"])
 		}
+		if it.ID == idThroughput {
+			checkRoundTripFloor(t, it.Details["roundTripFloor"], backend != "embedded")
+		}
 		allPass = allPass && it.Pass
 	}
 	// The exit status follows the items.
@@ -82,6 +85,34 @@ func TestVerifyQuick(t *testing.T) {
 		t.Errorf("no table on stdout:\n%s", stdout.String())
 	}
 	checkHTML(t, filepath.Join(out, "verify.html"))
+}
+
+// checkRoundTripFloor: with a Valkey server the throughput item also ran
+// the round-trip floor in every pair and measured its process and Valkey;
+// embedded, there is no server to call and no such figure.
+func checkRoundTripFloor(t *testing.T, v any, want bool) {
+	t.Helper()
+	if !want {
+		if v != nil {
+			t.Errorf("%s: roundTripFloor %v on the embedded default, want none", idThroughput, v)
+		}
+		return
+	}
+	m, _ := v.(map[string]any)
+	ratios, _ := m["ratiosToFloor"].([]any)
+	if len(ratios) == 0 {
+		t.Errorf("%s: roundTripFloor %v: want a ratio to the floor per pair", idThroughput, v)
+	}
+	for i, r := range ratios {
+		if f, _ := r.(float64); f <= 0 {
+			t.Errorf("%s: round-trip floor pair %d: ratio %v, want > 0", idThroughput, i+1, r)
+		}
+	}
+	for _, k := range []string{"medianPerS", "floorCpuUsPerRequest", "valkeyCpuUsPerRequest", "medianQueryRatioToIt"} {
+		if f, _ := m[k].(float64); f <= 0 {
+			t.Errorf("%s: roundTripFloor.%s = %v, want a positive figure", idThroughput, k, m[k])
+		}
+	}
 }
 
 // checkSyncRounds: the sync item's rounds put the run without a sync first
