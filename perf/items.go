@@ -438,10 +438,11 @@ func (v *verifier) startFloor(ctx context.Context, args ...string) (url string, 
 			if resp.StatusCode == http.StatusOK {
 				return url, cmd.Process.Pid, stop, nil
 			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", 0, nil, fmt.Errorf("floor %v not answering 200: %v", args, err)
+			return "", 0, nil, fmt.Errorf("floor %v not answering 200: %w", args, err)
 		}
 		if err := ctxtime.Sleep(ctx, 10*time.Millisecond); err != nil {
 			stop()
