@@ -14,18 +14,14 @@ import (
 // environment sets none. The service's live heap is small (about 10 MB
 // under a login storm), so Go's default of 100 collects about once a second
 // under load, and the requests in flight during a cycle are the slowest
-// ones (README, Configuration). GOGC, and GOMEMLIMIT, still override it.
+// ones (README, "The garbage collector's target"). GOGC, and GOMEMLIMIT,
+// still override it.
 const defaultGCPercent = 400
 
 func main() {
-	setDefaultGC(os.Getenv)
-	cli.Main("warmpath", run)
-}
-
-// setDefaultGC sets defaultGCPercent unless GOGC is set: the runtime has
-// read GOGC already, and an operator's value wins.
-func setDefaultGC(getenv func(string) string) {
-	if getenv("GOGC") == "" {
+	// The runtime has read GOGC already; an operator's value wins.
+	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
+	cli.Main("warmpath", run)
 }

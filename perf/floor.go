@@ -8,12 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 
 	"github.com/gofiber/fiber/v2"
 	vk "github.com/valkey-io/valkey-go"
-
-	"github.com/warmpath/warmpath/internal/cli"
 )
 
 // floorRequest is the query body the floor parses, like the service does.
@@ -65,13 +62,9 @@ func runFloor(ctx context.Context, args []string, _ func(string) string, stdout,
 	}
 	var c vk.Client
 	if *valkeyURL != "" {
-		opt, err := vk.ParseURL(strings.Replace(*valkeyURL, "valkey://", "redis://", 1))
-		if err != nil {
-			return cli.Usage(fmt.Errorf("floor: --valkey: %w", err))
-		}
-		opt.DisableCache = true
-		if c, err = vk.NewClient(opt); err != nil {
-			return fmt.Errorf("floor: connect to Valkey: %w", err)
+		var err error
+		if c, err = newValkeyClient(*valkeyURL); err != nil {
+			return fmt.Errorf("floor: --valkey: %w", err)
 		}
 		defer c.Close()
 	}

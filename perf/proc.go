@@ -15,6 +15,7 @@ import (
 
 	vk "github.com/valkey-io/valkey-go"
 
+	"github.com/warmpath/warmpath/internal/cli"
 	"github.com/warmpath/warmpath/internal/loopback"
 )
 
@@ -246,14 +247,21 @@ func pidOfSocket(inodes map[string]bool) int {
 	return 0
 }
 
-// infoPID asks the server for its process_id (INFO server).
-func infoPID(ctx context.Context, rawURL string) int {
+// newValkeyClient connects to the Valkey (or Redis) server at rawURL
+// (valkey:// or redis://) without client-side caching. A URL that does not
+// parse is a usage error.
+func newValkeyClient(rawURL string) (vk.Client, error) {
 	opt, err := vk.ParseURL(strings.Replace(rawURL, "valkey://", "redis://", 1))
 	if err != nil {
-		return 0
+		return nil, cli.Usage(err)
 	}
 	opt.DisableCache = true
-	c, err := vk.NewClient(opt)
+	return vk.NewClient(opt)
+}
+
+// infoPID asks the server for its process_id (INFO server).
+func infoPID(ctx context.Context, rawURL string) int {
+	c, err := newValkeyClient(rawURL)
 	if err != nil {
 		return 0
 	}
